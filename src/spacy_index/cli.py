@@ -1,0 +1,210 @@
+"""Command line: parse arguments, call the library, map expected errors to one line + exit code.
+
+``main(argv, env)`` returns the exit code so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+from rich.console import Console
+from rich.markup import escape
+
+from spacy_index import __version__
+from spacy_index.errors import SpacyIndexError, UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spacy-index",
+        description="spaCy pipelines as ordinary, lockable, hashed Python packages.",
+    )
+    p.add_argument("--version", action="version", version=f"spacy-index {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser(
+        "build",
+        help="write a static index (PEP 503 + PEP 691 + find-links) of a repo's release assets",
+        description="Write a complete static index of a GitHub repository's release assets "
+        "(default: explosion/spacy-models). GitHub settings come from GITHUB_API_URL and "
+        "GITHUB_TOKEN.",
+    )
+    b.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    _source_args(b)
+    b.add_argument("--only", action="append", default=[], metavar="GLOB",
+                   help="keep projects whose name matches GLOB (repeatable; _ and - alike)")
+    b.add_argument("--spacy", metavar="VERSION",
+                   help="keep pipelines whose spaCy requirement admits VERSION")
+    b.add_argument("--wheels-only", action="store_true", help="leave sdists out")
+    b.add_argument("--allow-shrink", action="store_true",
+                   help="allow a build that drops more than 10%% of the files")
+
+    s = sub.add_parser(
+        "snapshot",
+        help="regenerate a catalog snapshot from the live sources",
+        description="Read every release (and spacy-models' meta files) live and write a "
+        "snapshot that `build --offline --snapshot FILE` and snapshot+delta builds can use.",
+    )
+    s.add_argument("--out", required=True, type=Path, help="snapshot file to write (.json.gz)")
+    s.add_argument("--repo", default="explosion/spacy-models", metavar="OWNER/NAME")
+    s.add_argument("--max-wait", type=float, default=60.0, metavar="SECONDS")
+    s.add_argument("--cache-dir", type=Path, help="where ETags are kept")
+    return p
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default="explosion/spacy-models", metavar="OWNER/NAME",
+                   help="GitHub repository whose release assets are indexed")
+    p.add_argument("--offline", action="store_true",
+                   help="use only the catalog snapshot; no network at all")
+    p.add_argument("--snapshot", type=Path, metavar="FILE",
+                   help="use this snapshot instead of the bundled one")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="ignore snapshots; list every release live")
+    p.add_argument("--max-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="longest total wait for GitHub rate limits before failing (default 60)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="where ETags are kept (default: the user cache folder)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run the CLI; returns the exit code. Expected errors print one line, no traceback."""
+    env = os.environ if env is None else env
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        if args.command == "build":
+            return _build(args, env, out, err)
+        if args.command == "snapshot":
+            return _snapshot(args, env, err)
+        raise UsageError(f"unknown command {args.command!r}")
+    except SpacyIndexError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted; the previous output is unchanged")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+def _settings(args: argparse.Namespace, env: Mapping[str, str]):
+    from spacy_index.config import Settings
+
+    settings = Settings.from_env(env)
+    cache_dir = args.cache_dir or settings.resolved_cache_dir()
+    return settings, cache_dir
+
+
+def _notifier(err: Console, quiet: bool):
+    def notify(message: str) -> None:
+        if not quiet:
+            err.print(message, markup=False, highlight=False)
+
+    return notify
+
+
+def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
+    from spacy_index.api import build_index, fetch_catalog
+
+    spacy_version = None
+    if args.spacy:
+        try:
+            spacy_version = Version(args.spacy)
+        except InvalidVersion:
+            raise UsageError(
+                f"--spacy needs a version such as 3.8 or 3.7.5, got {args.spacy!r}"
+            ) from None
+    if args.offline and args.no_snapshot:
+        raise UsageError("--offline builds from a snapshot; it cannot be combined with --no-snapshot")
+    settings, cache_dir = _settings(args, env)
+    notify = _notifier(err, args.quiet)
+    fetched = fetch_catalog(
+        args.repo,
+        api_url=settings.api_url,
+        token=settings.token,
+        offline=args.offline,
+        snapshot=args.snapshot,
+        use_snapshot=not args.no_snapshot,
+        state_dir=cache_dir,
+        max_wait=args.max_wait,
+        notify=notify,
+    )
+    for warning in fetched.catalog.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    result = build_index(
+        args.out, fetched.catalog, only=args.only, spacy=spacy_version,
+        wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
+    )
+    _summary(result, out)
+    return 0
+
+
+def _summary(result, out: Console) -> None:
+    projects, files, hashed = result.catalog.counts()
+    fetched = result.fetch
+    stats = fetched.stats
+    pub = result.publish
+    state = f"updated, {pub.files_changed} files changed" if pub.changed else (
+        "unchanged, nothing rewritten"
+    )
+    rows = [("output", f"{pub.path} ({state})"), ("source", f"{fetched.catalog.source} [{fetched.mode}]")]
+    if result.catalog.snapshot_date:
+        rows.append(("snapshot", f"catalog snapshot dated {result.catalog.snapshot_date}"))
+    pct = (100.0 * hashed / files) if files else 0.0
+    rows += [
+        ("projects", f"{projects:,}"),
+        ("files", f"{files:,}"),
+        ("with sha256", f"{hashed:,} ({pct:.1f}%)"),
+        (
+            "API requests",
+            f"{stats.requests:,} ({stats.not_modified:,} answered 304 Not Modified; "
+            f"{stats.rate_limit_spent:,} rate-limit units spent)",
+        ),
+    ]
+    if fetched.catalog.tags_without_release:
+        rows.append(("tags without release", f"{len(fetched.catalog.tags_without_release):,}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"[bold]{key.ljust(width)}[/]  {escape(value)}")
+    simple = pub.path.as_uri() + "/simple/"
+    out.print("\nUse it (or serve the folder over HTTP and use http://HOST/simple/):", markup=False)
+    out.print(f"  pip install --index-url {simple} en_core_web_sm", markup=False)
+    out.print(f"  uv pip install --index-url {simple} en_core_web_sm", markup=False)
+    out.print(f"  pip install --no-index --find-links {pub.path.as_uri()}/find-links.html "
+              "en_core_web_sm   # the flat page", markup=False)
+
+
+def _snapshot(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:
+    from spacy_index.api import snapshot_from_live
+
+    settings, cache_dir = _settings(args, env)
+    snap, stats = snapshot_from_live(
+        args.repo, api_url=settings.api_url, token=settings.token, state_dir=cache_dir,
+        max_wait=args.max_wait, notify=_notifier(err, False),
+        date=datetime.now(timezone.utc).date().isoformat(),
+    )
+    from spacy_index.sources import snapshot as snapshots
+
+    snapshots.write(snap, args.out)
+    err.print(
+        f"wrote {args.out}: {len(snap.releases):,} releases, {len(snap.metas):,} meta files, "
+        f"dated {snap.date}; {stats.requests:,} requests",
+        markup=False,
+    )
+    return 0
+

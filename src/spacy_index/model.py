@@ -1,0 +1,249 @@
+"""Pure data model: projects, distributions and their hashes. No I/O.
+
+Names and versions are handled only through :mod:`packaging`; every mapping is keyed by the
+normalized project name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    is_normalized_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from spacy_index.errors import InvalidFilename
+
+Kind = Literal["wheel", "sdist"]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SDIST_SUFFIXES = (".tar.gz", ".zip")
+
+
+def is_sha256(value: str) -> bool:
+    """True for a lower-case hex sha256 digest."""
+    return bool(_HEX64.fullmatch(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFilename:
+    name: NormalizedName
+    version: Version
+    kind: Kind
+
+
+def parse_filename(filename: str, project: str | None = None) -> ParsedFilename:
+    """Parse a wheel or sdist filename with :mod:`packaging`'s rules.
+
+    Sdists from before PEP 625 may carry a version that is not in canonical form, e.g.
+    ``en_core_web_sm-2.0.0-alpha.tar.gz``. ``parse_sdist_filename`` splits at the last dash and
+    rejects those, so, like pip, we fall back to splitting where the project name ends (the
+    known ``project`` if given, else the first dash after which a valid version follows).
+    """
+    if "/" in filename or "\\" in filename or filename in {"", ".", ".."}:
+        raise InvalidFilename(filename, "contains a path separator")
+    if filename.endswith(".whl"):
+        try:
+            name, version, _build, _tags = parse_wheel_filename(filename)
+        except (InvalidWheelFilename, InvalidVersion) as e:
+            raise InvalidFilename(filename, str(e).split(":")[0]) from e
+        parsed = ParsedFilename(name, version, "wheel")
+    elif filename.endswith(_SDIST_SUFFIXES):
+        parsed = _parse_sdist(filename, project)
+    else:
+        raise InvalidFilename(filename, "not a .whl, .tar.gz or .zip")
+    if not is_normalized_name(parsed.name):
+        raise InvalidFilename(filename, "the project name is not a valid name")
+    if project is not None and parsed.name != canonicalize_name(project):
+        raise InvalidFilename(filename, f"does not belong to project {project!r}")
+    return parsed
+
+
+def _parse_sdist(filename: str, project: str | None) -> ParsedFilename:
+    try:
+        name, version = parse_sdist_filename(filename)
+        return ParsedFilename(name, version, "sdist")
+    except (InvalidSdistFilename, InvalidVersion):
+        pass
+    stem = filename.removesuffix(".tar.gz").removesuffix(".zip")
+    wanted = canonicalize_name(project) if project else None
+    start = 0
+    while (dash := stem.find("-", start)) > 0:
+        name_part, version_part = stem[:dash], stem[dash + 1 :]
+        start = dash + 1
+        try:
+            name = canonicalize_name(name_part, validate=True)
+            version = Version(version_part)
+        except (ValueError, InvalidVersion):
+            continue
+        if wanted is None or name == wanted:
+            return ParsedFilename(name, version, "sdist")
+    raise InvalidFilename(filename, "no valid name-version split")
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """One downloadable file of one project version."""
+
+    project: NormalizedName
+    filename: str
+    url: str
+    version: Version
+    kind: Kind
+    sha256: str | None = None
+    size: int | None = None
+    upload_time: datetime | None = None
+    requires_python: str | None = None
+    #: Requires-Dist lines, where known from the source's metadata (not the wheel itself).
+    requires_dist: tuple[str, ...] | None = None
+    #: sha256 of the wheel's METADATA file, once known (PEP 658).
+    core_metadata_sha256: str | None = None
+    yanked: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None and not is_sha256(self.sha256):
+            raise ValueError(f"not a sha256 hex digest: {self.sha256!r}")
+        if self.upload_time is not None and self.upload_time.tzinfo is None:
+            raise ValueError("upload_time must be timezone-aware")
+
+    @property
+    def spacy_requirement(self) -> SpecifierSet | None:
+        """The ``spacy`` specifier among :attr:`requires_dist`, if known."""
+        for line in self.requires_dist or ():
+            name, spec = split_requirement(line)
+            if name == "spacy":
+                return spec
+        return None
+
+    def sort_key(self) -> tuple[Version, int, str]:
+        return (self.version, 0 if self.kind == "sdist" else 1, self.filename)
+
+
+def split_requirement(line: str) -> tuple[NormalizedName, SpecifierSet | None]:
+    """Split ``"spacy>=3.7.2,<3.8.0"`` into its name and specifier, via :mod:`packaging`."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return canonicalize_name(line.split(";")[0].strip()), None
+    return canonicalize_name(req.name), req.specifier
+
+
+def upload_time_text(value: datetime) -> str:
+    """PEP 700 ``upload-time``: ISO 8601 in UTC with a ``Z`` suffix."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project and its files, sorted by version then filename."""
+
+    name: NormalizedName
+    display_name: str
+    files: tuple[Distribution, ...] = field(default_factory=tuple)
+
+    @property
+    def versions(self) -> list[Version]:
+        return sorted({d.version for d in self.files})
+
+    def latest(self, *, prereleases: bool = False) -> Version | None:
+        candidates = [v for v in self.versions if prereleases or not v.is_prerelease]
+        return max(candidates) if candidates else None
+
+
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    """True when ``name`` matches any glob, both compared in normalized form.
+
+    ``en_core_web_*`` and ``en-core-web-*`` select the same projects.
+    """
+    norm = canonicalize_name(name)
+    return any(fnmatch.fnmatchcase(norm, normalize_glob(p)) for p in patterns)
+
+
+def normalize_glob(pattern: str) -> str:
+    """Normalize a project-name glob the way names are normalized (PEP 503); ``*?[]`` survive."""
+    return canonicalize_name(pattern)
+
+
+def spacy_admits(spec: SpecifierSet | None, spacy_version: Version) -> bool:
+    """True when a pipeline's spaCy requirement admits ``spacy_version``.
+
+    Model requirements name pre-releases (``>=3.7.0.dev0``) so pre-releases are allowed.
+    """
+    if spec is None:
+        return False
+    return spec.contains(spacy_version, prereleases=True)
+
+
+def parse_specifier(text: str | None) -> SpecifierSet | None:
+    if not text:
+        return None
+    try:
+        return SpecifierSet(text)
+    except InvalidSpecifier:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseAsset:
+    """A file attached to a release, as any release host describes it."""
+
+    name: str
+    url: str
+    size: int | None = None
+    upload_time: datetime | None = None
+    #: sha256 hex digest reported by the host itself (GitHub's ``digest``), if any.
+    digest_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One release (a tag) and its assets."""
+
+    tag: str
+    assets: tuple[ReleaseAsset, ...]
+    prerelease: bool = False
+    release_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMeta:
+    """What spacy-models' ``meta/<model>-<version>.json`` says about one release."""
+
+    tag: str
+    project: str
+    version: str
+    spacy_version: str | None
+    requirements: tuple[str, ...] = ()
+    sdist_sha256: str | None = None
+    wheel_sha256: str | None = None
+    description: str | None = None
+    size_text: str | None = None
+
+    def requires_dist(self) -> tuple[str, ...] | None:
+        if self.spacy_version is None:
+            return None
+        return (f"spacy{self.spacy_version}", *self.requirements)

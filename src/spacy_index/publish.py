@@ -1,0 +1,177 @@
+"""Write a rendered index to a folder, atomically.
+
+The whole new tree is staged in a sibling folder, then swapped in with one atomic
+``renameat2(RENAME_EXCHANGE)`` (Linux), so a reader sees the whole old tree or the whole new
+one, never a mix. If anything fails before the swap the previous output is byte-identical; if
+nothing changed, nothing is written at all (not even a timestamp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused
+from spacy_index.render.tree import MARKER
+
+SHRINK_LIMIT = 0.10
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    path: Path
+    changed: bool
+    files_written: int
+    bytes_written: int
+    files_changed: int
+
+
+def check_relative_path(path: str) -> PurePosixPath:
+    """Reject anything that could land outside the output root."""
+    p = PurePosixPath(path)
+    if (
+        not path
+        or p.is_absolute()
+        or "\\" in path
+        or "\x00" in path
+        or any(part in {"", ".", ".."} for part in path.split("/"))
+    ):
+        raise PublishError(f"refusing to write a path outside the output folder: {path!r}")
+    return p
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` as ``{relative posix path: bytes}``."""
+    tree: dict[str, bytes] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            full = Path(dirpath, name)
+            tree[full.relative_to(root).as_posix()] = full.read_bytes()
+    return tree
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock beside ``out``: a second build fails fast."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise OutputLocked(str(out)) from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE). False if unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _previous_file_count(existing: Mapping[str, bytes]) -> int | None:
+    try:
+        return int(json.loads(existing[MARKER])["files"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _new_file_count(files: Mapping[str, bytes]) -> int | None:
+    return _previous_file_count(files)
+
+
+def publish_folder(
+    files: Mapping[str, bytes], out: Path, *, allow_shrink: bool = False
+) -> PublishReport:
+    """Make ``out`` contain exactly ``files``; see the module docstring for the guarantees."""
+    for path in files:
+        check_relative_path(path)
+    out = out.absolute()
+    try:
+        with output_lock(out):
+            return _publish_locked(files, out, allow_shrink=allow_shrink)
+    except OSError as e:
+        raise PublishError(
+            f"cannot write the index to {str(out)!r}: {e.strerror or e}; "
+            "the previous output is unchanged"
+        ) from e
+
+
+def _publish_locked(files: Mapping[str, bytes], out: Path, *, allow_shrink: bool) -> PublishReport:
+    for stale in out.parent.glob(f".{out.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    existing: dict[str, bytes] = {}
+    if out.exists():
+        if not out.is_dir():
+            raise PublishError(f"output {str(out)!r} exists and is not a folder")
+        existing = read_tree(out)
+        if existing and MARKER not in existing:
+            raise PublishError(
+                f"refusing to replace {str(out)!r}: it is not empty and was not written by "
+                "spacy-index; choose a new or empty folder"
+            )
+    if existing == dict(files):
+        return PublishReport(out, changed=False, files_written=0, bytes_written=0, files_changed=0)
+    before, after = _previous_file_count(existing), _new_file_count(files)
+    if (
+        not allow_shrink
+        and before
+        and after is not None
+        and after < before * (1 - SHRINK_LIMIT)
+    ):
+        raise ShrinkRefused(before, after)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        written = 0
+        for rel, data in sorted(files.items()):
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            written += len(data)
+        os.chmod(staging, 0o755)
+        if not out.exists():
+            os.rename(staging, out)
+        elif _exchange(staging, out):
+            shutil.rmtree(staging)
+        else:  # no atomic exchange: keep the window as small as two renames
+            old = out.parent / f".{out.name}.staging-old"
+            os.rename(out, old)
+            os.rename(staging, out)
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    changed_count = sum(1 for k, v in files.items() if existing.get(k) != v) + sum(
+        1 for k in existing if k not in files
+    )
+    return PublishReport(
+        out, changed=True, files_written=len(files), bytes_written=written,
+        files_changed=changed_count,
+    )

@@ -1,0 +1,176 @@
+"""Catalog snapshots: releases, URLs, sha256s and requirements of one repository, frozen.
+
+The package ships one for explosion/spacy-models on github.com, so ``build --offline`` works
+with no network and an online build needs only a small delta. A snapshot records the API
+origin and repository it describes and is never applied to any other: its URLs and hashes are
+facts about that host only. Values it does not know (e.g. sizes) are stored as null, never
+guessed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spacy_index.errors import SnapshotError
+from spacy_index.model import ModelMeta, Release, ReleaseAsset, parse_timestamp, upload_time_text
+
+FORMAT = 1
+BUNDLED = "spacy-models.snapshot.json.gz"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    api_url: str
+    repo: str
+    date: str
+    releases: tuple[Release, ...]
+    metas: Mapping[str, ModelMeta] = field(default_factory=dict)
+    #: Release tags the metas were last checked against (so warm runs skip the archive).
+    note: str = ""
+
+    def applies_to(self, api_url: str, repo: str) -> bool:
+        return (
+            self.api_url.rstrip("/").lower() == api_url.rstrip("/").lower()
+            and self.repo.lower() == repo.lower()
+        )
+
+
+def _asset_to_json(a: ReleaseAsset) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "url": a.url,
+        "size": a.size,
+        "upload_time": upload_time_text(a.upload_time) if a.upload_time else None,
+        "digest_sha256": a.digest_sha256,
+    }
+
+
+def _meta_to_json(m: ModelMeta) -> dict[str, Any]:
+    return {
+        "project": m.project,
+        "version": m.version,
+        "spacy_version": m.spacy_version,
+        "requirements": list(m.requirements),
+        "sdist_sha256": m.sdist_sha256,
+        "wheel_sha256": m.wheel_sha256,
+        "description": m.description,
+        "size_text": m.size_text,
+    }
+
+
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "api_url": snap.api_url,
+        "repo": snap.repo,
+        "date": snap.date,
+        "note": snap.note,
+        "releases": [
+            {
+                "tag": r.tag,
+                "id": r.release_id,
+                "prerelease": r.prerelease,
+                "assets": [_asset_to_json(a) for a in r.assets],
+            }
+            for r in sorted(snap.releases, key=lambda r: r.tag)
+        ],
+        "metas": {tag: _meta_to_json(m) for tag, m in sorted(snap.metas.items())},
+    }
+
+
+def from_json(doc: Mapping[str, Any]) -> Snapshot:
+    if doc.get("format") != FORMAT:
+        raise SnapshotError(f"unsupported snapshot format {doc.get('format')!r}; regenerate it")
+    try:
+        releases = tuple(
+            Release(
+                tag=r["tag"],
+                release_id=r.get("id"),
+                prerelease=bool(r.get("prerelease")),
+                assets=tuple(
+                    ReleaseAsset(
+                        name=a["name"],
+                        url=a["url"],
+                        size=a.get("size"),
+                        upload_time=parse_timestamp(a.get("upload_time")),
+                        digest_sha256=a.get("digest_sha256"),
+                    )
+                    for a in r["assets"]
+                ),
+            )
+            for r in doc["releases"]
+        )
+        metas = {
+            tag: ModelMeta(
+                tag=tag,
+                project=m["project"],
+                version=m["version"],
+                spacy_version=m.get("spacy_version"),
+                requirements=tuple(m.get("requirements") or ()),
+                sdist_sha256=m.get("sdist_sha256"),
+                wheel_sha256=m.get("wheel_sha256"),
+                description=m.get("description"),
+                size_text=m.get("size_text"),
+            )
+            for tag, m in doc.get("metas", {}).items()
+        }
+        return Snapshot(
+            api_url=doc["api_url"], repo=doc["repo"], date=doc["date"], releases=releases,
+            metas=metas, note=doc.get("note", ""),
+        )
+    except (KeyError, TypeError) as e:
+        raise SnapshotError(f"the snapshot is malformed ({e!r}); regenerate it") from e
+
+
+def dumps(snap: Snapshot) -> bytes:
+    """Deterministic gzip'd JSON (fixed mtime), so regenerating identical data is a no-op."""
+    raw = json.dumps(to_json(snap), sort_keys=True, indent=0, separators=(",", ":")).encode()
+    return gzip.compress(raw, compresslevel=9, mtime=0)
+
+
+def load(path: Path | None = None) -> Snapshot:
+    """Load ``path``, or the snapshot bundled with the package when ``path`` is None."""
+    try:
+        if path is None:
+            data = importlib.resources.files("spacy_index").joinpath("data", BUNDLED).read_bytes()
+            where = "the bundled snapshot"
+        else:
+            data = Path(path).read_bytes()
+            where = str(path)
+    except OSError as e:
+        raise SnapshotError(f"cannot read snapshot {where}: {e.strerror or e}") from e
+    try:
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        return from_json(json.loads(raw))
+    except (OSError, ValueError, EOFError) as e:
+        raise SnapshotError(f"snapshot {where} is not readable JSON: {e}") from e
+
+
+def write(snap: Snapshot, path: Path) -> None:
+    """Write atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(dumps(snap))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_releases(base: Iterable[Release], newer: Iterable[Release]) -> dict[str, Release]:
+    """Releases by tag, ``newer`` replacing ``base``."""
+    out = {r.tag: r for r in base}
+    out.update((r.tag, r) for r in newer)
+    return out
