@@ -40,6 +40,7 @@ import hashlib
 import http.server
 import importlib.metadata as importlib_metadata
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -261,8 +262,6 @@ class Venv:
             "import importlib.metadata as m, json\n"
             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
         )
-        import json
-
         data = json.loads(self.run("-c", code).stdout)
         return {canonicalize_name(k): v for k, v in data.items()}
 
@@ -281,11 +280,12 @@ class Venv:
 
 
 def _site_packages(venv: Path) -> Path:
-    purelib = sysconfig.get_path(
-        "purelib", scheme="venv" if "venv" in sysconfig.get_scheme_names() else None,
-        vars={"base": str(venv), "platbase": str(venv)},
-    )
-    return Path(purelib)
+    """purelib of a venv at ``venv`` made by the running interpreter."""
+    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
+    if os.name == "nt" and scheme != "venv":  # pragma: no cover
+        scheme = "nt"
+    vars = {"base": str(venv), "platbase": str(venv)}
+    return Path(sysconfig.get_path("purelib", scheme=scheme, vars=vars))
 
 
 def _distribution(name: str, path: Sequence[str] | None = None) -> importlib_metadata.Distribution:
@@ -381,9 +381,7 @@ def _write_console_scripts(dist: importlib_metadata.Distribution, venv_python: P
         module = module.strip()
         head = attr.split(".")[0]
         script = bindir / ep.name
-        script.write_text(
-            _SCRIPT.format(python=venv_python, module=module, head=head, call=attr)
-        )
+        script.write_text(_SCRIPT.format(python=venv_python, module=module, head=head, call=attr))
         script.chmod(0o755)
 
 
@@ -457,6 +455,8 @@ def make_venv(
     ``cache_dir`` is None).
     """
     path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty")
     base_python = getattr(sys, "_base_executable", None) or sys.executable
     run([base_python, "-m", "venv", "--without-pip", path], env=clean_env())
     python = path / "bin" / "python"
@@ -510,7 +510,9 @@ def repack_distribution(dist: importlib_metadata.Distribution, dest: Path) -> Pa
     """
     root = Path(dist.locate_file("")).resolve()
     wheel_meta = dist.read_text("WHEEL") or ""
-    tags = [line.split(":", 1)[1].strip() for line in wheel_meta.splitlines() if line.startswith("Tag:")]
+    tags = [
+        line.split(":", 1)[1].strip() for line in wheel_meta.splitlines() if line.startswith("Tag:")
+    ]
     if not tags:
         raise RuntimeError(f"{dist.metadata['Name']}: no Tag in WHEEL")
     dist_info = None
@@ -567,36 +569,13 @@ def build_wheelhouse(
     return dest
 
 
-def download_wheelhouse(
-    dest: os.PathLike[str] | str,
-    requirements: Sequence[str] = (f"spacy=={SPACY_VERSION}",),
-    *,
-    env: Mapping[str, str] | None = None,
-) -> Path:
-    """``pip download`` (binary only) of ``requirements`` from PyPI, pinned to
-    the versions installed here.  Needs the network; kept for comparison and
-    for cases where genuine upstream wheels matter."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    pins = dest.parent / (dest.name + "-constraints.txt")
-    closure = dependency_closure([Requirement(r).name for r in requirements])
-    pins.write_text(
-        "".join(f"{d.metadata['Name']}=={d.version}\n" for d in closure)
-    )
-    run(
-        [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-d", dest,
-         "-c", pins, *requirements],
-        env=env if env is not None else clean_env(),
-    )
-    return dest
-
-
 # --------------------------------------------------------------------------
 # static file server
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: uv probes the index once per dependency
+    disable_nagle_algorithm = True  # else 40 ms (delayed ACK) per keep-alive response
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -608,14 +587,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             log.append(f"{self.command} {self.path} {code}")
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # uv opens dozens of connections at once; with the default backlog of 5
+    # the kernel drops SYNs and the client retries after 1 s.
+    request_queue_size = 256
+
+
 @contextlib.contextmanager
 def serve_directory(root: os.PathLike[str] | str) -> Iterator[StaticServer]:
     """Serve ``root`` over HTTP on 127.0.0.1 (ephemeral port) from a thread,
     like ``python -m http.server --bind 127.0.0.1 --directory root``.
     Directories serve their ``index.html``.  Stopped on exit."""
     handler = functools.partial(_QuietHandler, directory=os.fspath(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
+    httpd = _Server(("127.0.0.1", 0), handler)
     log: list[str] = []
     httpd.request_log = log  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, name="static-index", daemon=True)
@@ -667,7 +652,6 @@ __all__ = [
     "client_env",
     "clone_distributions",
     "dependency_closure",
-    "download_wheelhouse",
     "make_venv",
     "repack_distribution",
     "run",

@@ -27,6 +27,7 @@ session cache (:func:`session_model_cache` / the ``model_wheels`` fixture).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import html
 import os
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -108,8 +110,7 @@ def wheel_metadata(wheel: os.PathLike[str] | str) -> bytes:
     """Exact bytes of the ``<name>.dist-info/METADATA`` member of ``wheel``."""
     with zipfile.ZipFile(wheel) as zf:
         names = [
-            n for n in zf.namelist()
-            if n.endswith(".dist-info/METADATA") and n.count("/") == 1
+            n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1
         ]
         if len(names) != 1:
             raise ValueError(f"{wheel}: expected one dist-info/METADATA, got {names}")
@@ -169,15 +170,17 @@ def _can_build_offline() -> bool:
 #: PEP 517 hook call, one process per artifact like ``python -m build``
 #: (``build --no-isolation`` spends another ~0.8 s in its own machinery).
 _HOOK = (
-    "import sys\n"
-    "from setuptools import build_meta\n"
-    "getattr(build_meta, sys.argv[1])(sys.argv[2])\n"
+    "import sys\nfrom setuptools import build_meta\ngetattr(build_meta, sys.argv[1])(sys.argv[2])\n"
 )
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
     proc = subprocess.run(
-        cmd, cwd=cwd, env=_build_env(), capture_output=True, text=True,
+        cmd,
+        cwd=cwd,
+        env=_build_env(),
+        capture_output=True,
+        text=True,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
@@ -247,21 +250,42 @@ def build_model_package(
         if backend == "cli":
             if pad_bytes:
                 _write_padding(pipeline / PADDING_FILE, pad_bytes, seed)
-            _run([
-                sys.executable, "-m", "spacy", "package", str(pipeline), str(pkg_root),
-                "--build", ",".join(formats), "--force",
-            ])
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "spacy",
+                    "package",
+                    str(pipeline),
+                    str(pkg_root),
+                    "--build",
+                    ",".join(formats),
+                    "--force",
+                ]
+            )
         else:
             from spacy.cli.package import package
 
-            package(
-                pipeline, pkg_root, create_meta=False, create_sdist=False,
-                create_wheel=False, require_parent=True, force=True, silent=True,
-            )
+            # spaCy's create_file() leaves its file objects to the GC: keep
+            # the ResourceWarnings away from `filterwarnings = error`.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                package(
+                    pipeline,
+                    pkg_root,
+                    create_meta=False,
+                    create_sdist=False,
+                    create_wheel=False,
+                    require_parent=True,
+                    force=True,
+                    silent=True,
+                )
+                gc.collect()
             if pad_bytes:
                 # directly in the package's copy of the pipeline: saves a copy
-                _write_padding(main / project / f"{project}-{version}" / PADDING_FILE,
-                               pad_bytes, seed)
+                _write_padding(
+                    main / project / f"{project}-{version}" / PADDING_FILE, pad_bytes, seed
+                )
             for fmt in formats:
                 _run([sys.executable, "-c", _HOOK, f"build_{fmt}", "dist"], cwd=main)
         dist = main / "dist"
@@ -347,8 +371,7 @@ def write_static_index(
                 (files_dir / (path.name + ".metadata")).write_bytes(pkg.metadata)
                 mhash = hashlib.sha256(pkg.metadata).hexdigest()
                 attrs = (
-                    f' data-dist-info-metadata="sha256={mhash}"'
-                    f' data-core-metadata="sha256={mhash}"'
+                    f' data-dist-info-metadata="sha256={mhash}" data-core-metadata="sha256={mhash}"'
                 )
             href = f"../../files/{path.name}#sha256={pkg.sha256_of(path)}"
             links.append(f'<a href="{html.escape(href)}"{attrs}>{html.escape(path.name)}</a>')
@@ -357,18 +380,16 @@ def write_static_index(
         page.mkdir(parents=True, exist_ok=True)
         body = "<br/>\n".join(links)
         (page / "index.html").write_text(
-            "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" "
-            f"content=\"1.0\"><title>Links for {project}</title></head>\n"
+            '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" '
+            f'content="1.0"><title>Links for {project}</title></head>\n'
             f"<body><h1>Links for {project}</h1>\n{body}\n</body></html>\n"
         )
     index_links = "\n".join(
-        f'<a href="{p}/">{p}</a><br/>'
-        for p in sorted(os.listdir(simple))
-        if (simple / p).is_dir()
+        f'<a href="{p}/">{p}</a><br/>' for p in sorted(os.listdir(simple)) if (simple / p).is_dir()
     )
     (simple / "index.html").write_text(
-        "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" "
-        f"content=\"1.0\"><title>Simple index</title></head>\n<body>\n{index_links}\n"
+        '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" '
+        f'content="1.0"><title>Simple index</title></head>\n<body>\n{index_links}\n'
         "</body></html>\n"
     )
     return simple
@@ -416,8 +437,13 @@ class ModelCache:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{lang}_{name}-{version}")
             pkg = build_model_package(
                 self._mkdir(f"model-{safe}-"),
-                lang=lang, name=name, version=version, spacy_version=spacy_version,
-                pad_bytes=pad_bytes, sdist=sdist, sentencizer=sentencizer,
+                lang=lang,
+                name=name,
+                version=version,
+                spacy_version=spacy_version,
+                pad_bytes=pad_bytes,
+                sdist=sdist,
+                sentencizer=sentencizer,
             )
             self._built[key] = pkg
         return pkg

@@ -173,7 +173,8 @@ def _summary(result, out: Console) -> None:
         (
             "API requests",
             f"{stats.requests:,} ({stats.not_modified:,} answered 304 Not Modified; "
-            f"{stats.rate_limit_spent:,} rate-limit units spent)",
+            f"{stats.rate_limit_spent:,} rate-limit units spent)"
+            + (f"; {stats.other_requests:,} download(s) elsewhere" if stats.other_requests else ""),
         ),
     ]
     if fetched.catalog.tags_without_release:

@@ -40,18 +40,26 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class RequestStats:
-    """What a run cost upstream. ``rate_limit_spent`` counts API answers other than 304."""
+    """What a run cost upstream.
+
+    ``requests`` counts API requests (304s included); ``rate_limit_spent`` the API answers
+    other than 304; ``other_requests`` the hops to other origins (archive downloads).
+    """
 
     requests: int = 0
     not_modified: int = 0
     rate_limit_spent: int = 0
+    other_requests: int = 0
     waited_seconds: float = 0.0
 
     def add(self, status: int, *, api: bool) -> None:
+        if not api:
+            self.other_requests += 1
+            return
         self.requests += 1
         if status == 304:
             self.not_modified += 1
-        elif api:
+        else:
             self.rate_limit_spent += 1
 
 
