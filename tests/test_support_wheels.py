@@ -333,8 +333,11 @@ def test_lock_and_sync_with_offline_wheelhouse(
             cwd=tmp_path,
         )
         for text in (lock.read_text(), uv_lock.read_text()):
-            assert f"en-core-web-sm==3.8.0 \\\n    --hash=sha256:{sm.sha256}" in text
-            assert f"spacy=={SPACY_VERSION}" in text
+            assert "\nen-core-web-sm==3.8.0 \\\n" in text
+            # both artifacts offered by the index are hashed
+            assert f"--hash=sha256:{sm.sha256}" in text
+            assert f"--hash=sha256:{sm.sdist_sha256}" in text
+            assert f"\nspacy=={SPACY_VERSION} \\\n" in text
 
         # pip-sync from the test runner's pip-tools, targeting the venv: the
         # lock holds spaCy's closure, so nothing is uninstalled.
