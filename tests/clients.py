@@ -28,6 +28,20 @@ Resolvers (``pip-compile``, ``uv pip compile``, ``pip install`` into a venv
 *without* spaCy) need spaCy to be *available*, not installed: use
 :func:`build_wheelhouse`, which re-packs the installed distributions into
 wheels (offline), and pass ``--find-links <wheelhouse>``.
+
+Measured here (2 cores): ``make_venv`` with pip+spaCy 0.5 s, and ``import
+spacy`` in it ~1.7 s (bytecode reused).  For comparison: ``python -m venv``
+with pip 7.9 s; ``pip install`` of spaCy from a local wheelhouse 15-17 s;
+``uv venv`` + ``uv pip install --no-index --find-links`` 1.3 s with a cold uv
+cache, 0.2 s warm, but then ``import spacy`` takes ~4 s because uv writes no
+bytecode and the machine sets ``PYTHONDONTWRITEBYTECODE=1``.
+``build_wheelhouse`` (spaCy closure + pip, 45 wheels) ~2-3 s.
+
+pip-sync: run it from the test runner's pip-tools with ``python -m piptools
+sync --python-executable <venv python> lock.txt``; it uninstalls whatever
+the lock lacks, so the lock must hold spaCy's closure (a ``pip-compile`` of
+``en_core_web_sm`` does).  uv probes the index for *every* dependency, even
+installed ones, and accepts 404s; pip does not ask for installed ones.
 """
 
 from __future__ import annotations
@@ -76,7 +90,6 @@ _DROP_NAMES = frozenset(
         "PYTEST_ADDOPTS",
         "PYTEST_CURRENT_TEST",
         "PYTEST_VERSION",
-        "REQUESTS_CA_BUNDLE_OVERRIDE",
         "XDG_CONFIG_HOME",
         "XDG_CONFIG_DIRS",
     }
@@ -118,7 +131,6 @@ def clean_env(
         PIP_CONFIG_FILE=os.devnull,
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_NO_INPUT="1",
-        PIP_NO_PYTHON_VERSION_WARNING="1",
         UV_NO_CONFIG="1",
         UV_PYTHON_DOWNLOADS="never",
         UV_NO_PROGRESS="1",

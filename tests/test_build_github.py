@@ -10,7 +10,7 @@ import pytest
 from spacy_index.cli import main
 from spacy_index.publish import read_tree
 
-from .fakegithub import Fault, FakeGitHub
+from .fakegithub import FakeGitHub, Fault
 from .htmlparse import parse_anchors
 
 TOKEN = "ghp_FAKEtokenFAKEtokenFAKEtoken0123456789"  # planted: must never leak

@@ -148,7 +148,6 @@ def test_clean_env_drops_machine_pip_and_uv_settings(monkeypatch: pytest.MonkeyP
         "PIP_CONFIG_FILE",
         "PIP_DISABLE_PIP_VERSION_CHECK",
         "PIP_NO_INPUT",
-        "PIP_NO_PYTHON_VERSION_WARNING",
         "PIP_NO_CACHE_DIR",
         "UV_NO_CONFIG",
         "UV_PYTHON_DOWNLOADS",
@@ -195,6 +194,13 @@ def test_venv_without_spacy(tmp_path: Path) -> None:
     assert not venv.has_module("pip")
     with pytest.raises(FileExistsError):
         make_venv(tmp_path / "venv")
+
+
+def test_venv_with_pip_tools_console_scripts(tmp_path: Path) -> None:
+    venv = make_venv(tmp_path / "venv", with_spacy=False, extra=["pip-tools"])
+    assert not venv.has_module("spacy")
+    out = run([venv.bin("pip-compile"), "--version"], env=venv.env).stdout
+    assert "pip-compile" in out and "version" in out
 
 
 # --------------------------------------------------------------------------

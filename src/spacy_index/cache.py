@@ -1,0 +1,754 @@
+"""The content-addressed file cache behind ``spacy-index serve`` (and ``install``/mirroring).
+
+Files are keyed by their sha256 and live at ``root/files/<sha[:2]>/<sha>``. A file only gets
+there after its size and sha256 were checked, so whatever is at a final path is complete and
+correct (a file planted or damaged behind our back is caught by :meth:`FileCache.cached`, which
+hashes every entry fully once per process).
+
+How a download works (one *flight* per sha256, shared by everyone who asks for it):
+
+* The flight is a detached task. It writes ``root/partial/<sha>.partial`` (``flock``-ed, so a
+  second process on the same cache uses a private name instead of clobbering it), hashing
+  while it streams, then checks size and sha256 and ``os.replace``-s the file into place.
+  Consumers that go away (a client disconnects, a task is cancelled) never stop it.
+* Consumers *tail* the partial file: the flight publishes how many bytes may be read and wakes
+  them; each consumer reads from its own ``dup`` of the file descriptor at its own offset, one
+  chunk at a time, so memory stays flat whatever the file size and the number of consumers.
+* The flight always holds back the last ``chunk_size`` bytes it wrote; they are published only
+  after the size and sha256 checks passed. A consumer can therefore never receive a complete
+  file that is wrong: on a mismatch every consumer gets :class:`DigestMismatch` (or
+  :class:`SizeMismatch`) instead of the last chunk, nothing is stored, and the failure is
+  remembered for ``failure_ttl`` seconds so that retries fail fast without hitting upstream.
+* The partial file is append-only: bytes that were published are never rewritten.
+* A broken connection is resumed with ``Range: bytes=<n>-`` and ``If-Range`` (the first
+  answer's strong ETag, else its Last-Modified), against the signed URL the first request was
+  redirected to. A ``401``/``403``/``410`` from that signed URL (it expired) sends the next
+  attempt back to :attr:`Upstream.url` for a fresh redirect, still with ``Range``. A ``206`` is
+  only accepted if its ``Content-Range`` starts exactly at the offset and its total agrees.
+* A ``200`` to a ranged request means the validator no longer matched (the resource changed)
+  or the server ignores ranges. The new body is then read from byte 0, but its first ``n``
+  bytes are *compared* with what is already on disk instead of being written (the running hash
+  already covers them, and the bytes are proven identical); writing and hashing resume at
+  byte ``n``. If they differ, consumers may already hold the old bytes, so the flight fails
+  with :class:`UpstreamChanged` (not remembered: the next request starts a fresh download).
+  The same fallback (a plain ``GET``) is used after a ``206`` for the wrong range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from spacy_index.errors import DigestMismatch, SpacyIndexError, UpstreamError
+from spacy_index.http import redact_url
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CacheError",
+    "CacheStream",
+    "CacheWriteError",
+    "FileCache",
+    "InvalidDigest",
+    "SizeMismatch",
+    "Upstream",
+    "UpstreamChanged",
+    "UpstreamFileError",
+]
+
+_T = TypeVar("_T")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+#: Answers of an expired or revoked signed URL: go back to ``Upstream.url`` for a fresh one.
+_REFRESH = frozenset({401, 403, 410})
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+# --------------------------------------------------------------------------- #
+# Errors
+# --------------------------------------------------------------------------- #
+class InvalidDigest(SpacyIndexError, ValueError):
+    """A cache key is not a sha256 hex digest (checked before any path is built)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        super().__init__(f"not a sha256 digest (64 lower-case hex digits): {shown}")
+
+
+class CacheError(SpacyIndexError):
+    """The download cache itself failed."""
+
+
+class CacheWriteError(CacheError):
+    """The cache could not be written (disk full, permissions); existing entries are intact."""
+
+    def __init__(self, root: Path, detail: str) -> None:
+        self.root = root
+        self.detail = detail
+        super().__init__(
+            f"cannot write to the download cache {str(root)!r}: {detail}; "
+            "free some space or use another cache directory"
+        )
+
+
+class UpstreamFileError(UpstreamError):
+    """A file could not be downloaded (an HTTP error, or the connection kept failing)."""
+
+    def __init__(self, filename: str, status: int | None, url: str, detail: str = "") -> None:
+        self.filename = filename
+        self.status = status
+        self.url = url  # already redacted
+        self.detail = detail
+        if status is not None:
+            msg = f"cannot download {filename!r}: HTTP {status} from {url}"
+        else:
+            msg = f"cannot download {filename!r} from {url}: {detail}"
+        super().__init__(msg)
+
+
+class SizeMismatch(UpstreamError):
+    """Upstream's size for a file is not the size the index promised."""
+
+    def __init__(self, filename: str, expected: int, actual: int, *, at_least: bool = False) -> None:
+        self.filename = filename
+        self.expected = expected
+        self.actual = actual
+        got = f"at least {actual}" if at_least else str(actual)
+        super().__init__(f"size mismatch for {filename!r}: expected {expected} bytes, upstream has {got}")
+
+
+class UpstreamChanged(UpstreamError):
+    """The upstream file changed while it was being downloaded; a retry starts afresh."""
+
+    def __init__(self, filename: str, detail: str) -> None:
+        self.filename = filename
+        self.detail = detail
+        super().__init__(f"{filename!r} changed upstream during the download ({detail}); retry")
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, *, full: bool) -> None:
+        self.reason = reason
+        self.full = full  # retry with a plain GET instead of a range request
+
+
+class _Refresh(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+# --------------------------------------------------------------------------- #
+# Public types
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class Upstream:
+    """Where a file comes from and what it must be."""
+
+    url: str  #: e.g. a GitHub ``browser_download_url`` (302s to a short-lived signed URL)
+    filename: str
+    sha256: str  #: expected, lower hex
+    size: int | None = None  #: expected size, if known
+
+
+def _check_sha(sha: object) -> str:
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise InvalidDigest(sha)
+    return sha
+
+
+# --------------------------------------------------------------------------- #
+# Blocking helpers (run in worker threads)
+# --------------------------------------------------------------------------- #
+def _pwrite_all(fd: int, data: Any, pos: int) -> None:
+    """Write all of ``data`` at ``pos``. (Module level so tests can inject ENOSPC.)"""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def _write_and_hash(fd: int, hasher: Any, buf: bytearray, skip: int, pos: int) -> None:
+    data = memoryview(buf)[skip:]
+    _pwrite_all(fd, data, pos)
+    hasher.update(data)
+
+
+def _first_difference(fd: int, buf: bytearray, n: int, pos: int) -> int | None:
+    """Index of the first of ``buf[:n]`` that differs from the file at ``pos``, or None."""
+    disk = os.pread(fd, n, pos)
+    new = memoryview(buf)[:n]
+    if len(disk) == n and new == disk:
+        return None
+    for i in range(min(n, len(disk))):
+        if new[i] != disk[i]:
+            return i
+    return min(n, len(disk))
+
+
+def _hash_file(path: Path, block: int = 1 << 20) -> str:
+    hasher = hashlib.sha256()
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in the default executor. If we are cancelled meanwhile, wait for the
+    worker to finish before re-raising, so no one closes a descriptor it still uses."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        raise
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = _USERINFO.sub("***@", text)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _content_range(value: str | None) -> tuple[int, int | None] | None:
+    """``bytes a-b/total`` → (a, total or None)."""
+    m = _CONTENT_RANGE.fullmatch(value or "")
+    if m is None or int(m.group(2)) < int(m.group(1)):
+        return None
+    return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
+
+
+def _content_length(resp: httpx.Response) -> int | None:
+    try:
+        return int(resp.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _validator(resp: httpx.Response) -> str | None:
+    """What to send as ``If-Range``: a strong ETag, else Last-Modified."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+# --------------------------------------------------------------------------- #
+# A download in progress
+# --------------------------------------------------------------------------- #
+class _Flight:
+    def __init__(self, up: Upstream, fd: int, partial: Path) -> None:
+        self.up = up
+        self.fd = fd  #: the writer's descriptor; readers dup it; closed when the flight ends
+        self.partial = partial
+        self.hasher = hashlib.sha256()
+        self.total: int | None = None  #: from the first usable answer (or ``up.size``)
+        self.written = 0  #: contiguous bytes on disk from offset 0
+        self.published = 0  #: bytes consumers may read (≤ written - chunk_size until verified)
+        self.upstream_bytes = 0  #: body bytes received from upstream, all attempts
+        self.started = False  #: a usable answer arrived; ``total`` is final
+        self.done = False
+        self.ok = False
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def wake(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+def _raise(exc: BaseException) -> None:
+    """Raise an exception that is shared by several consumers (fresh traceback each time)."""
+    raise exc.with_traceback(None)
+
+
+class CacheStream:
+    """One consumer of one file: ``async with cache.open(up) as s: async for b in s: ...``.
+
+    After ``__aenter__``: ``hit`` says whether the file was already cached (then ``path`` is
+    the final file, which a server can ``sendfile``), ``size`` is the total size if known.
+    Upstream errors that are known before the first byte (404, size mismatch, a recent digest
+    mismatch) are raised by ``__aenter__``; later ones by the iteration.
+    """
+
+    def __init__(self, cache: FileCache, up: Upstream) -> None:
+        self._cache = cache
+        self.up = up
+        self.hit = False
+        self.size: int | None = None
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._flight: _Flight | None = None
+        self._gen: AsyncIterator[bytes] | None = None
+
+    async def __aenter__(self) -> CacheStream:
+        for _ in range(3):
+            found = await self._cache._lookup(self.up)
+            if isinstance(found, _Flight):
+                # no await between the lookup and the dup: the flight cannot have closed it
+                self._fd = os.dup(found.fd)
+                self._flight = found
+                try:
+                    while not (found.started or found.done):
+                        await found.changed()
+                    if found.error is not None:
+                        _raise(found.error)
+                except BaseException:
+                    self._close()
+                    raise
+                self.size = found.total
+                return self
+            try:
+                self._fd = os.open(found, os.O_RDONLY | _O_BINARY)
+            except FileNotFoundError:  # evicted in between; look again
+                continue
+            self.hit, self.path, self.size = True, found, os.fstat(self._fd).st_size
+            return self
+        raise CacheError(f"cache entry for {self.up.filename!r} keeps disappearing")
+
+    async def __aexit__(self, *exc: object) -> None:
+        gen, self._gen = self._gen, None
+        try:
+            if gen is not None:
+                await gen.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._fd is None:
+            raise RuntimeError("iterate a CacheStream inside 'async with'")
+        if self._gen is not None:
+            raise RuntimeError("a CacheStream can only be iterated once")
+        self._gen = self._iterate(self._fd)
+        return self._gen
+
+    async def _iterate(self, fd: int) -> AsyncIterator[bytes]:
+        chunk = self._cache.chunk_size
+        pos = 0
+        fl = self._flight
+        if fl is None:  # a hit: the whole file
+            while data := await _in_thread(os.pread, fd, chunk, pos):
+                pos += len(data)
+                yield data
+            return
+        while True:
+            if fl.error is not None:
+                _raise(fl.error)
+            if pos < fl.published:
+                data = await _in_thread(os.pread, fd, min(chunk, fl.published - pos), pos)
+                if not data:  # cannot happen: published bytes are on disk
+                    raise CacheError(f"partial download of {self.up.filename!r} shrank")
+                pos += len(data)
+                yield data
+            elif fl.done:
+                return
+            else:
+                await fl.changed()
+
+
+# --------------------------------------------------------------------------- #
+# The cache
+# --------------------------------------------------------------------------- #
+class FileCache:
+    """Verified, content-addressed files, downloaded once however many ask at the same time.
+
+    ``notify`` receives one-line progress messages (download started, resumed, URL refreshed,
+    corrupt entry evicted). ``failure_ttl`` is how long a digest/size mismatch is remembered.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        client: httpx.AsyncClient,
+        *,
+        chunk_size: int = 1 << 20,
+        max_resumes: int = 5,
+        notify: Callable[[str], None] | None = None,
+        failure_ttl: float = 30.0,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        self.root = Path(root)
+        self.client = client
+        self.chunk_size = chunk_size
+        self.max_resumes = max_resumes
+        self.failure_ttl = failure_ttl
+        self._notify = notify
+        self._flights: dict[str, _Flight] = {}
+        self._failures: dict[str, tuple[float, BaseException]] = {}
+        self._checks: dict[str, asyncio.Future[Path | None]] = {}
+        self._verified: dict[str, int] = {}  # sha → size when fully hashed in this process
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lookups ------------------------------------------------------------ #
+    def path(self, sha256: str) -> Path:
+        """Final location of a file (whether or not it is there)."""
+        sha = _check_sha(sha256)
+        return self.root / "files" / sha[:2] / sha
+
+    def cached(self, sha256: str) -> Path | None:
+        """The final path if the file is present and correct, else None.
+
+        The first call per process hashes the whole file (blocking: async code runs this in a
+        thread); a wrong or truncated file is deleted. Later calls only compare the size.
+        """
+        sha = _check_sha(sha256)
+        path = self.path(sha)
+        with self._lock_for(sha):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                self._verified.pop(sha, None)
+                return None
+            known = self._verified.get(sha)
+            if known is not None:
+                if st.st_size == known:
+                    return path
+                reason = f"its size changed from {known} to {st.st_size} bytes"
+            else:
+                actual = _hash_file(path)
+                if actual == sha:
+                    self._verified[sha] = st.st_size
+                    return path
+                reason = f"its sha256 is {actual}"
+            self._verified.pop(sha, None)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._say(f"evicted corrupt cache entry {path.name} ({reason})")
+            return None
+
+    def _lock_for(self, sha: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(sha, threading.Lock())
+
+    def _quick(self, sha: str) -> Path | None:
+        """The final path if it was verified in this process and still has its size."""
+        known = self._verified.get(sha)
+        if known is None:
+            return None
+        path = self.path(sha)
+        try:
+            return path if path.stat().st_size == known else None
+        except FileNotFoundError:
+            return None
+
+    async def _acached(self, sha: str) -> Path | None:
+        """:meth:`cached` in a thread, one check per sha at a time."""
+        fut = self._checks.get(sha)
+        if fut is None:
+            fut = asyncio.ensure_future(_in_thread(self.cached, sha))
+            self._checks[sha] = fut
+
+            def done(f: asyncio.Future[Path | None]) -> None:
+                if self._checks.get(sha) is f:
+                    del self._checks[sha]
+                if not f.cancelled():
+                    f.exception()  # retrieved even if every waiter went away
+
+            fut.add_done_callback(done)
+        return await asyncio.shield(fut)
+
+    def _check_failures(self, sha: str) -> None:
+        entry = self._failures.get(sha)
+        if entry is not None:
+            deadline, exc = entry
+            if time.monotonic() < deadline:
+                _raise(exc)
+            del self._failures[sha]
+
+    async def _lookup(self, up: Upstream) -> Path | _Flight:
+        """A verified final path, or the flight that is (now) downloading the file."""
+        sha = _check_sha(up.sha256)
+        self._check_failures(sha)
+        found: Path | _Flight | None = self._flights.get(sha) or self._quick(sha)
+        if found is None:
+            found = await self._acached(sha)
+            # things may have moved while the file was being hashed
+            found = found or self._flights.get(sha)
+            if found is None:
+                self._check_failures(sha)
+                found = self._quick(sha) or self._start(up)
+        return found
+
+    # -- public API --------------------------------------------------------- #
+    def open(self, up: Upstream) -> CacheStream:
+        """A stream of the file's bytes, from the cache or from the (shared) download."""
+        _check_sha(up.sha256)
+        return CacheStream(self, up)
+
+    async def ensure(self, up: Upstream) -> Path:
+        """Download the file if needed (joining a running download) and return its path."""
+        found = await self._lookup(up)
+        if isinstance(found, Path):
+            return found
+        while not found.done:
+            await found.changed()
+        if found.error is not None:
+            _raise(found.error)
+        return self.path(up.sha256)
+
+    async def wait_idle(self) -> None:
+        """Wait until no download is running (their errors went to their consumers)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def aclose(self) -> None:
+        """Cancel the running downloads (their partial files are removed) and wait for them."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.wait_idle()
+
+    # -- downloading -------------------------------------------------------- #
+    def _say(self, message: str) -> None:
+        if self._notify is not None:
+            with contextlib.suppress(Exception):
+                self._notify(message)
+
+    def _open_partial(self, sha: str) -> tuple[int, Path]:
+        folder = self.root / "partial"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{sha}.partial"
+        flags = os.O_RDWR | os.O_CREAT | _O_BINARY
+        for _ in range(5):
+            fd = os.open(path, flags, 0o644)
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process downloads it: keep out of its way
+                os.close(fd)
+                path = folder / f"{sha}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+                flags |= os.O_EXCL
+                continue
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else its owner just renamed or removed it; start over
+                break
+            os.close(fd)
+        else:  # pragma: no cover - pathological contention
+            raise OSError(errno.EBUSY, "partial file is busy")
+        try:
+            os.ftruncate(fd, 0)  # a stale partial of a crashed run
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, path
+
+    def _start(self, up: Upstream) -> _Flight:
+        sha = up.sha256
+        try:
+            fd, partial = self._open_partial(sha)
+        except OSError as exc:
+            raise CacheWriteError(self.root, _strerror(exc)) from None
+        fl = _Flight(up, fd, partial)
+        self._flights[sha] = fl
+        fl.task = asyncio.get_running_loop().create_task(
+            self._fly(fl), name=f"spacy-index download {up.filename}"
+        )
+        self._tasks.add(fl.task)
+        fl.task.add_done_callback(self._tasks.discard)
+        return fl
+
+    async def _fly(self, fl: _Flight) -> None:
+        up = fl.up
+        sha = up.sha256
+        try:
+            self._say(f"downloading {up.filename}")
+            await self._download(fl)
+            size = fl.written
+            if up.size is not None and size != up.size:
+                raise SizeMismatch(up.filename, up.size, size)
+            actual = fl.hasher.hexdigest()
+            if actual != sha:
+                raise DigestMismatch(up.filename, sha, actual)
+            final = self.path(sha)
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(fl.partial, final)
+            except OSError as exc:
+                raise CacheWriteError(self.root, _strerror(exc)) from None
+            self._verified[sha] = size
+            fl.ok = True
+            fl.published = size
+            self._say(f"cached {up.filename} ({size} bytes, {fl.upstream_bytes} downloaded)")
+        except (DigestMismatch, SizeMismatch) as exc:
+            fl.error = exc
+            self._failures[sha] = (time.monotonic() + self.failure_ttl, exc)
+        except asyncio.CancelledError:
+            fl.error = UpstreamFileError(up.filename, None, redact_url(up.url),
+                                         "the download was cancelled")
+            raise
+        except Exception as exc:
+            fl.error = exc
+        finally:
+            if not fl.ok:
+                with contextlib.suppress(OSError):
+                    os.unlink(fl.partial)
+            if self._flights.get(sha) is fl:
+                del self._flights[sha]
+            os.close(fl.fd)
+            fl.done = True
+            fl.wake()
+
+    def _accept(self, fl: _Flight, resp: httpx.Response, url: str, ranged: bool,
+                offset: int) -> int:
+        """Check an answer's status and size; returns the offset of its first body byte."""
+        up = fl.up
+        status = resp.status_code
+        total: int | None
+        if status == 206:
+            want = offset if ranged else 0
+            span = _content_range(resp.headers.get("Content-Range"))
+            if span is None or span[0] != want:
+                raise _Retry(f"a 206 for {resp.headers.get('Content-Range')!r}, "
+                             f"not bytes {want}-", full=True)
+            start, total = span
+        elif status == 200:
+            start, total = 0, _content_length(resp)
+        elif status in _REFRESH and url != up.url:
+            raise _Refresh(status)
+        elif status in (408, 425, 429) or status >= 500:
+            raise _Retry(f"HTTP {status}", full=False)
+        else:
+            raise UpstreamFileError(up.filename, status, redact_url(up.url))
+        if up.size is not None and total is not None and total != up.size:
+            raise SizeMismatch(up.filename, up.size, total)
+        if fl.total is not None and total is not None and total != fl.total:
+            raise UpstreamChanged(up.filename, f"its size went from {fl.total} to {total} bytes")
+        if not fl.started:
+            fl.total = total if total is not None else up.size
+            fl.started = True
+            fl.wake()
+        elif fl.total is None:
+            fl.total = total
+        return start
+
+    async def _download(self, fl: _Flight) -> None:
+        up = fl.up
+        url = up.url  # where the next request goes: the signed URL once we have one
+        validator: str | None = None
+        use_range = False
+        attempts = 0
+        while True:
+            offset = fl.written
+            ranged = use_range and offset > 0
+            headers = {"Accept-Encoding": "identity"}
+            if ranged:
+                headers["Range"] = f"bytes={offset}-"
+                if validator:
+                    headers["If-Range"] = validator
+            buf = bytearray()
+            pos = compare_upto = 0
+            problem: str | None = None
+            full = False
+            try:
+                async with self.client.stream("GET", url, headers=headers,
+                                              follow_redirects=True) as resp:
+                    start = self._accept(fl, resp, url, ranged, offset)
+                    if start == 0:
+                        validator = _validator(resp)
+                    url = str(resp.url)
+                    pos = start
+                    # a full body after we already have bytes: compare, don't rewrite
+                    compare_upto = offset if start < offset else 0
+                    async for piece in resp.aiter_raw():
+                        fl.upstream_bytes += len(piece)
+                        buf += piece
+                        if len(buf) >= self.chunk_size:
+                            pos = await self._store(fl, buf, pos, compare_upto)
+                            buf = bytearray()
+            except httpx.TransportError as exc:
+                problem = _describe(exc)
+            except _Retry as exc:
+                problem, full = exc.reason, exc.full
+            except _Refresh as exc:
+                self._say(f"{up.filename}: the signed URL answered {exc.status}; "
+                          "getting a fresh one")
+                url = up.url
+                use_range = True
+                continue
+            except httpx.HTTPError as exc:
+                raise UpstreamFileError(up.filename, None, redact_url(up.url),
+                                        _describe(exc)) from None
+            progressed = bool(buf)
+            if buf:  # what arrived before the connection broke is good: keep it
+                pos = await self._store(fl, buf, pos, compare_upto)
+            if problem is None:
+                if pos < compare_upto:
+                    raise UpstreamChanged(up.filename, "a new answer is shorter than the first")
+                if fl.total is None or fl.written >= fl.total:
+                    return
+                problem = f"the body ended at byte {fl.written} of {fl.total}"
+            attempts += 1
+            if attempts > self.max_resumes:
+                raise UpstreamFileError(up.filename, None, redact_url(up.url),
+                                        f"gave up after {attempts} attempts ({problem})")
+            use_range = not full
+            self._say(f"{up.filename}: {problem}; retrying from byte "
+                      f"{fl.written if use_range else 0} ({attempts}/{self.max_resumes})")
+            if not progressed:
+                await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), 5.0))
+
+    async def _store(self, fl: _Flight, buf: bytearray, pos: int, compare_upto: int) -> int:
+        """Put ``buf`` (body bytes for offset ``pos``) in the partial file; returns the new
+        offset. Bytes below ``compare_upto`` are already there and are only compared."""
+        up = fl.up
+        end = pos + len(buf)
+        limit = up.size if up.size is not None else fl.total
+        if limit is not None and end > limit:
+            raise SizeMismatch(up.filename, limit, end, at_least=True)
+        skip = 0
+        if pos < compare_upto:
+            skip = min(len(buf), compare_upto - pos)
+            diff = await _in_thread(_first_difference, fl.fd, buf, skip, pos)
+            if diff is not None:
+                raise UpstreamChanged(up.filename, f"it differs from before at byte {pos + diff}")
+        if skip < len(buf):
+            try:
+                await _in_thread(_write_and_hash, fl.fd, fl.hasher, buf, skip, pos + skip)
+            except OSError as exc:
+                raise CacheWriteError(self.root, _strerror(exc)) from None
+            fl.written = end
+            fl.published = max(fl.published, end - self.chunk_size)
+            fl.wake()
+        return end
