@@ -13,28 +13,11 @@ import pytest
 from spacy_index.cli import main
 from tests.clients import build_wheelhouse, make_venv, run, serve_directory
 from tests.fakegithub import FakeGitHub
-from tests.wheels import default_spacy_version
+from tests.wheels import meta_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 VERSIONS = ("3.7.50", "3.8.50")  # both load with the installed spaCy 3.8
-
-
-def meta_archive(packages) -> bytes:
-    """A spacy-models-shaped repository tarball whose meta files hold our wheels' checksums."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in packages:
-            meta = {
-                "lang": "en", "name": "core_web_sm", "version": p.version,
-                "spacy_version": default_spacy_version(), "requirements": [],
-                "checksum": p.sdist_sha256, "checksum_whl": p.sha256,
-            }
-            data = json.dumps(meta).encode()
-            info = tarfile.TarInfo(f"explosion-spacy-models-0000000/meta/en_core_web_sm-{p.version}.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

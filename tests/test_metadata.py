@@ -222,7 +222,7 @@ class RangeServer(ThreadingHTTPServer):
 @contextlib.contextmanager
 def serve(files: dict[str, bytes], **kwargs: Any) -> Iterator[RangeServer]:
     server = RangeServer(files, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
@@ -499,6 +499,34 @@ def test_remote_small_tail_fetches_exactly_the_missing_directory(wheels: dict[st
     assert server.bytes_sent < 100 + (len(data) - eocd.cd_offset) + compressed_size(path) + 200
 
 
+@pytest.mark.parametrize("tail", [22, 30, 100, 1000])
+@pytest.mark.parametrize("key", ["deflated-pad-after", "zip64-pad-before", "zip64-sentinels",
+                                 "prepended-zip64-pad-after", "small"])
+def test_remote_tiny_tails(wheels: dict[str, Path], key: str, tail: int) -> None:
+    """Tails too short for the end records: the reader asks for what it is missing."""
+    path = wheels[key]
+    data = path.read_bytes()
+    with serve({path.name: data}) as server:
+        got = fetch(server.url(path.name), filename=path.name, tail=tail)
+    assert got.metadata == METADATA
+    assert len(server.requests) <= 4
+    assert server.bytes_sent <= (len(data) - PAD if len(data) > PAD else len(data))
+
+
+def test_remote_long_comment() -> None:
+    comment = b"c" * 60000
+    body = raw_zip([("demo_pkg-1.0.dist-info/METADATA", METADATA, zipfile.ZIP_DEFLATED, b""),
+                    ("demo_pkg/filler.bin", random.Random(2).randbytes(100_000), 0, b"")])
+    data = body[:-2] + struct.pack("<H", len(comment)) + comment
+    name = "demo_pkg-1.0-py3-none-any.whl"
+    with serve({name: data}) as server:
+        got = fetch(server.url(name), filename=name, tail=1000)
+    assert got.metadata == METADATA
+    # the tail; up to the largest possible end area; the member
+    assert len(server.requests) == 3
+    assert server.bytes_sent < 65536 + 1000 + len(METADATA) + 1024 + 200
+
+
 def test_remote_long_local_extra_needs_one_more_request() -> None:
     filler = random.Random(1).randbytes(200_000)
     long_extra = struct.pack("<HH", 0xCAFE, 3000) + bytes(3000)
@@ -516,6 +544,7 @@ def test_remote_long_local_extra_needs_one_more_request() -> None:
     assert len(server.requests) == 3
     first, second = (int(x) for x in server.ranges_asked[1][6:].split("-"))  # type: ignore[index]
     third = int(server.ranges_asked[2][6:].split("-")[0])  # type: ignore[index]
+    assert first == data.index(b"PK\x03\x04", 1)  # the METADATA local header
     assert third == second + 1
     assert got.bytes_transferred < TAIL + 3000 + len(METADATA) + 1024 + 200
 
@@ -553,9 +582,12 @@ def test_remote_via_fake_github_expired_signed_url(wheels: dict[str, Path]) -> N
         rel = gh.add_release("demo-1.0", {path.name: path.read_bytes()})
         url = rel["assets"][0]["browser_download_url"]
 
+        injected: list[Fault] = []
+
         def expire(response: httpx.Response) -> None:
-            if response.status_code == 206 and not gh._faults:
-                gh.inject(Fault.status(403, origin="objects"))
+            if response.status_code == 206 and not injected:
+                injected.append(Fault.status(403, origin="objects"))
+                gh.inject(injected[0])
 
         with httpx.Client(trust_env=False, event_hooks={"response": [expire]}) as client:
             got = metadata_from_remote_wheel_sync(client, url, filename=path.name)
@@ -648,13 +680,13 @@ def _mock_fetch(handler: Any, name: str = "demo_pkg-1.0-py3-none-any.whl", **kw:
 
 def test_bad_range_answers_raise() -> None:
     def answer(status: int, headers: dict[str, str], body: bytes = b"x" * 10) -> Any:
-        return lambda request: httpx.Response(status, headers=headers, content=body)
+        return lambda request: httpx.Response(status, headers=headers, stream=_TrackedStream(body))
 
     cases = [
         (answer(206, {"Content-Range": "bytes 0-9/*"}), "size"),
         (answer(206, {}), "bad Content-Range"),
         (answer(206, {"Content-Range": "bytes 0-9/5"}), "bad Content-Range"),
-        (answer(206, {"Content-Range": "bytes 0-8/9"}), "got bytes 0-8"),
+        (answer(206, {"Content-Range": "bytes 1-10/11"}), "got bytes 1-10"),
         (answer(206, {"Content-Range": "bytes 0-9/10", "Content-Encoding": "gzip"}), "Encoding"),
         (answer(206, {"Content-Range": "bytes 0-9/10"}, b"x" * 11), "more than"),
         (answer(206, {"Content-Range": "bytes 0-9/10"}, b"x" * 9), "got 9 bytes"),
@@ -697,9 +729,9 @@ def test_corrupted_member_fails_crc(tmp_path: Path, sync: bool) -> None:
     path = make_wheel(tmp_path, pad=100_000, pad_first=False, compression=zipfile.ZIP_STORED)
     data = bytearray(path.read_bytes())
     data[data.index(b"A description")] ^= 0x20  # still a well-formed zip; the CRC is wrong
-    with serve({path.name: bytes(data)}) as server:
-        with pytest.raises(CorruptWheel, match="CRC-32 mismatch") as e:
-            fetch(server.url(path.name), filename=path.name, sync=sync)
+    with serve({path.name: bytes(data)}) as server, \
+            pytest.raises(CorruptWheel, match="CRC-32 mismatch") as e:
+        fetch(server.url(path.name), filename=path.name, sync=sync)
     assert e.value.filename == path.name
     assert e.value.source == server.url(path.name)
 
@@ -707,9 +739,9 @@ def test_corrupted_member_fails_crc(tmp_path: Path, sync: bool) -> None:
 def test_unsupported_compression(tmp_path: Path) -> None:
     path = make_wheel(tmp_path, metadata_compression=zipfile.ZIP_BZIP2)
     assert metadata_from_wheel_file(path) == METADATA  # zipfile can, the remote reader cannot
-    with serve({path.name: path.read_bytes()}) as server:
-        with pytest.raises(MetadataError, match="unsupported compression method 12") as e:
-            fetch(server.url(path.name), filename=path.name)
+    with serve({path.name: path.read_bytes()}) as server, \
+            pytest.raises(MetadataError, match="unsupported compression method 12") as e:
+        fetch(server.url(path.name), filename=path.name)
     assert type(e.value) is MetadataError
 
 
@@ -719,9 +751,9 @@ def test_errors_redact_credentials(wheels: dict[str, Path]) -> None:
         url = server.url("missing.whl", userinfo="alice:s3cret")
         with pytest.raises(MetadataError) as e:
             fetch(url, filename=path.name)
-        with serve({path.name: path.read_bytes()}, ranges=False) as plain:
-            with pytest.raises(RangeNotSupported) as e2:
-                fetch(plain.url(path.name, userinfo="bob:hunter2"), filename=path.name)
+        with serve({path.name: path.read_bytes()}, ranges=False) as plain, \
+                pytest.raises(RangeNotSupported) as e2:
+            fetch(plain.url(path.name, userinfo="bob:hunter2"), filename=path.name)
     assert e.value.status == 404
     for err, secret in ((e.value, "s3cret"), (e2.value, "hunter2")):
         text = str(err)

@@ -477,3 +477,26 @@ __all__ = [
     "wheel_metadata",
     "write_static_index",
 ]
+
+
+def meta_archive(packages: Iterable[ModelPackage]) -> bytes:
+    """A spacy-models-shaped repository tarball whose ``meta/*.json`` files hold the
+    checksums and spaCy range of ``packages`` (for a FakeGitHub ``archive=``)."""
+    import io
+    import json
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in packages:
+            lang, _, name = p.project.partition("_")
+            meta = {
+                "lang": lang, "name": name, "version": p.version,
+                "spacy_version": p.spacy_version, "requirements": [],
+                "checksum": p.sdist_sha256, "checksum_whl": p.sha256,
+            }
+            data = json.dumps(meta).encode()
+            info = tarfile.TarInfo(f"explosion-spacy-models-0000000/meta/{p.project}-{p.version}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

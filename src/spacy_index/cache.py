@@ -527,8 +527,8 @@ class FileCache:
 
     async def wait_idle(self) -> None:
         """Wait until no download is running (their errors went to their consumers)."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.wait(pending)
 
     async def aclose(self) -> None:
         """Cancel the running downloads (their partial files are removed) and wait for them."""

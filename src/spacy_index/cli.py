@@ -45,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-shrink", action="store_true",
                    help="allow a build that drops more than 10%% of the files")
 
+    v = sub.add_parser(
+        "serve",
+        help="run one index URL that routes pipelines to their source and the rest to PyPI",
+        description="Serve PEP 503/691 pages, PEP 658 metadata and cached files. spaCy "
+        "pipeline names go to explosion/spacy-models, everything else to the upstream; a "
+        "--config file adds sources (private indexes, GitHub repos, folders).",
+    )
+    v.add_argument("--config", type=Path, metavar="FILE", help="TOML config (see docs/serve.md)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="file and metadata cache (default: the user cache folder)")
+    v.add_argument("--upstream", metavar="URL", help="index for every other name "
+                   "(default https://pypi.org/simple/)")
+    v.add_argument("--tls-cert", type=Path, metavar="FILE")
+    v.add_argument("--tls-key", type=Path, metavar="FILE")
+    v.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     s = sub.add_parser(
         "snapshot",
         help="regenerate a catalog snapshot from the live sources",
@@ -88,6 +106,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _build(args, env, out, err)
         if args.command == "snapshot":
             return _snapshot(args, env, err)
+        if args.command == "serve":
+            return _serve(args, env, err)
         raise UsageError(f"unknown command {args.command!r}")
     except SpacyIndexError as e:
         err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
@@ -188,6 +208,42 @@ def _summary(result, out: Console) -> None:
     out.print(f"  uv pip install --index-url {simple} en_core_web_sm", markup=False)
     out.print(f"  pip install --no-index --find-links {pub.path.as_uri()}/find-links.html "
               "en_core_web_sm   # the flat page", markup=False)
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:
+    import logging
+
+    import uvicorn
+
+    from spacy_index.server.app import build_server, create_app
+    from spacy_index.server.config import load_config
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    settings, cache_dir = _settings(args, env)
+    config = load_config(args.config, env, upstream=args.upstream)
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
+                          token=settings.token)
+    app = create_app(server)
+    scheme = "https" if args.tls_cert else "http"
+    err.print(f"spacy-index serve: {scheme}://{args.host}:{args.port}/simple/  "
+              f"(cache {cache_dir}; upstream {config.upstream})", markup=False)
+    for source in config.sources:
+        where = source.display_url or source.repo or (str(source.path) if source.path else "")
+        err.print(f"  {source.name}: {source.kind} {where} <- {', '.join(source.projects[:4])}"
+                  + (" …" if len(source.projects) > 4 else ""), markup=False)
+    uv_config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+        ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+        timeout_graceful_shutdown=10, backlog=1024,
+    )
+    try:
+        uvicorn.Server(uv_config).run()
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    return 0
 
 
 def _snapshot(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:

@@ -18,7 +18,6 @@ ranges it still needs) that the async and sync wrappers share.
 
 from __future__ import annotations
 
-import copy
 import re
 import struct
 import zipfile
@@ -118,7 +117,8 @@ class MetadataError(UpstreamError):
 
     def with_context(self, *, filename: str | None = None, source: str | None = None) -> MetadataError:
         """A copy that names ``filename``/``source`` where this one does not yet."""
-        new = copy.copy(self)
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
         new.filename = self.filename or filename
         new.source = self.source or source
         new.args = (new._message(),)
@@ -235,8 +235,7 @@ def parse_eocd(tail: bytes, total: int) -> EndOfCentralDirectory:
             raise CorruptWheel("multi-disk ZIP archives are not supported")
         cd_end_actual, zip64 = rec, True
     else:
-        if _U16 in (entries, disk, cd_disk) or _U32 in (cd_size, cd_offset):
-            raise CorruptWheel("ZIP64 values without a ZIP64 end of central directory locator")
+        # (0xFFFF.. values without a ZIP64 locator fail below: the directory would not fit)
         if disk != 0 or cd_disk != 0:
             raise CorruptWheel("multi-disk ZIP archives are not supported")
         cd_end_actual, zip64 = eocd_abs, False
@@ -468,6 +467,9 @@ def metadata_from_wheel_file(path: Path, filename: str | None = None) -> bytes:
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
 class RemoteMetadata:
+    """What :func:`metadata_from_remote_wheel` read, and what it cost."""
+
+    #: the exact bytes of the METADATA member
     metadata: bytes
     #: response body bytes received (every response, redirects included)
     bytes_transferred: int
@@ -705,7 +707,7 @@ class _Session:
 
 async def _aread(session: _Session, response: httpx.Response, expected: int) -> bytes:
     body = bytearray()
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():
         body += chunk
         session.check_chunk(len(body), expected)
     session.received(response, bytes(body), expected)
@@ -714,7 +716,7 @@ async def _aread(session: _Session, response: httpx.Response, expected: int) -> 
 
 def _read(session: _Session, response: httpx.Response, expected: int) -> bytes:
     body = bytearray()
-    for chunk in response.iter_raw():
+    for chunk in response.iter_bytes():
         body += chunk
         session.check_chunk(len(body), expected)
     session.received(response, bytes(body), expected)

@@ -110,6 +110,8 @@ class Distribution:
     requires_dist: tuple[str, ...] | None = None
     #: sha256 of the wheel's METADATA file, once known (PEP 658).
     core_metadata_sha256: str | None = None
+    #: the index serves ``<url>.metadata`` even if its hash is not known yet (PEP 714 ``true``)
+    has_core_metadata: bool = False
     yanked: str | None = None
 
     def __post_init__(self) -> None:

@@ -34,8 +34,12 @@ def _anchor(file: dict[str, Any], text: str | None = None) -> str:
     if "requires-python" in file:
         attrs.append(f'data-requires-python="{escape(file["requires-python"])}"')
     meta = file.get("core-metadata")
+    value = None
     if isinstance(meta, dict) and meta.get("sha256"):
         value = escape(f"sha256={meta['sha256']}")
+    elif meta is True:
+        value = "true"
+    if value is not None:
         attrs.append(f'data-core-metadata="{value}"')
         attrs.append(f'data-dist-info-metadata="{value}"')
     if "yanked" in file:

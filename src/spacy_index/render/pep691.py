@@ -35,6 +35,8 @@ def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, An
     if dist.core_metadata_sha256:
         # PEP 714: JSON carries only the new key (pip crashed on the old one, pip#12042).
         entry["core-metadata"] = {"sha256": dist.core_metadata_sha256}
+    elif dist.has_core_metadata:
+        entry["core-metadata"] = True
     if dist.yanked is not None:
         entry["yanked"] = dist.yanked or True
     if dist.size is not None:

@@ -1,0 +1,517 @@
+"""The Starlette application behind ``spacy-index serve``.
+
+Routes:
+
+- ``/simple/`` and ``/simple/<project>/``: PEP 503 HTML or PEP 691 JSON by ``Accept``
+  (q-values; 406 when nothing fits; ``Vary: Accept``), 301 to the normalized name, ETag/304,
+  a short ``max-age``. Links point at ``/files/...``; every file carries its sha256, and
+  wheels ``data-core-metadata``/``data-dist-info-metadata`` (JSON: ``core-metadata`` only).
+- ``/pypi/<project>/json``, ``/simple/pypi/<project>/json``, ``/<project>/json``: the
+  PyPI-style document pip-tools reads hashes from.
+- ``/files/<filename>``: the file, from the content-addressed cache (one upstream download,
+  ever; verified while streaming), with HEAD and single/suffix Range.
+- ``/files/<filename>.metadata``: PEP 658 metadata, fetched by Range reads of the remote
+  wheel when the wheel is not cached.
+- ``/health``.
+
+Each project name is answered by exactly one source, chosen by the config's globs; nothing
+is ever merged across sources, whatever the spelling of the name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import httpx
+from packaging.utils import NormalizedName, canonicalize_name
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spacy_index.cache import FileCache, Upstream
+from spacy_index.catalog import Catalog
+from spacy_index.errors import InvalidFilename, SpacyIndexError
+from spacy_index.http import redact_url
+from spacy_index.metadata import MetadataError, metadata_from_remote_wheel, metadata_from_wheel_file
+from spacy_index.model import Distribution, Project, parse_filename
+from spacy_index.render import html, pep691
+from spacy_index.render.json_api import dumps, pypi_project_document
+from spacy_index.render.pep691 import JSON_CONTENT_TYPE
+from spacy_index.server.config import ServeConfig, SourceConfig
+from spacy_index.server.negotiate import negotiate
+from spacy_index.server.sources import (
+    CatalogSource,
+    FolderSource,
+    IndexSource,
+    Source,
+)
+
+log = logging.getLogger("spacy_index.server")
+access = logging.getLogger("spacy_index.access")
+
+PAGE_MAX_AGE = 60
+FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+CHUNK = 1 << 20
+METADATA_TAIL = 16384
+
+
+@dataclass(frozen=True)
+class Located:
+    source: Source
+    dist: Distribution
+
+
+class MetadataStore:
+    """``root/<wheel sha256>.metadata``, written atomically; remembers metadata sha256s."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._digests: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def path(self, wheel_sha: str) -> Path:
+        return self.root / f"{wheel_sha}.metadata"
+
+    def digest(self, wheel_sha: str) -> str | None:
+        known = self._digests.get(wheel_sha)
+        if known is None:
+            try:
+                data = self.path(wheel_sha).read_bytes()
+            except OSError:
+                return None
+            known = self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
+        return known
+
+    def put(self, wheel_sha: str, data: bytes) -> None:
+        target = self.path(wheel_sha)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
+
+    def lock(self, wheel_sha: str) -> asyncio.Lock:
+        return self._locks.setdefault(wheel_sha, asyncio.Lock())
+
+
+class Server:
+    """State shared by the routes: routing, sources, caches. Built by :func:`create_app`."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        cache_dir: Path,
+        source_factory: Callable[[SourceConfig], Source],
+        upstream: IndexSource,
+    ) -> None:
+        self.config = config
+        self.cache_dir = cache_dir
+        self.sources: dict[str, Source] = {s.name: source_factory(s) for s in config.sources}
+        self.upstream = upstream
+        self.metadata = MetadataStore(cache_dir / "metadata")
+        self._caches: dict[str, FileCache] = {}
+        self.located: dict[str, Located] = {}
+
+    def source_for(self, name: NormalizedName) -> Source:
+        cfg = self.config.route(name)
+        return self.sources[cfg.name] if cfg else self.upstream
+
+    def cache_for(self, source: Source) -> FileCache:
+        cache = self._caches.get(source.name)
+        if cache is None:
+            cache = self._caches[source.name] = FileCache(self.cache_dir, source.client)
+        return cache
+
+    async def project(self, name: NormalizedName) -> tuple[Source, Project | None]:
+        source = self.source_for(name)
+        project = await source.project(name)
+        if project is not None:
+            for d in project.files:
+                self.located[d.filename] = Located(source, d)
+        return source, project
+
+    async def locate(self, filename: str) -> Located | None:
+        found = self.located.get(filename)
+        if found is not None:
+            return found
+        try:
+            parsed = parse_filename(filename)
+        except InvalidFilename:
+            return None
+        await self.project(parsed.name)
+        return self.located.get(filename)
+
+    def local_view(self, project: Project) -> Project:
+        """Links to ``../../files/<filename>``; metadata advertised for hashed wheels."""
+        files = []
+        for d in project.files:
+            meta_sha = self.metadata.digest(d.sha256) if d.sha256 and d.kind == "wheel" else None
+            upstream_meta = getattr(self.source_for(d.project), "upstream_files", {}).get(d.filename)
+            if meta_sha is None and upstream_meta is not None:
+                meta_sha = upstream_meta.metadata_sha256
+            files.append(replace(
+                d,
+                url=f"../../files/{quote(d.filename)}",
+                core_metadata_sha256=meta_sha,
+                has_core_metadata=d.kind == "wheel" and d.sha256 is not None,
+            ))
+        return replace(project, files=tuple(files))
+
+    async def aclose(self) -> None:
+        for cache in self._caches.values():
+            await cache.aclose()
+        for source in (*self.sources.values(), self.upstream):
+            await source.aclose()
+
+
+# --------------------------------------------------------------------------- responses
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match", "")
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(",")) or header.strip() == "*"
+
+
+def _page(request: Request, body: bytes, media_type: str, *, vary: bool = True) -> Response:
+    etag = _etag(body)
+    headers = {"ETag": etag, "Cache-Control": f"max-age={PAGE_MAX_AGE}"}
+    if vary:
+        headers["Vary"] = "Accept"
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _error(status: int, message: str) -> PlainTextResponse:
+    return PlainTextResponse(message + "\n", status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """One ``bytes=`` range → (start, end inclusive); None = whole file; "416" = unsatisfiable."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    spec = header[6:].strip()
+    first, _, last = spec.partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return "416"
+            return (max(0, size - n), size - 1)
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return "416"
+    return (start, min(end, size - 1))
+
+
+async def _file_body(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos, end = start, start + length
+        while pos < end:
+            chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, end - pos), pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def file_response(request: Request, path: Path, etag: str, *, media_type: str) -> Response:
+    size = path.stat().st_size
+    headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL, "Accept-Ranges": "bytes"}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    wanted = _parse_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    if wanted is not None and if_range is not None and if_range != etag:
+        wanted = None
+    if wanted == "416":
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    start, end = (0, size - 1) if wanted is None else wanted  # type: ignore[misc]
+    length = end - start + 1 if size else 0
+    headers["Content-Length"] = str(length)
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(_file_body(path, start, length), status_code=status,
+                             headers=headers, media_type=media_type)
+
+
+def _media_type(filename: str) -> str:
+    return "application/zip" if filename.endswith((".whl", ".zip")) else "application/gzip"
+
+
+# --------------------------------------------------------------------------- routes
+def create_app(server: Server) -> Starlette:
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "sources": sorted(server.sources)})
+
+    async def root(request: Request) -> Response:
+        ctype = negotiate(request.headers.get("accept"))
+        if ctype is None:
+            return _error(406, "not acceptable: this index serves PEP 691 JSON and PEP 503 HTML")
+        names: list[str] = []
+        for source in server.sources.values():
+            with contextlib.suppress(SpacyIndexError):
+                names.extend(await source.project_names())
+        unique = {canonicalize_name(n): n for n in sorted(names)}
+        doc = {"meta": {"api-version": "1.1"},
+               "projects": [{"name": unique[k]} for k in sorted(unique)]}
+        body = dumps(doc).encode() if ctype == JSON_CONTENT_TYPE else html.root_page(doc).encode()
+        return _page(request, body, ctype)
+
+    async def project_page(request: Request) -> Response:
+        raw = request.path_params["project"]
+        name = canonicalize_name(raw)
+        if raw != name or not request.url.path.endswith("/"):
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/simple/{name}/", status_code=301)
+        ctype = negotiate(request.headers.get("accept"))
+        if ctype is None:
+            return _error(406, "not acceptable: this index serves PEP 691 JSON and PEP 503 HTML")
+        try:
+            _source, project = await server.project(name)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        if project is None:
+            return _error(404, f"no project named {name!r}")
+        doc = pep691.project_dict(server.local_view(project))
+        if ctype == JSON_CONTENT_TYPE:
+            body = dumps(doc).encode()
+        else:
+            body = html.project_page(doc, project.display_name).encode()
+        return _page(request, body, ctype)
+
+    async def pypi_json(request: Request) -> Response:
+        name = canonicalize_name(request.path_params["project"])
+        try:
+            _source, project = await server.project(name)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        if project is None:
+            return _error(404, f"no project named {name!r}")
+        base = str(request.base_url).rstrip("/")
+        doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
+        return _page(request, dumps(doc).encode(), "application/json", vary=False)
+
+    async def files(request: Request) -> Response:
+        filename = request.path_params["filename"]
+        if filename.endswith(".metadata"):
+            return await metadata(request, filename.removesuffix(".metadata"))
+        try:
+            found = await server.locate(filename)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        if found is None:
+            return _error(404, f"no file named {filename!r}")
+        d = found.dist
+        if isinstance(found.source, FolderSource):
+            request.scope.setdefault("state", {})["cache"] = "local"
+            return file_response(request, Path(httpx.URL(d.url).path), f'"{d.sha256}"',
+                                 media_type=_media_type(filename))
+        if not d.sha256:
+            return _error(502, f"{filename!r} has no known sha256 upstream, so it cannot be cached")
+        cache = server.cache_for(found.source)
+        up = Upstream(url=d.url, filename=filename, sha256=d.sha256, size=d.size)
+        etag = f'"{d.sha256}"'
+        if request.method == "HEAD" or request.headers.get("range"):
+            try:
+                path = await cache.ensure(up)
+            except SpacyIndexError as e:
+                return _error(502, str(e))
+            request.scope.setdefault("state", {})["cache"] = "hit"
+            return file_response(request, path, etag, media_type=_media_type(filename))
+        stream = cache.open(up)
+        try:
+            await stream.__aenter__()
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        request.scope.setdefault("state", {})["cache"] = "hit" if stream.hit else "miss"
+        if stream.hit and stream.path is not None:
+            await stream.__aexit__(None, None, None)
+            return file_response(request, stream.path, etag, media_type=_media_type(filename))
+        if _not_modified(request, etag):
+            await stream.__aexit__(None, None, None)
+            return Response(status_code=304, headers={"ETag": etag})
+        headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL, "Accept-Ranges": "bytes"}
+        if stream.size is not None:
+            headers["Content-Length"] = str(stream.size)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in stream:
+                    yield chunk
+            except SpacyIndexError as e:
+                log.error("%s: %s", filename, e)
+                raise
+            finally:
+                await stream.__aexit__(None, None, None)
+
+        return StreamingResponse(body(), headers=headers, media_type=_media_type(filename))
+
+    async def metadata(request: Request, filename: str) -> Response:
+        try:
+            found = await server.locate(filename)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        if found is None or found.dist.kind != "wheel" or not found.dist.sha256:
+            return _error(404, f"no metadata for {filename!r}")
+        d = found.dist
+        store = server.metadata
+        async with store.lock(d.sha256):
+            if store.digest(d.sha256) is None:
+                try:
+                    data = await _fetch_metadata(server, found)
+                except (SpacyIndexError, httpx.HTTPError) as e:
+                    detail = str(e) if isinstance(e, SpacyIndexError) else type(e).__name__
+                    return _error(502, f"cannot read the metadata of {filename!r}: {detail}")
+                store.put(d.sha256, data)
+                request.scope.setdefault("state", {})["cache"] = "miss"
+            else:
+                request.scope.setdefault("state", {})["cache"] = "hit"
+        meta_sha = store.digest(d.sha256)
+        return file_response(request, store.path(d.sha256), f'"{meta_sha}"', media_type="text/plain")
+
+    routes = [
+        Route("/health", health),
+        Route("/simple/", root),
+        Route("/simple/pypi/{project}/json", pypi_json),
+        Route("/simple/{project}/", project_page),
+        Route("/simple/{project}", project_page),
+        Route("/pypi/{project}/json", pypi_json),
+        Route("/files/{filename}", files, methods=["GET", "HEAD"]),
+        Route("/{project}/json", pypi_json),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await server.aclose()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return AccessLog(app)  # type: ignore[return-value]
+
+
+async def _fetch_metadata(server: Server, found: Located) -> bytes:
+    d = found.dist
+    assert d.sha256 is not None
+    cache = server.cache_for(found.source)
+    local = await asyncio.to_thread(cache.cached, d.sha256)
+    if local is not None:
+        return await asyncio.to_thread(metadata_from_wheel_file, local, d.filename)
+    upstream_meta = getattr(found.source, "upstream_files", {}).get(d.filename)
+    if upstream_meta is not None and upstream_meta.has_metadata:
+        resp = await found.source.client.get(d.url + ".metadata")
+        if resp.status_code == 200:
+            data = resp.content
+            expected = upstream_meta.metadata_sha256
+            if expected is None or hashlib.sha256(data).hexdigest() == expected:
+                return data
+            raise MetadataError(f"upstream metadata of {d.filename!r} does not match its sha256")
+    try:
+        result = await metadata_from_remote_wheel(
+            found.source.client, d.url, filename=d.filename, size=d.size, tail=METADATA_TAIL
+        )
+    except MetadataError:
+        path = await cache.ensure(Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size))
+        return await asyncio.to_thread(metadata_from_wheel_file, path, d.filename)
+    return result.metadata
+
+
+class AccessLog:
+    """One line per request: method, path, status, bytes, cache hit/miss, duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+        sent = 0
+        scope.setdefault("state", {})
+
+        async def wrapped(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            cache = scope["state"].get("cache", "-")
+            access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
+                        status or 499, sent, cache, time.perf_counter() - start)
+
+
+def build_server(
+    config: ServeConfig,
+    *,
+    cache_dir: Path,
+    api_url: str,
+    token: str | None,
+    offline_snapshot: bool = True,
+) -> Server:
+    """Wire real sources from ``config`` (the CLI's entry point into the server)."""
+    from spacy_index.api import fetch_catalog
+
+    def factory(cfg: SourceConfig) -> Source:
+        if cfg.kind in ("github", "spacy-models"):
+            assert cfg.repo is not None
+            repo = cfg.repo
+
+            def load() -> Catalog:
+                return fetch_catalog(repo, api_url=api_url, token=token,
+                                     state_dir=cache_dir / "github").catalog
+
+            fallback = None
+            if offline_snapshot and cfg.kind == "spacy-models":
+                def fallback() -> Catalog:
+                    return fetch_catalog(repo, api_url=api_url, offline=True).catalog
+
+            return CatalogSource(cfg, load=load, offline_fallback=fallback, refresh=config.refresh)
+        if cfg.kind == "folder":
+            return FolderSource(cfg)
+        return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links")
+
+    upstream = IndexSource(
+        SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream),
+        ttl=config.page_ttl,
+    )
+    return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream)
+
+
+__all__ = ["AccessLog", "Server", "build_server", "create_app", "file_response"]

@@ -1,0 +1,401 @@
+"""Where the server's projects come from.
+
+Every source answers ``project(name)`` with a :class:`~spacy_index.model.Project` whose
+distributions carry the *upstream* URL; the app rewrites links to ``/files/...`` and streams
+through the cache, so clients never see an upstream URL or its credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import netrc
+import os
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, replace
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from packaging.utils import NormalizedName
+
+from spacy_index.catalog import Catalog
+from spacy_index.errors import InvalidFilename, SpacyIndexError, UpstreamError
+from spacy_index.http import USER_AGENT, origin, redact_url
+from spacy_index.model import Distribution, Project, is_sha256, parse_filename, parse_timestamp
+from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
+from spacy_index.server.config import SourceConfig
+
+log = logging.getLogger("spacy_index.server")
+
+
+class Source(Protocol):
+    name: str
+    client: httpx.AsyncClient
+
+    async def project(self, name: NormalizedName) -> Project | None: ...
+
+    async def project_names(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OriginBasicAuth(httpx.Auth):
+    """HTTP basic auth for one origin only; the secret never appears in ``repr``."""
+
+    def __init__(self, username: str, password: str, allowed: str) -> None:
+        self._auth = httpx.BasicAuth(username, password)
+        self._origin = origin(allowed)
+
+    def __repr__(self) -> str:
+        return f"OriginBasicAuth(origin={self._origin!r}, credentials=***)"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if origin(request.url) == self._origin:
+            yield from self._auth.auth_flow(request)
+        else:
+            request.headers.pop("Authorization", None)
+            yield request
+
+
+def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without userinfo, username, password)``; Prodigy puts its key in the username."""
+    u = httpx.URL(url)
+    user = u.username or None
+    password = u.password or None
+    return str(u.copy_with(username=None, password=None)), user, password
+
+
+def source_client(cfg_url: str | None, username: str | None, password: str | None,
+                  credentials: str = "none") -> tuple[httpx.AsyncClient, str | None]:
+    """A client whose auth goes only to the source's origin; also returns the clean URL."""
+    clean, url_user, url_pass = strip_userinfo(cfg_url) if cfg_url else (None, None, None)
+    user, secret = username or url_user, password or url_pass
+    if clean and user is None and credentials == "netrc":
+        host = httpx.URL(clean).host
+        try:
+            found = netrc.netrc().authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            found = None
+        if found:
+            user, secret = found[0], found[2]
+    if clean and user is None and credentials == "keyring":
+        try:
+            import keyring  # optional
+
+            cred = keyring.get_credential(clean, None)
+        except Exception:  # keyring backends raise anything
+            cred = None
+        if cred is not None:
+            user, secret = cred.username, cred.password
+    auth = OriginBasicAuth(user, secret or "", clean) if (clean and user) else None
+    client = httpx.AsyncClient(
+        auth=auth,
+        follow_redirects=True,
+        timeout=httpx.Timeout(60.0, connect=10.0),
+        headers={"User-Agent": USER_AGENT},
+        trust_env=False,
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+    )
+    return client, clean
+
+
+# --------------------------------------------------------------------------- catalogs
+class CatalogSource:
+    """GitHub releases (optionally spacy-models' meta checksums) as a refreshed catalog."""
+
+    def __init__(
+        self,
+        cfg: SourceConfig,
+        *,
+        load: Callable[[], Catalog],
+        offline_fallback: Callable[[], Catalog] | None = None,
+        refresh: float = 600.0,
+    ) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self._load = load
+        self._fallback = offline_fallback
+        self._refresh = refresh
+        self._catalog: Catalog | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+        self.client, _ = source_client(None, None, None)
+
+    async def catalog(self) -> Catalog:
+        fresh = self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh
+        if fresh:
+            assert self._catalog is not None
+            return self._catalog
+        async with self._lock:
+            if self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh:
+                return self._catalog
+            try:
+                self._catalog = await asyncio.to_thread(self._load)
+            except SpacyIndexError as e:
+                if self._catalog is not None:
+                    log.warning("%s: refresh failed, keeping the last catalog: %s", self.name, e)
+                elif self._fallback is not None:
+                    log.warning("%s: %s; using the bundled snapshot", self.name, e)
+                    self._catalog = await asyncio.to_thread(self._fallback)
+                else:
+                    raise
+            self._loaded_at = time.monotonic()
+            return self._catalog
+
+    async def project(self, name: NormalizedName) -> Project | None:
+        return (await self.catalog()).projects.get(name)
+
+    async def project_names(self) -> list[str]:
+        return [p.display_name for p in (await self.catalog()).projects.values()]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# --------------------------------------------------------------------------- folders
+class FolderSource:
+    """A local folder of wheels and sdists; hashes are computed once per (size, mtime)."""
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        assert cfg.path is not None
+        self.name = cfg.name
+        self.cfg = cfg
+        self.root = cfg.path
+        self._hashes: dict[tuple[str, int, int], str] = {}
+        self.client, _ = source_client(None, None, None)
+
+    def _scan(self) -> Catalog:
+        dists = []
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except OSError as e:
+            raise UpstreamError(f"source {self.name!r}: cannot read {str(self.root)!r}: {e.strerror}") from e
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                parsed = parse_filename(entry.name)
+            except InvalidFilename:
+                continue
+            st = entry.stat()
+            key = (entry.name, st.st_size, st.st_mtime_ns)
+            sha = self._hashes.get(key)
+            if sha is None:
+                h = hashlib.sha256()
+                with open(entry.path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                sha = self._hashes[key] = h.hexdigest()
+            dists.append(Distribution(
+                project=parsed.name, filename=entry.name, url=Path(entry.path).as_uri(),
+                version=parsed.version, kind=parsed.kind, sha256=sha, size=st.st_size,
+            ))
+        return Catalog.from_distributions(dists, source=f"folder {self.root}")
+
+    async def project(self, name: NormalizedName) -> Project | None:
+        return (await asyncio.to_thread(self._scan)).projects.get(name)
+
+    async def project_names(self) -> list[str]:
+        return [p.display_name for p in (await asyncio.to_thread(self._scan)).projects.values()]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# --------------------------------------------------------------------------- indexes
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links.append(dict(attrs))
+
+
+def _metadata_flag(value: Any) -> tuple[bool, str | None]:
+    """PEP 658/714 ``core-metadata`` value → (available, sha256 or None)."""
+    if isinstance(value, dict):
+        sha = value.get("sha256")
+        return True, sha if isinstance(sha, str) and is_sha256(sha.lower()) else None
+    if isinstance(value, str):
+        if value.startswith("sha256="):
+            sha = value.removeprefix("sha256=").lower()
+            return True, sha if is_sha256(sha) else None
+        return value.lower() == "true", None
+    return bool(value), None
+
+
+@dataclass(frozen=True)
+class UpstreamFile:
+    """What the server knows of a file beyond the Distribution: upstream metadata."""
+
+    has_metadata: bool
+    metadata_sha256: str | None
+
+
+def parse_page(
+    body: bytes, content_type: str, page_url: str, project: NormalizedName | None
+) -> tuple[list[Distribution], dict[str, UpstreamFile]]:
+    """Parse a PEP 691 JSON or PEP 503 HTML page (or a flat find-links page when ``project``
+    is None) into distributions. Files that don't parse as distributions are skipped."""
+    entries: list[dict[str, Any]] = []
+    if content_type.startswith("application/vnd.pypi.simple.v1+json"):
+        doc = json.loads(body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+            raise ValueError("not a PEP 691 project page")
+        for f in doc["files"]:
+            meta = f.get("core-metadata", f.get("dist-info-metadata", False))
+            entries.append({
+                "filename": f.get("filename"), "url": f.get("url"),
+                "sha256": (f.get("hashes") or {}).get("sha256"),
+                "requires_python": f.get("requires-python"), "metadata": meta,
+                "yanked": f.get("yanked"), "size": f.get("size"),
+                "upload_time": f.get("upload-time"),
+            })
+    else:
+        parser = _Anchors()
+        parser.feed(body.decode("utf-8", errors="replace"))
+        for a in parser.links:
+            href = a.get("href") or ""
+            base, _, fragment = href.partition("#")
+            sha = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else None
+            yanked = a.get("data-yanked")
+            entries.append({
+                "filename": base.rsplit("/", 1)[-1], "url": base, "sha256": sha,
+                "requires_python": a.get("data-requires-python"),
+                "metadata": a.get("data-core-metadata", a.get("data-dist-info-metadata")) or False,
+                "yanked": (yanked or True) if yanked is not None else None,
+                "size": None, "upload_time": None,
+            })
+    dists: list[Distribution] = []
+    extra: dict[str, UpstreamFile] = {}
+    for e in entries:
+        filename = e["filename"]
+        if not isinstance(filename, str) or not isinstance(e["url"], str):
+            continue
+        try:
+            parsed = parse_filename(filename, project)
+        except InvalidFilename:
+            continue
+        sha = e["sha256"].lower() if isinstance(e["sha256"], str) else None
+        has_meta, meta_sha = _metadata_flag(e["metadata"])
+        size = e["size"] if isinstance(e["size"], int) and e["size"] >= 0 else None
+        yanked = e["yanked"]
+        dists.append(Distribution(
+            project=parsed.name, filename=filename, url=urljoin(page_url, e["url"]),
+            version=parsed.version, kind=parsed.kind,
+            sha256=sha if sha and is_sha256(sha) else None, size=size,
+            upload_time=parse_timestamp(e["upload_time"]) if isinstance(e["upload_time"], str) else None,
+            requires_python=e["requires_python"] if isinstance(e["requires_python"], str) else None,
+            yanked=(yanked if isinstance(yanked, str) else "") if yanked not in (None, False) else None,
+        ))
+        extra[filename] = UpstreamFile(has_meta and parsed.kind == "wheel", meta_sha)
+    return dists, extra
+
+
+@dataclass
+class _Cached:
+    fetched: float
+    project: Project | None
+    files: dict[str, UpstreamFile]
+
+
+class IndexSource:
+    """An existing simple index (``simple``: one page per project) or a flat
+    ``find-links`` page, possibly private. Pages are cached for ``ttl`` seconds; when the
+    upstream fails the last good page is served. Error pages, redirects to other hosts and
+    pages with no valid distribution (captive portals) are never cached as project pages."""
+
+    def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.flat = flat
+        self.ttl = ttl
+        self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials)
+        assert clean is not None
+        self.base = clean if (flat or clean.endswith("/")) else clean + "/"
+        self.display = redact_url(self.base)
+        self._pages: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.upstream_files: dict[str, UpstreamFile] = {}
+
+    def _page_url(self, name: NormalizedName) -> str:
+        return self.base if self.flat else urljoin(self.base, f"{name}/")
+
+    async def _fetch(self, name: NormalizedName) -> _Cached:
+        url = self._page_url(name)
+        headers = {"Accept": f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.1, text/html;q=0.01"}
+        resp = await self.client.get(url, headers=headers)
+        if resp.status_code == 404 and not self.flat:
+            return _Cached(time.monotonic(), None, {})
+        if resp.status_code != 200:
+            raise UpstreamError(f"{self.display}: HTTP {resp.status_code} for project {name!r}")
+        if urlsplit(str(resp.url)).netloc.rsplit("@", 1)[-1] != urlsplit(url).netloc.rsplit("@", 1)[-1]:
+            raise UpstreamError(f"{self.display}: redirected to another host for {name!r}")
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
+            raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
+        try:
+            dists, files = parse_page(resp.content, ctype, str(resp.url), None if self.flat else name)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UpstreamError(f"{self.display}: unreadable page for {name!r}") from e
+        if self.flat:
+            dists = [d for d in dists if d.project == name]
+        elif not dists and ctype != JSON_CONTENT_TYPE:
+            raise UpstreamError(f"{self.display}: page for {name!r} lists no distributions")
+        if not dists:
+            return _Cached(time.monotonic(), None, {})
+        catalog = Catalog.from_distributions(dists)
+        return _Cached(time.monotonic(), catalog.projects[name], files)
+
+    async def project(self, name: NormalizedName) -> Project | None:
+        key = "" if self.flat else name
+        cached = self._pages.get(f"{key}|{name}")
+        if cached and time.monotonic() - cached.fetched < self.ttl:
+            return cached.project
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            cached = self._pages.get(f"{key}|{name}")
+            if cached and time.monotonic() - cached.fetched < self.ttl:
+                return cached.project
+            try:
+                fresh = await self._fetch(name)
+            except (httpx.HTTPError, UpstreamError) as e:
+                detail = e if isinstance(e, UpstreamError) else f"{type(e).__name__}"
+                if cached is not None:
+                    log.warning("%s: %s; serving the last good page", self.name, detail)
+                    return cached.project
+                raise UpstreamError(f"source {self.name!r} ({self.display}) failed: {detail}") from None
+            self._pages[f"{key}|{name}"] = fresh
+            self.upstream_files.update(fresh.files)
+            return fresh.project
+
+    async def project_names(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def with_local_files(project: Project, url_for: Callable[[Distribution], str]) -> Project:
+    """The project with every URL pointing at the server."""
+    return replace(project, files=tuple(replace(d, url=url_for(d)) for d in project.files))
+
+
+__all__ = [
+    "CatalogSource",
+    "FolderSource",
+    "IndexSource",
+    "Mapping",
+    "Source",
+    "UpstreamFile",
+    "parse_page",
+    "source_client",
+]
