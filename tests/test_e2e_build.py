@@ -3,10 +3,7 @@ uv and pip-tools install from the static index, and `spacy.load` opens the pipel
 
 from __future__ import annotations
 
-import io
-import json
 import sys
-import tarfile
 
 import pytest
 

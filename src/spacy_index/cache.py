@@ -353,9 +353,8 @@ class CacheStream:
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._fd is None:
             raise RuntimeError("iterate a CacheStream inside 'async with'")
-        if self._gen is not None:
-            raise RuntimeError("a CacheStream can only be iterated once")
-        self._gen = self._iterate(self._fd)
+        if self._gen is None:  # like a file: iterating again continues where it stopped
+            self._gen = self._iterate(self._fd)
         return self._gen
 
     async def _iterate(self, fd: int) -> AsyncIterator[bytes]:
@@ -613,7 +612,10 @@ class FileCache:
             self._say(f"cached {up.filename} ({size} bytes, {fl.upstream_bytes} downloaded)")
         except (DigestMismatch, SizeMismatch) as exc:
             fl.error = exc
-            self._failures[sha] = (time.monotonic() + self.failure_ttl, exc)
+            now = time.monotonic()
+            for key in [k for k, (deadline, _) in self._failures.items() if deadline <= now]:
+                del self._failures[key]
+            self._failures[sha] = (now + self.failure_ttl, exc)
         except asyncio.CancelledError:
             fl.error = UpstreamFileError(up.filename, None, redact_url(up.url),
                                          "the download was cancelled")
@@ -697,6 +699,9 @@ class FileCache:
                         if len(buf) >= self.chunk_size:
                             pos = await self._store(fl, buf, pos, compare_upto)
                             buf = bytearray()
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+                raise UpstreamFileError(up.filename, None, redact_url(up.url),
+                                        _describe(exc)) from None
             except httpx.TransportError as exc:
                 problem = _describe(exc)
             except _Retry as exc:
