@@ -317,7 +317,10 @@ class CacheStream:
             found = await self._cache._lookup(self.up)
             if isinstance(found, _Flight):
                 # no await between the lookup and the dup: the flight cannot have closed it
-                self._fd = os.dup(found.fd)
+                try:
+                    self._fd = os.dup(found.fd)
+                except OSError as exc:  # EMFILE
+                    raise CacheError(f"cannot read {self.up.filename!r}: {_strerror(exc)}") from None
                 self._flight = found
                 try:
                     while not (found.started or found.done):
@@ -333,6 +336,8 @@ class CacheStream:
                 self._fd = os.open(found, os.O_RDONLY | _O_BINARY)
             except FileNotFoundError:  # evicted in between; look again
                 continue
+            except OSError as exc:
+                raise CacheError(f"cannot read {str(found)!r}: {_strerror(exc)}") from None
             self.hit, self.path, self.size = True, found, os.fstat(self._fd).st_size
             return self
         raise CacheError(f"cache entry for {self.up.filename!r} keeps disappearing")

@@ -364,10 +364,24 @@ def create_app(server: Server) -> Starlette:
         headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL, "Accept-Ranges": "bytes"}
         if stream.size is not None:
             headers["Content-Length"] = str(stream.size)
+        # Wait for the first chunk before answering: a file that fails verification within
+        # its first chunk (the cache holds back the last chunk until the sha256 matched) gets
+        # a clean 502 naming both hashes instead of a broken 200.
+        chunks = stream.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = b""
+        except SpacyIndexError as e:
+            await stream.__aexit__(None, None, None)
+            log.error("%s: %s", filename, e)
+            return _error(502, str(e))
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream:
+                if first:
+                    yield first
+                async for chunk in chunks:
                     yield chunk
             except SpacyIndexError as e:
                 log.error("%s: %s", filename, e)
