@@ -437,6 +437,8 @@ def create_app(server: Server) -> Starlette:
 async def _fetch_metadata(server: Server, found: Located) -> bytes:
     d = found.dist
     assert d.sha256 is not None
+    if isinstance(found.source, FolderSource):
+        return await asyncio.to_thread(metadata_from_wheel_file, Path(httpx.URL(d.url).path), d.filename)
     cache = server.cache_for(found.source)
     local = await asyncio.to_thread(cache.cached, d.sha256)
     if local is not None:

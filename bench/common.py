@@ -1,0 +1,506 @@
+"""Shared helpers for the benchmarks in bench/: processes, /proc readings, load clients,
+nginx, the server under test, cached model wheels and markdown output.
+
+Everything listens on 127.0.0.1 only; every load loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+VENV_BIN = REPO / ".venv" / "bin"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MB = 1_000_000
+MiB = 1 << 20
+GB = 1_000_000_000
+
+
+# --------------------------------------------------------------------------- small utils
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, *, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            r = httpx.get(url, timeout=2, trust_env=False)
+            if r.status_code < 500:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s ({last})")
+
+
+# --------------------------------------------------------------------------- /proc
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return total / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(x) for x in fh.read().split()]
+    return out
+
+
+def status_kib(pid: int, *keys: str) -> dict[str, int]:
+    want = set(keys)
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            if k in want:
+                out[k] = int(v.split()[0])
+    return out
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/PID/clear_refs``, Linux >= 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    """Samples VmRSS of ``pid`` every ``interval`` s in a thread; ``peak`` in KiB."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, KeyError):
+                self.peak = max(self.peak, status_kib(self.pid, "VmRSS")["VmRSS"])
+                self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --------------------------------------------------------------------------- machine
+def _version(cmd: list[str], pattern: str = r"(\S+)") -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    m = re.search(pattern, text[0]) if text else None
+    return m.group(1) if m else (text[0] if text else "?")
+
+
+def machine_info() -> list[tuple[str, str]]:
+    import importlib.metadata as md
+
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        mem = f"{int(fh.readline().split()[1]) / (1 << 20):.1f} GiB"
+    os_name = "?"
+    with contextlib.suppress(OSError), open("/etc/os-release") as fh:
+        for line in fh:
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"')
+    pkgs = []
+    for name in ("spacy-index", "starlette", "uvicorn", "h11", "httptools", "uvloop", "anyio",
+                 "httpx", "pip", "pip-tools", "spacy"):
+        try:
+            pkgs.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            pkgs.append(f"{name} (absent)")
+    return [
+        ("nproc", str(os.cpu_count())),
+        ("CPU", cpu),
+        ("memory", mem),
+        ("OS", os_name),
+        ("kernel", platform.release()),
+        ("Python", platform.python_version()),
+        ("packages", ", ".join(pkgs)),
+        ("nginx", _version(["nginx", "-v"], r"nginx/(\S+)")),
+        ("curl", _version(["curl", "--version"], r"curl (\S+)")),
+        ("wrk", _version(["wrk", "-v"], r"wrk (\S+)")),
+    ]
+
+
+# --------------------------------------------------------------------------- model wheels
+def cached_model(work: Path, *, name: str, version: str, pad_bytes: int):
+    """``tests.wheels.build_model_package`` memoized on disk under ``work/wheels`` (the 200 MB
+    and 500 MB builds take ~12 s / ~28 s; later runs reuse them)."""
+    from tests.wheels import ModelPackage, build_model_package, default_spacy_version
+
+    spacy_range = default_spacy_version()
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"en_{name}-{version}-{pad_bytes}-{spacy_range}")
+    folder = work / "wheels" / key
+    sidecar = folder / "package.json"
+    if sidecar.exists():
+        d = json.loads(sidecar.read_text())
+        wheel = Path(d["wheel"])
+        if wheel.exists() and wheel.stat().st_size == d["size"]:
+            return ModelPackage(wheel=wheel, sdist=None, project=d["project"], version=d["version"],
+                                sha256=d["sha256"], sdist_sha256=None,
+                                metadata=d["metadata"].encode("latin-1"),
+                                spacy_version=d["spacy_version"])
+    if folder.exists():
+        shutil.rmtree(folder)
+    t = time.monotonic()
+    pkg = build_model_package(folder, name=name, version=version, pad_bytes=pad_bytes,
+                              spacy_version=spacy_range)
+    log(f"built {pkg.wheel.name} ({pkg.wheel.stat().st_size / MB:.1f} MB) "
+        f"in {time.monotonic() - t:.1f}s")
+    sidecar.write_text(json.dumps({
+        "wheel": str(pkg.wheel), "size": pkg.wheel.stat().st_size, "project": pkg.project,
+        "version": pkg.version, "sha256": pkg.sha256, "metadata": pkg.metadata.decode("latin-1"),
+        "spacy_version": pkg.spacy_version}))
+    return pkg
+
+
+# --------------------------------------------------------------------------- servers
+class ManagedProcess:
+    """A subprocess that is always stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
+                 log_path: Path, cwd: Path | None = None) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        return ""
+
+
+@dataclasses.dataclass
+class ServeHandle:
+    url: str
+    pid: int
+    process: ManagedProcess
+
+    def pids(self) -> list[int]:
+        return [self.pid]
+
+
+@contextlib.contextmanager
+def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: str | None,
+                      log_dir: Path, log_level: str = "warning") -> Iterator[ServeHandle]:
+    """``spacy-index serve`` as a real subprocess on 127.0.0.1 (a free port picked here: the
+    CLI would accept --port 0 but then nobody learns the port at --log-level warning)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("PIP_", "UV_", "GITHUB_")) and "proxy" not in k.lower()}
+    env["GITHUB_API_URL"] = api_url
+    if token:
+        env["GITHUB_TOKEN"] = token
+    exe = str(VENV_BIN / "spacy-index")
+    for attempt in range(5):
+        port = free_port()
+        argv = [exe, "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--cache-dir", str(cache_dir), "--upstream", upstream, "--log-level", log_level]
+        mp = ManagedProcess(argv, env=env, log_path=log_dir / f"serve-{port}.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/health", timeout=30, proc=mp.proc)
+        except RuntimeError:
+            mp.stop()
+            if attempt == 4:
+                raise RuntimeError("spacy-index serve did not start:\n" + mp.tail())
+            continue
+        break
+    try:
+        yield ServeHandle(url=url, pid=mp.pid, process=mp)
+    finally:
+        mp.stop()
+
+
+@dataclasses.dataclass
+class NginxHandle:
+    url: str
+    master: int
+    process: ManagedProcess
+
+    def pids(self) -> list[int]:
+        return [self.master, *children(self.master)]
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    types {{ text/html html; application/zip whl; }}
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
+    """nginx (2 workers, sendfile, no access log) serving ``root`` on 127.0.0.1, with its own
+    prefix and config; None when nginx is not installed."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        yield None
+        return
+    prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=log_dir))
+    (prefix / "tmp").mkdir()
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root))
+    mp = ManagedProcess([exe, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                        log_path=prefix / "stdout.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/", timeout=15, proc=mp.proc)
+        deadline = time.monotonic() + 5
+        while len(children(mp.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield NginxHandle(url=url, master=mp.pid, process=mp)
+    except RuntimeError as e:
+        log(f"nginx failed to start: {e}\n{mp.tail()}")
+        yield None
+    finally:
+        mp.stop()
+
+
+# --------------------------------------------------------------------------- load clients
+@dataclasses.dataclass
+class Transfer:
+    clients: int
+    wall: float  #: seconds from the first client's start to the last client's end
+    nbytes: int  #: body bytes received by all clients
+    server_cpu: float  #: server CPU-seconds during the transfer
+    client_cpu: float  #: CPU-seconds of the curl processes
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / MB / self.wall
+
+    @property
+    def cpu_per_gb(self) -> float:
+        return self.server_cpu / (self.nbytes / GB)
+
+    @property
+    def client_cores(self) -> float:
+        """Average cores used by one curl process."""
+        return self.client_cpu / self.wall / self.clients
+
+
+def curl_parallel(url: str, clients: int, *, expect_size: int, server_pids: Sequence[int],
+                  timeout: float) -> Transfer:
+    """``clients`` concurrent ``curl -s -o /dev/null`` of ``url``; each must get 200 and
+    ``expect_size`` bytes. Server CPU from /proc, client CPU from RUSAGE_CHILDREN."""
+    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
+            "-w", "%{http_code} %{size_download}\\n", url]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = cpu_seconds(server_pids)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+    outs = [p.communicate(timeout=timeout + 10) for p in procs]
+    wall = time.perf_counter() - t0
+    cpu1 = cpu_seconds(server_pids)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = 0
+    for p, (out, err) in zip(procs, outs):
+        code, _, size = out.strip().partition(" ")
+        if p.returncode != 0 or code != "200" or int(size or 0) != expect_size:
+            raise RuntimeError(f"curl {url}: exit {p.returncode}, {out.strip()!r} {err.strip()!r}"
+                               f" (expected 200 and {expect_size} bytes)")
+        total += int(size)
+    client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return Transfer(clients=clients, wall=wall, nbytes=total, server_cpu=cpu1 - cpu0,
+                    client_cpu=client_cpu)
+
+
+_WRK_SCRIPT = """\
+wrk.method = "GET"
+wrk.headers["Accept"] = {accept}
+local limit = {per_thread}
+local count = 0
+response = function(status, headers, body)
+  count = count + 1
+  if count >= limit then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "BENCHJSON {{\\"requests\\":%d,\\"duration_us\\":%d,\\"non2xx\\":%d,\\"err_connect\\":%d,"
+    .. "\\"err_read\\":%d,\\"err_write\\":%d,\\"err_timeout\\":%d,\\"p50\\":%d,\\"p90\\":%d,"
+    .. "\\"p99\\":%d,\\"max\\":%d,\\"mean\\":%f}}\\n",
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    latency.mean))
+end
+"""
+
+
+@dataclasses.dataclass
+class Latency:
+    clients: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    server_cpu: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return self.server_cpu / self.requests * 1e6
+
+
+def wrk_latency(url: str, clients: int, requests: int, *, accept: str, server_pids: Sequence[int],
+                work: Path, max_seconds: float = 60) -> Latency:
+    """wrk (C, epoll, keep-alive) with a Lua script that stops each thread after its share of
+    ``requests`` responses and prints exact percentiles (µs resolution); ``max_seconds`` caps
+    the run in time as well."""
+    threads = min(2, clients)
+    per_thread = max(1, requests // threads)
+    script = work / f"wrk-{clients}.lua"
+    script.write_text(_WRK_SCRIPT.format(accept=json.dumps(accept), per_thread=per_thread))
+    argv = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(max_seconds)}s",
+            "--timeout", "10s", "-s", str(script), url]
+    cpu0 = cpu_seconds(server_pids)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30)
+    cpu1 = cpu_seconds(server_pids)
+    m = re.search(r"BENCHJSON (\{.*\})", out.stdout)
+    if out.returncode != 0 or m is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    d = json.loads(m.group(1))
+    errors = d["non2xx"] + d["err_connect"] + d["err_read"] + d["err_write"] + d["err_timeout"]
+    return Latency(clients=clients, requests=d["requests"], seconds=d["duration_us"] / 1e6,
+                   p50_ms=d["p50"] / 1000, p90_ms=d["p90"] / 1000, p99_ms=d["p99"] / 1000,
+                   max_ms=d["max"] / 1000, errors=errors, server_cpu=cpu1 - cpu0)
+
+
+def wrk_throughput(url: str, *, seconds: int = 3) -> float:
+    """MB/s of one wrk connection downloading ``url`` repeatedly for ``seconds`` (a second
+    opinion on whether curl is a bottleneck)."""
+    out = subprocess.run(["wrk", "-t", "1", "-c", "1", "-d", f"{seconds}s", "--timeout", "30s", url],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out.stdout)
+    if m is None:
+        return float("nan")
+    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(2)]
+    return float(m.group(1)) * scale / MB
+
+
+# --------------------------------------------------------------------------- markdown
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |",
+             "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(headers))) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_bytes(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    if n < MiB:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / MiB:.1f} MiB"
