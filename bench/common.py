@@ -338,6 +338,10 @@ def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
         yield None
         return
     prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=log_dir))
+    # the workers run as an unprivileged user (nobody/www-data): they must reach ``root``
+    for folder in (prefix, *root.parents, root):
+        if folder.is_relative_to(log_dir.parent) and folder.exists():
+            folder.chmod(folder.stat().st_mode | 0o755)
     (prefix / "tmp").mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
@@ -345,15 +349,17 @@ def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
     mp = ManagedProcess([exe, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
                         log_path=prefix / "stdout.log")
     url = f"http://127.0.0.1:{port}"
+    handle: NginxHandle | None = None
     try:
-        wait_http(url + "/", timeout=15, proc=mp.proc)
-        deadline = time.monotonic() + 5
-        while len(children(mp.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield NginxHandle(url=url, master=mp.pid, process=mp)
-    except RuntimeError as e:
-        log(f"nginx failed to start: {e}\n{mp.tail()}")
-        yield None
+        try:
+            wait_http(url + "/", timeout=15, proc=mp.proc)
+            deadline = time.monotonic() + 5
+            while len(children(mp.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            handle = NginxHandle(url=url, master=mp.pid, process=mp)
+        except RuntimeError as e:
+            log(f"nginx failed to start: {e}\n{mp.tail()}")
+        yield handle
     finally:
         mp.stop()
 
@@ -504,3 +510,54 @@ def fmt_bytes(n: float) -> str:
     if n < MiB:
         return f"{n / 1024:.1f} KiB"
     return f"{n / MiB:.1f} MiB"
+
+
+def asyncio_latency(url: str, clients: int, requests: int, *, accept: str,
+                    server_pids: Sequence[int], max_seconds: float = 60) -> Latency:
+    """Fallback when wrk is missing: ``clients`` keep-alive raw-socket connections in one
+    asyncio loop (slower than wrk and it shares the 2 cores; the output says which was used)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    host, port, path = u.hostname or "127.0.0.1", u.port or 80, u.path or "/"
+    req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: {accept}\r\n"
+           "User-Agent: bench\r\n\r\n").encode()
+    lat: list[float] = []
+    errors = 0
+    per_client = max(1, requests // clients)
+
+    async def one() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for _ in range(per_client):
+                t = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                lat.append(time.perf_counter() - t)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    async def all_of_them() -> float:
+        t = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(clients))), max_seconds)
+        return time.perf_counter() - t
+
+    cpu0 = cpu_seconds(server_pids)
+    seconds = asyncio.run(all_of_them())
+    cpu1 = cpu_seconds(server_pids)
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(round(p / 100 * len(lat) + 0.5)) - 1)] * 1000
+
+    return Latency(clients=clients, requests=len(lat), seconds=seconds, p50_ms=pct(50),
+                   p90_ms=pct(90), p99_ms=pct(99), max_ms=lat[-1] * 1000, errors=errors,
+                   server_cpu=cpu1 - cpu0)

@@ -78,6 +78,7 @@ def fetch_catalog(
     state_dir: Path | None = None,
     max_wait: float = 60.0,
     secondary_wait: float = 60.0,
+    retries: int = 4,
     client: httpx.Client | None = None,
     notify: Notify = _quiet,
 ) -> FetchResult:
@@ -109,7 +110,7 @@ def fetch_catalog(
     try:
         gh = GitHubReleases(
             repo, client=client, store=store, api_url=api_url, authenticated=bool(token),
-            max_wait=max_wait, secondary_wait=secondary_wait, notify=notify,
+            max_wait=max_wait, secondary_wait=secondary_wait, notify=notify, retries=retries,
         )
         if snap is not None:
             page, _ = gh.list_pages(max_pages=1)

@@ -45,6 +45,31 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-shrink", action="store_true",
                    help="allow a build that drops more than 10%% of the files")
 
+    i = sub.add_parser(
+        "install",
+        help="install pipelines compatible with the installed spaCy, downloading each once",
+        description="A `spacy download` that picks the newest pipeline compatible with the "
+        "installed spaCy, keeps every wheel once in a verified user cache, and installs it "
+        "with its hash pinned. Arguments after `--` go to pip.",
+    )
+    i.add_argument("models", nargs="+", metavar="MODEL")
+    i.add_argument("--spacy", default="auto", metavar="X.Y|auto",
+                   help="choose for this spaCy version (default: the installed one)")
+    i.add_argument("--index", metavar="URL|PATH",
+                   help="take files from this index (spacy-index serve URL or static index)")
+    i.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help="the interpreter to install into (default: this one)")
+    i.add_argument("--dry-run", action="store_true", help="print the pinned requirement lines only")
+    i.add_argument("--pre", action="store_true", help="allow pre-release pipelines")
+    i.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
+    i.add_argument("--cache-dir", type=Path, metavar="DIR")
+
+    ls = sub.add_parser("list", help="list pipelines, versions, sizes and compatible spaCy versions")
+    ls.add_argument("--spacy", metavar="X.Y", help="only pipelines with a version for this spaCy")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
+    ls.add_argument("--cache-dir", type=Path, metavar="DIR")
+
     v = sub.add_parser(
         "serve",
         help="run one index URL that routes pipelines to their source and the rest to PyPI",
@@ -97,10 +122,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    args.passthrough = passthrough
     try:
         if args.command == "build":
             return _build(args, env, out, err)
@@ -108,6 +139,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _snapshot(args, env, err)
         if args.command == "serve":
             return _serve(args, env, err)
+        if args.command == "install":
+            return _install(args, env, out, err)
+        if args.command == "list":
+            return _list(args, env, out, err)
         raise UsageError(f"unknown command {args.command!r}")
     except SpacyIndexError as e:
         err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
@@ -208,6 +243,92 @@ def _summary(result, out: Console) -> None:
     out.print(f"  uv pip install --index-url {simple} en_core_web_sm", markup=False)
     out.print(f"  pip install --no-index --find-links {pub.path.as_uri()}/find-links.html "
               "en_core_web_sm   # the flat page", markup=False)
+
+
+def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Console):
+    from spacy_index.api import fetch_catalog
+    from spacy_index.install import cached_catalog
+
+    settings, cache_dir = _settings(args, env)
+
+    def fetch():
+        return fetch_catalog(api_url=settings.api_url, token=settings.token,
+                             state_dir=cache_dir / "github", max_wait=10, retries=1).catalog
+
+    catalog, how = cached_catalog(cache_dir, fetch=fetch, max_age=24 * 3600,
+                                  refresh=args.refresh)
+    return catalog, how, cache_dir
+
+
+def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
+    import httpx
+
+    from spacy_index import install as inst
+
+    environment = inst.probe(args.python)
+    spacy = inst.resolve_spacy(args.spacy, environment)
+    catalog, how, cache_dir = _install_catalog(args, env, err)
+    if args.index:
+        with httpx.Client(follow_redirects=True, timeout=30) as client:
+            catalog = inst.catalog_from_index(args.index, args.models, catalog, client)
+    choices = [inst.choose(catalog, m, spacy, pre=args.pre) for m in args.models]
+    if args.dry_run:
+        for c in choices:
+            out.print(c.requirement_line, markup=False, highlight=False)
+        return 0
+    for c in choices:
+        d = c.dist
+        if environment.installed.get(d.project) == str(d.version):
+            err.print(f"{d.filename}: already installed (spaCy {spacy}); nothing to do", markup=False)
+            continue
+        path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal)
+        err.print(f"{d.filename}: {'downloaded and verified' if downloaded else 'from the cache'} "
+                  f"(sha256 {d.sha256[:12]}…, {how})", markup=False)
+        inst.pip_install(c, path, environment, args.passthrough)
+    return 0
+
+
+def _list(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
+    import json as _json
+
+    from spacy_index.install import resolve_spacy
+
+    catalog, how, _ = _install_catalog(args, env, err)
+    spacy = None
+    if args.spacy:
+        from spacy_index.install import Environment
+
+        spacy = resolve_spacy(args.spacy, Environment("", None, {}, False))
+    rows = []
+    for project in catalog.projects.values():
+        wheels = [d for d in project.files if d.kind == "wheel"]
+        if spacy is not None:
+            wheels = [d for d in wheels if spacy.admits(d)]
+        stable = [d for d in wheels if not d.version.is_prerelease] or wheels
+        if not stable:
+            continue
+        newest = max(stable, key=lambda d: d.sort_key())
+        rows.append({
+            "name": project.display_name,
+            "version": str(newest.version),
+            "versions": sorted({str(d.version) for d in stable}, key=Version),
+            "size": newest.size,
+            "spacy": str(newest.spacy_requirement) if newest.spacy_requirement else None,
+            "sha256": newest.sha256,
+        })
+    if args.json:
+        out.print_json(_json.dumps(rows))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"spaCy pipelines ({how})" + (f", for spaCy {spacy}" if spacy else ""))
+    for col in ("pipeline", "version", "size", "spaCy", "versions"):
+        table.add_column(col)
+    for r in rows:
+        size = f"{r['size'] / 1e6:,.0f} MB" if r["size"] else "—"
+        table.add_row(r["name"], r["version"], size, r["spacy"] or "?", str(len(r["versions"])))
+    out.print(table)
+    return 0
 
 
 def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:

@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spacy_index.catalog import Catalog
 from spacy_index.errors import SnapshotError
-from spacy_index.model import ModelMeta, Release, ReleaseAsset, parse_timestamp, upload_time_text
+from spacy_index.model import (
+    Distribution,
+    ModelMeta,
+    Release,
+    ReleaseAsset,
+    parse_filename,
+    parse_timestamp,
+    upload_time_text,
+)
 
 FORMAT = 1
 BUNDLED = "spacy-models.snapshot.json.gz"
@@ -174,3 +183,36 @@ def merge_releases(base: Iterable[Release], newer: Iterable[Release]) -> dict[st
     out = {r.tag: r for r in base}
     out.update((r.tag, r) for r in newer)
     return out
+
+
+def catalog_to_json(catalog: Catalog) -> dict[str, Any]:
+    """A catalog's distributions, for the install/list cache (not a snapshot: no releases)."""
+    return {
+        "format": FORMAT,
+        "source": catalog.source,
+        "snapshot_date": catalog.snapshot_date,
+        "files": [
+            {
+                "filename": d.filename, "url": d.url, "sha256": d.sha256, "size": d.size,
+                "upload_time": upload_time_text(d.upload_time) if d.upload_time else None,
+                "requires_dist": list(d.requires_dist) if d.requires_dist is not None else None,
+            }
+            for d in catalog.files
+        ],
+    }
+
+
+def catalog_from_json(doc: Mapping[str, Any]) -> Catalog:
+    if doc.get("format") != FORMAT:
+        raise SnapshotError("unsupported cached catalog format")
+    dists = []
+    for f in doc["files"]:
+        parsed = parse_filename(f["filename"])
+        dists.append(Distribution(
+            project=parsed.name, filename=f["filename"], url=f["url"], version=parsed.version,
+            kind=parsed.kind, sha256=f.get("sha256"), size=f.get("size"),
+            upload_time=parse_timestamp(f.get("upload_time")),
+            requires_dist=tuple(f["requires_dist"]) if f.get("requires_dist") is not None else None,
+        ))
+    return Catalog.from_distributions(dists, source=doc.get("source", ""),
+                                      snapshot_date=doc.get("snapshot_date"))

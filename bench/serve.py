@@ -1,0 +1,632 @@
+"""Benchmark ``spacy-index serve`` against its goals, in one run, next to nginx.
+
+    .venv/bin/python bench/serve.py            # full: 200 MB / 500 MB files, 2,000 requests/level
+    .venv/bin/python bench/serve.py --quick    # 50 MB files, 1,000 requests/level (≤ 3 min)
+
+What runs (all on 127.0.0.1, everything stopped at the end):
+
+* a FakeGitHub (tests/fakegithub.py) holding three padded pipeline wheels built with
+  tests/wheels.py (cached under --work-dir), a static fake PyPI (tests.clients.serve_directory)
+  as ``--upstream``, and ``spacy-index serve`` as a real subprocess of the installed CLI with
+  ``GITHUB_API_URL``/``GITHUB_TOKEN`` pointing at the fake;
+* nginx (2 workers, sendfile, no access log; own config and prefix) on a static index of the
+  same wheels, for reference;
+* clients: pip / pip-compile in fresh venvs (tests.clients.make_venv), ``curl -s -o /dev/null``
+  processes for bulk transfers, ``wrk`` with a Lua script (count-bounded, µs percentiles) for
+  page latency.
+
+Scenarios: 1 upstream bytes per client action, 2 cached-file throughput vs nginx (+ server
+CPU-s/GB), 3 project-page latency at 1/8/32 clients, 4 server RSS while 8 clients stream the
+largest file (first uncached, then cached). Each timing is repeated (--reps, default 3) with
+serve and nginx interleaved; medians are reported. Results: stdout and
+bench/results/<date>-serve[-quick].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    GB,
+    MB,
+    REPO,
+    VENV_BIN,
+    Latency,
+    RssSampler,
+    Transfer,
+    asyncio_latency,
+    cached_model,
+    cpu_seconds,
+    curl_parallel,
+    fmt_bytes,
+    log,
+    machine_info,
+    md_table,
+    median,
+    nginx,
+    reset_peak_rss,
+    spacy_index_serve,
+    status_kib,
+    wrk_latency,
+    wrk_throughput,
+)
+
+TOKEN = "ghp_BENCHtokenBENCHtokenBENCH0123456789"
+PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+              "text/html; q=0.01")
+VERSION = "3.8.50"
+
+GOALS = {
+    "dry_run_bytes": 64 * 1024,
+    "second_install_bytes": 0,
+    "throughput_ratio": 0.95,
+    "cpu_per_gb": 0.4,
+    "p99_ms_32": 3.0,
+    "rss_mib": 100,
+}
+
+
+@dataclass
+class Plan:
+    quick: bool
+    big_pad: int  # throughput file (scenario 1 a-c and 2)
+    huge_pad: int  # RSS file (scenario 4)
+    compile_pad: int  # pip-compile target (scenario 1 d)
+    page_requests: int
+    reps: int
+    transfer_timeout: float = 300
+
+
+@dataclass
+class Report:
+    plan: Plan
+    nginx_ok: bool = False
+    latency_client: str = "wrk"
+    sizes: dict[str, int] = field(default_factory=dict)
+    upstream: list[tuple[str, int, str, float]] = field(default_factory=list)
+    transfers: dict[tuple[str, int], list[Transfer]] = field(default_factory=dict)
+    latencies: dict[tuple[str, int], list[Latency]] = field(default_factory=dict)
+    rss: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    rss_peaks: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the world
+def upstream_bytes(gh) -> int:
+    return sum(r.bytes_sent for r in list(gh.requests) if r.origin in ("web", "objects"))
+
+
+def upstream_gets(gh) -> Counter:
+    return Counter(f"{r.origin} {r.method}" + (" range" if "range" in r.headers else "")
+                   for r in list(gh.requests))
+
+
+def placeholder_pypi(root: Path) -> None:
+    """A static upstream with one unrelated project (serve needs an --upstream)."""
+    from tests.servers import write_simple_project
+
+    write_simple_project(root, "placeholder", {"placeholder-1.0.tar.gz": b"not a real sdist"})
+
+
+# --------------------------------------------------------------------------- scenario 1
+def scenario_upstream(rep: Report, gh, url: str, pids: list[int], big, trf, work: Path) -> None:
+    from tests.clients import build_wheelhouse, clean_env, make_venv, run
+
+    env = clean_env()  # no pip cache: every install really asks the server
+    simple = url + "/simple/"
+    venvs = work / "venvs"
+
+    def measure(label: str, goal: str, fn) -> None:
+        before = upstream_bytes(gh)
+        t = time.perf_counter()
+        fn()
+        took = time.perf_counter() - t
+        moved = upstream_bytes(gh) - before
+        rep.upstream.append((label, moved, goal, took))
+        log(f"  {label}: {fmt_bytes(moved)} from upstream in {took:.1f}s")
+
+    # (a) metadata-only resolution of the large pipeline
+    va = make_venv(venvs / "a", env=env)
+    report = work / "dry-run-report.json"
+
+    def dry_run() -> None:
+        va.pip("install", "--dry-run", "--ignore-installed", "--no-deps", "--report", str(report),
+               "--index-url", simple, big.project)
+        (item,) = json.loads(report.read_text())["install"]
+        assert item["metadata"]["version"] == VERSION, item
+
+    measure(f"(a) `pip install --dry-run --report` {big.project} "
+            f"({big.wheel.stat().st_size / MB:.0f} MB wheel)", "≤ 64 KiB", dry_run)
+
+    # (b) first real install: the wheel comes from upstream once (RSS sampled meanwhile)
+    vb = make_venv(venvs / "b", env=env)
+    reset_peak_rss(pids[0])
+    with RssSampler(pids[0]) as s:
+        measure(f"(b) first `pip install` {big.project}", "≈ wheel size (once)",
+                lambda: vb.pip("install", "--index-url", simple, big.project))
+    hwm = status_kib(pids[0], "VmHWM")["VmHWM"]
+    rep.rss.append(("first `pip install` of the big wheel (uncached, 1 client)", "1",
+                    f"{big.wheel.stat().st_size / MB:.0f} MB",
+                    f"{s.peak / 1024:.1f}", f"{hwm / 1024:.1f}"))
+    assert vb.installed().get(big.normalized_name) == VERSION
+
+    # (c) second install into a brand-new venv: nothing from upstream
+    vc = make_venv(venvs / "c", env=env)
+    measure(f"(c) second `pip install` {big.project} (new venv)", "0",
+            lambda: vc.pip("install", "--index-url", simple, big.project))
+
+    # (d) pip-compile --generate-hashes: hashes without the wheel
+    wheelhouse = build_wheelhouse(work / "wheelhouse")
+    (work / "requirements.in").write_text(f"{trf.project}\n")
+
+    def compile_() -> None:
+        run([str(VENV_BIN / "python"), "-m", "piptools", "compile", "--quiet", "--generate-hashes",
+             "--strip-extras", "--index-url", simple, "--find-links", str(wheelhouse),
+             "-o", "requirements.txt", "requirements.in"], env=env, cwd=work)
+        text = (work / "requirements.txt").read_text()
+        assert f"--hash=sha256:{trf.sha256}" in text, text
+
+    measure(f"(d) `pip-compile --generate-hashes` {trf.project} "
+            f"({trf.wheel.stat().st_size / MB:.0f} MB wheel)", "metadata only (≪ wheel)", compile_)
+
+
+# --------------------------------------------------------------------------- scenario 2
+def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], big) -> None:
+    size = big.wheel.stat().st_size
+    path = f"/files/{big.wheel.name}"
+    for name, (url, pids) in servers.items():  # warm: page cache, cache verification, JIT-less
+        curl_parallel(url + path, 1, expect_size=size, server_pids=pids,
+                      timeout=rep.plan.transfer_timeout)
+    for r in range(rep.plan.reps):
+        for clients in (1, 8):
+            for name, (url, pids) in servers.items():
+                t = curl_parallel(url + path, clients, expect_size=size, server_pids=pids,
+                                  timeout=rep.plan.transfer_timeout)
+                rep.transfers.setdefault((name, clients), []).append(t)
+                log(f"  rep {r + 1} {name} x{clients}: {t.mbps:,.0f} MB/s, "
+                    f"server {t.cpu_per_gb:.2f} CPU-s/GB ({t.server_cpu / t.wall:.2f} cores), "
+                    f"curl {t.client_cores:.2f} cores each")
+    if "nginx" in servers and shutil.which("wrk"):
+        mbps = wrk_throughput(servers["nginx"][0] + path, seconds=3)
+        rep.notes.append(
+            f"Client check: one `wrk -c1` connection pulls {mbps:,.0f} MB/s from nginx "
+            f"(curl, 1 client: {median([t.mbps for t in rep.transfers[('nginx', 1)]]):,.0f} MB/s).")
+
+
+# --------------------------------------------------------------------------- scenario 3
+def scenario_latency(rep: Report, servers: dict[str, tuple[str, list[int]]], project: str,
+                     work: Path) -> None:
+    use_wrk = shutil.which("wrk") is not None
+    rep.latency_client = ("wrk 4 (C, epoll, keep-alive) + Lua script: each thread stops after its "
+                          "share of the requests; exact percentiles in µs"
+                          if use_wrk else "python asyncio raw-socket keep-alive client "
+                          "(wrk not installed; shares the CPU, slower than wrk)")
+    n = rep.plan.page_requests
+
+    def one(url: str, pids: list[int], clients: int, requests: int) -> Latency:
+        if use_wrk:
+            return wrk_latency(url, clients, requests, accept=PIP_ACCEPT, server_pids=pids,
+                               work=work, max_seconds=60)
+        return asyncio_latency(url, clients, requests, accept=PIP_ACCEPT, server_pids=pids,
+                               max_seconds=60)
+
+    for name, (url, pids) in servers.items():
+        one(f"{url}/simple/{project}/", pids, 8, 400)  # warm-up
+    for r in range(rep.plan.reps):
+        for clients in (1, 8, 32):
+            for name, (url, pids) in servers.items():
+                lat = one(f"{url}/simple/{project}/", pids, clients, n)
+                rep.latencies.setdefault((name, clients), []).append(lat)
+                log(f"  rep {r + 1} {name} x{clients}: p50 {lat.p50_ms:.2f} ms, "
+                    f"p99 {lat.p99_ms:.2f} ms, {lat.rps:,.0f} req/s, "
+                    f"{lat.cpu_us_per_req:.0f} CPU-µs/req, {lat.errors} errors")
+
+
+# --------------------------------------------------------------------------- scenario 4
+def scenario_rss(rep: Report, gh, url: str, pid: int, huge, *, cached: bool) -> list[Transfer]:
+    size = huge.wheel.stat().st_size
+    target = f"{url}/files/{huge.wheel.name}"
+    runs = rep.plan.reps if cached else 1
+    out = []
+    for _ in range(runs):
+        before = upstream_bytes(gh)
+        gets0 = sum(1 for r in list(gh.requests) if r.origin == "objects" and r.method == "GET")
+        reset_peak_rss(pid)
+        start_rss = status_kib(pid, "VmRSS")["VmRSS"]
+        with RssSampler(pid) as s:
+            t = curl_parallel(target, 8, expect_size=size, server_pids=[pid],
+                              timeout=rep.plan.transfer_timeout)
+        hwm = status_kib(pid, "VmHWM")["VmHWM"]
+        moved = upstream_bytes(gh) - before
+        gets = sum(1 for r in list(gh.requests) if r.origin == "objects" and r.method == "GET") - gets0
+        label = ("8 clients, cached" if cached else
+                 f"8 clients, uncached first download ({gets} upstream GET, "
+                 f"{fmt_bytes(moved)} from upstream)")
+        rep.rss.append((label, "8", f"{size / MB:.0f} MB",
+                        f"{s.peak / 1024:.1f}", f"{hwm / 1024:.1f}"))
+        key = "cached" if cached else "uncached"
+        rep.rss_peaks[key] = max(rep.rss_peaks.get(key, 0.0), max(s.peak, hwm) / 1024)
+        log(f"  {label}: RSS {start_rss / 1024:.1f} → peak {s.peak / 1024:.1f} MiB "
+            f"(VmHWM {hwm / 1024:.1f} MiB), {t.mbps:,.0f} MB/s, {t.cpu_per_gb:.2f} CPU-s/GB")
+        out.append(t)
+    rep.transfers[("rss cached" if cached else "rss uncached", 8)] = out
+    return out
+
+
+# --------------------------------------------------------------------------- profiling
+def profile(rep: Report, url: str, pid: int, big, project: str, work: Path) -> None:
+    """py-spy samples of the server during one cached transfer and one 32-client page run."""
+    spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
+    if not Path(spy).exists():
+        rep.profile.append("py-spy not installed (`.venv/bin/pip install py-spy`); no profile.")
+        return
+    size = big.wheel.stat().st_size
+    jobs = [
+        ("1 client downloading the cached big file",
+         lambda: [curl_parallel(f"{url}/files/{big.wheel.name}", 1, expect_size=size,
+                                server_pids=[pid], timeout=rep.plan.transfer_timeout)
+                  for _ in range(2)]),
+        ("32 clients on the project page",
+         lambda: wrk_latency(f"{url}/simple/{project}/", 32, 4 * rep.plan.page_requests,
+                             accept=PIP_ACCEPT, server_pids=[pid], work=work)),
+    ]
+    for title, job in jobs:
+        raw = work / f"pyspy-{len(rep.profile)}.txt"
+        spy_proc = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-f", "raw",
+                                     "-o", str(raw), "-d", "60", "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        try:
+            job()
+        finally:
+            spy_proc.send_signal(2)
+            try:
+                _, err = spy_proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy_proc.kill()
+                err = ""
+        if not raw.exists():
+            rep.profile.append(f"**{title}**: py-spy failed: {err.strip()[-300:]}")
+            continue
+        rep.profile.append(f"**{title}** (py-spy, 250 Hz, non-idle samples; "
+                           "self = leaf frame, total = anywhere on the stack):\n")
+        rep.profile.append(summarize_collapsed(raw.read_text()))
+
+
+def summarize_collapsed(text: str, top: int = 12) -> str:
+    self_c: Counter = Counter()
+    total_c: Counter = Counter()
+    n = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        n += c
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        # drop the thread name frame py-spy puts first
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if frames:
+            self_c[frames[-1]] += c
+        for f in set(frames):
+            total_c[f] += c
+    if not n:
+        return "(no samples)\n"
+    rows = [(f, f"{c / n:.1%}", f"{total_c[f] / n:.1%}") for f, c in self_c.most_common(top)]
+    inclusive = [(f, f"{c / n:.1%}") for f, c in total_c.most_common(40)
+                 if any(k in f for k in ("_file_body", "to_thread", "run_sync", "send", "h11",
+                                         "project_page", "local_view", "dumps", "AccessLog",
+                                         "negotiate", "_page", "_etag", "run_in_executor",
+                                         "handle_events", "data_received"))][:12]
+    return (f"{n} samples\n\n" + md_table(["function (leaf)", "self", "total"], rows) + "\n\n"
+            + md_table(["function (inclusive)", "total"], inclusive) + "\n")
+
+
+# --------------------------------------------------------------------------- report
+def verdict(ok: bool) -> str:
+    return "✅ met" if ok else "❌ missed"
+
+
+def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list[str]) -> str:
+    p = rep.plan
+    out: list[str] = []
+    out.append(f"# `spacy-index serve` benchmark — {started}\n")
+    out.append(f"Mode: **{'quick' if p.quick else 'full'}** "
+               f"(`{shlex.join(['bench/serve.py', *argv])}`), {p.reps} repetitions per timing, "
+               "medians reported; serve and nginx runs interleaved.\n")
+    out.append("## Machine\n")
+    out.append(md_table(["", ""], machine) + "\n")
+    # ------------------------------------------------------------------ summary
+    summary = []
+    dry = next((b for label, b, _, _ in rep.upstream if label.startswith("(a)")), None)
+    second = next((b for label, b, _, _ in rep.upstream if label.startswith("(c)")), None)
+    if dry is not None:
+        summary.append(("upstream bytes, `pip install --dry-run` of a big pipeline",
+                        fmt_bytes(dry), "≤ 64 KiB", verdict(dry <= GOALS["dry_run_bytes"])))
+    if second is not None:
+        summary.append(("upstream bytes, second install (new venv)", fmt_bytes(second), "0",
+                        verdict(second == 0)))
+    for clients in (1, 8):
+        s = rep.transfers.get(("serve", clients))
+        n = rep.transfers.get(("nginx", clients))
+        if s:
+            sm = median([t.mbps for t in s])
+            cpu = median([t.cpu_per_gb for t in s])
+            if n:
+                nm = median([t.mbps for t in n])
+                ratio = median([a.mbps / b.mbps for a, b in zip(s, n)])
+                summary.append((f"cached {rep.sizes['big'] / MB:.0f} MB file, {clients} client(s): "
+                                "serve/nginx throughput", f"{ratio:.2f}× ({sm:,.0f} vs {nm:,.0f} MB/s)",
+                                "≥ 0.95×", verdict(ratio >= GOALS["throughput_ratio"])))
+            else:
+                summary.append((f"cached file, {clients} client(s): serve throughput",
+                                f"{sm:,.0f} MB/s", "≥ 0.95× nginx", "n/a (no nginx)"))
+            summary.append((f"cached file, {clients} client(s): serve CPU per GB",
+                            f"{cpu:.2f} CPU-s/GB", "≤ 0.4", verdict(cpu <= GOALS["cpu_per_gb"])))
+    lat = rep.latencies.get(("serve", 32))
+    if lat:
+        p99 = median([x.p99_ms for x in lat])
+        summary.append(("project page p99 at 32 clients", f"{p99:.2f} ms", "≤ 3 ms",
+                        verdict(p99 <= GOALS["p99_ms_32"])))
+    if "cached" in rep.rss_peaks:
+        v = rep.rss_peaks["cached"]
+        summary.append((f"peak RSS, 8 clients streaming a cached {rep.sizes['huge'] / MB:.0f} MB file",
+                        f"{v:.1f} MiB", "≤ 100 MiB", verdict(v <= GOALS["rss_mib"])))
+    if "uncached" in rep.rss_peaks:
+        v = rep.rss_peaks["uncached"]
+        summary.append(("peak RSS, same, uncached first download", f"{v:.1f} MiB",
+                        "≤ 100 MiB", verdict(v <= GOALS["rss_mib"])))
+    out.append("## Summary against the goals\n")
+    out.append(md_table(["metric", "measured", "goal", ""], summary) + "\n")
+    # ------------------------------------------------------------------ 1
+    out.append("## 1. Upstream bytes per client action\n")
+    out.append("Body bytes FakeGitHub sent on its web + objects origins (release downloads, "
+               "Range reads, repository archive) while the client ran; pip without a cache, "
+               "fresh venv per action (spaCy cloned in, so only the pipeline is asked for).\n")
+    rows = [(label, f"{b:,}", fmt_bytes(b), goal, f"{took:.1f}") for label, b, goal, took in rep.upstream]
+    out.append(md_table(["action", "bytes", "", "goal", "client wall s"], rows) + "\n")
+    # ------------------------------------------------------------------ 2
+    out.append(f"## 2. Throughput, cached {rep.sizes.get('big', 0) / MB:.0f} MB file over loopback\n")
+    out.append("N concurrent `curl -s -o /dev/null` processes; MB/s = all bytes / wall time from "
+               "the first start to the last finish. Server CPU = utime+stime from /proc of the "
+               "server process (nginx: master + workers); curl cores = CPU of one curl / wall.\n")
+    rows = []
+    for clients in (1, 8):
+        for name in ("serve", "nginx"):
+            ts = rep.transfers.get((name, clients))
+            if not ts:
+                continue
+            rows.append((name, clients, " / ".join(f"{t.mbps:,.0f}" for t in ts),
+                         f"{median([t.mbps for t in ts]):,.0f}",
+                         f"{median([t.cpu_per_gb for t in ts]):.3f}",
+                         f"{median([t.server_cpu / t.wall for t in ts]):.2f}",
+                         f"{median([t.client_cores for t in ts]):.2f}"))
+        s, n = rep.transfers.get(("serve", clients)), rep.transfers.get(("nginx", clients))
+        if s and n:
+            rows.append((f"**ratio serve/nginx**", clients,
+                         " / ".join(f"{a.mbps / b.mbps:.2f}" for a, b in zip(s, n)),
+                         f"**{median([a.mbps / b.mbps for a, b in zip(s, n)]):.2f}×**", "", "", ""))
+    out.append(md_table(["server", "clients", "MB/s per run", "MB/s median", "server CPU-s/GB",
+                         "server cores busy", "curl cores each"], rows) + "\n")
+    # ------------------------------------------------------------------ 3
+    out.append("## 3. Project-page latency: `GET /simple/<project>/` with pip's Accept header\n")
+    out.append(f"Client: {rep.latency_client}. {p.page_requests:,} requests per level and "
+               "repetition (after a 400-request warm-up), keep-alive connections. nginx serves "
+               "a static `index.html` of the same project (reference only).\n")
+    rows = []
+    for clients in (1, 8, 32):
+        for name in ("serve", "serve (log-level info)", "nginx"):
+            ls = rep.latencies.get((name, clients))
+            if not ls:
+                continue
+            rows.append((name, clients, sum(x.requests for x in ls),
+                         f"{median([x.p50_ms for x in ls]):.3f}",
+                         f"{median([x.p90_ms for x in ls]):.3f}",
+                         f"{median([x.p99_ms for x in ls]):.3f}",
+                         " / ".join(f"{x.p99_ms:.2f}" for x in ls),
+                         f"{max(x.max_ms for x in ls):.1f}",
+                         f"{median([x.rps for x in ls]):,.0f}",
+                         f"{median([x.cpu_us_per_req for x in ls]):,.0f}",
+                         sum(x.errors for x in ls)))
+    out.append(md_table(["server", "clients", "requests", "p50 ms", "p90 ms", "p99 ms",
+                         "p99 per run", "max ms", "req/s", "server CPU-µs/req", "errors"], rows) + "\n")
+    # ------------------------------------------------------------------ 4
+    out.append("## 4. Server memory while clients stream\n")
+    out.append("VmRSS sampled every 10 ms, and VmHWM (peak, reset with `clear_refs` before "
+               "each run) of the serve process.\n")
+    rows = [(label, c, size, peak, hwm) for label, c, size, peak, hwm in rep.rss]
+    out.append(md_table(["transfer", "clients", "file", "peak VmRSS MiB (sampled)",
+                         "VmHWM MiB"], rows) + "\n")
+    for key, title in (("rss uncached", "uncached first download"),
+                       ("rss cached", "cached")):
+        ts = rep.transfers.get((key, 8))
+        if ts:
+            out.append(f"- {title}, 8 clients: {median([t.mbps for t in ts]):,.0f} MB/s, "
+                       f"{median([t.cpu_per_gb for t in ts]):.3f} server CPU-s/GB "
+                       f"({' / '.join(f'{t.mbps:,.0f}' for t in ts)} MB/s per run)")
+    out.append("")
+    if rep.notes:
+        out.append("## Notes\n")
+        out += [f"- {n}" for n in rep.notes]
+        out.append("")
+    if rep.profile:
+        out.append("## Profile of the server (py-spy)\n")
+        out += rep.profile
+        out.append("")
+    out.append("## Phase timings\n")
+    out.append(md_table(["phase", "seconds"], [(k, f"{v:.1f}") for k, v in rep.timings.items()]) + "\n")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="50 MB files, 1,000 requests per latency level (CI; ≤ 3 min)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per timing (default 3)")
+    ap.add_argument("--work-dir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "spacy-index-bench",
+                    help="built wheels are cached here between runs; each run uses a fresh "
+                    "subfolder for caches, venvs and logs (removed unless --keep)")
+    ap.add_argument("--out", type=Path, help="report file (default bench/results/<date>-serve"
+                    "[-quick].md)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also sample the server with py-spy (needs py-spy in the venv)")
+    ap.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, caches)")
+    args = ap.parse_args(argv)
+    argv_shown = list(sys.argv[1:] if argv is None else argv)
+
+    plan = Plan(quick=args.quick, reps=max(1, args.reps),
+                big_pad=(50 if args.quick else 200) * MB,
+                huge_pad=(50 if args.quick else 500) * MB,
+                compile_pad=(5 if args.quick else 20) * MB,
+                page_requests=1000 if args.quick else 2000)
+    rep = Report(plan=plan)
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    t_all = time.monotonic()
+    if shutil.which("curl") is None:
+        print("error: curl is needed (apt-get install -y curl)", file=sys.stderr)
+        return 2
+
+    from tests.clients import serve_directory
+    from tests.fakegithub import FakeGitHub
+    from tests.wheels import meta_archive, write_static_index
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
+    log(f"work folder {run_dir}")
+    try:
+        t = time.monotonic()
+        big = cached_model(args.work_dir, name="core_web_lg", version=VERSION, pad_bytes=plan.big_pad)
+        trf = cached_model(args.work_dir, name="core_web_trf", version=VERSION,
+                           pad_bytes=plan.compile_pad)
+        huge = cached_model(args.work_dir, name="core_web_xl", version=VERSION, pad_bytes=plan.huge_pad)
+        rep.timings["build/reuse wheels"] = time.monotonic() - t
+        rep.sizes = {"big": big.wheel.stat().st_size, "huge": huge.wheel.stat().st_size}
+        pkgs = [big, trf, huge]
+
+        static = run_dir / "static"
+        write_static_index(static, pkgs, metadata=True)
+        pypi = run_dir / "pypi"
+        placeholder_pypi(pypi)
+
+        with contextlib.ExitStack() as stack:
+            gh = stack.enter_context(FakeGitHub(load_fixture=False, archive=meta_archive(pkgs),
+                                                token=TOKEN))
+            for p in pkgs:
+                gh.add_release(f"{p.project}-{p.version}", {p.wheel.name: p.wheel.read_bytes()})
+            fake_pypi = stack.enter_context(serve_directory(pypi))
+            serve = stack.enter_context(spacy_index_serve(
+                cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
+                api_url=gh.api_url, token=TOKEN, log_dir=run_dir))
+            ngx = None if args.no_nginx else stack.enter_context(nginx(static, log_dir=run_dir))
+            rep.nginx_ok = ngx is not None
+            if ngx is None:
+                msg = ("nginx was not run (--no-nginx)" if args.no_nginx else
+                       "nginx is not installed or failed to start (`apt-get install -y "
+                       "nginx-light`): only serve's absolute numbers are reported")
+                rep.notes.append(msg)
+                log(msg)
+            pid = serve.pid
+            idle = status_kib(pid, "VmRSS")["VmRSS"]
+            rep.rss.append(("idle after start", "0", "-", f"{idle / 1024:.1f}",
+                            f"{status_kib(pid, 'VmHWM')['VmHWM'] / 1024:.1f}"))
+
+            import httpx
+
+            t = time.monotonic()
+            before = upstream_bytes(gh)
+            r = httpx.get(f"{serve.url}/simple/{big.normalized_name}/",
+                          headers={"Accept": PIP_ACCEPT}, timeout=60, trust_env=False)
+            r.raise_for_status()
+            rep.upstream.append(("catalog load (first page: releases API + meta archive)",
+                                 upstream_bytes(gh) - before, "-", time.monotonic() - t))
+
+            log("scenario 1: upstream bytes")
+            t = time.monotonic()
+            scenario_upstream(rep, gh, serve.url, [pid], big, trf, run_dir)
+            rep.timings["1 upstream bytes"] = time.monotonic() - t
+
+            log("scenario 4a: RSS, 8 clients, uncached first download")
+            t = time.monotonic()
+            scenario_rss(rep, gh, serve.url, pid, huge, cached=False)
+            rep.timings["4a RSS uncached"] = time.monotonic() - t
+
+            servers = {"serve": (serve.url, [pid])}
+            if ngx is not None:
+                servers["nginx"] = (ngx.url, ngx.pids())
+            log("scenario 2: throughput")
+            t = time.monotonic()
+            scenario_throughput(rep, servers, big)
+            rep.timings["2 throughput"] = time.monotonic() - t
+
+            log("scenario 4b: RSS, 8 clients, cached")
+            t = time.monotonic()
+            scenario_rss(rep, gh, serve.url, pid, huge, cached=True)
+            rep.timings["4b RSS cached"] = time.monotonic() - t
+
+            log("scenario 3: project-page latency")
+            t = time.monotonic()
+            scenario_latency(rep, servers, big.normalized_name, run_dir)
+            # the default --log-level (info) writes one access-log line per request
+            with spacy_index_serve(cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
+                                   api_url=gh.api_url, token=TOKEN, log_dir=run_dir,
+                                   log_level="info") as serve_info:
+                httpx.get(f"{serve_info.url}/simple/{big.normalized_name}/",
+                          headers={"Accept": PIP_ACCEPT}, timeout=60, trust_env=False)
+                scenario_latency(rep, {"serve (log-level info)": (serve_info.url, [serve_info.pid])},
+                                 big.normalized_name, run_dir)
+            rep.timings["3 latency"] = time.monotonic() - t
+
+            if args.profile:
+                log("profiling with py-spy")
+                t = time.monotonic()
+                profile(rep, serve.url, pid, big, big.normalized_name, run_dir)
+                rep.timings["profile"] = time.monotonic() - t
+
+            rep.rss.append(("end of run (all scenarios)", "-", "-",
+                            f"{status_kib(pid, 'VmRSS')['VmRSS'] / 1024:.1f}", "-"))
+            if serve.process.proc.poll() is not None:
+                raise RuntimeError("serve died:\n" + serve.process.tail())
+            errors = [line for line in serve.process.tail(20000).splitlines()
+                      if "Traceback" in line or "ERROR" in line.upper()]
+            if errors:
+                rep.notes.append(f"serve logged {len(errors)} error line(s), e.g. {errors[0][:200]!r}")
+        rep.timings["total"] = time.monotonic() - t_all
+    finally:
+        if args.keep:
+            log(f"kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    text = render(rep, machine_info(), started, argv_shown)
+    print(text)
+    out = args.out or (REPO / "bench" / "results" /
+                       f"{dt.date.today().isoformat()}-serve{'-quick' if args.quick else ''}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
