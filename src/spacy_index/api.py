@@ -17,11 +17,15 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from packaging.version import Version
 
 from spacy_index.catalog import Catalog, assemble
+
+if TYPE_CHECKING:
+    from spacy_index.mirror import MirrorResult
 from spacy_index.errors import SnapshotError
 from spacy_index.http import (
     ConditionalStore,
@@ -33,7 +37,7 @@ from spacy_index.http import (
 from spacy_index.model import ModelMeta, Release
 from spacy_index.publish import PublishReport, publish_folder
 from spacy_index.render import html, pep691
-from spacy_index.render.tree import index_files
+from spacy_index.render.tree import index_files, mirror_links
 from spacy_index.sources import snapshot as snapshots
 from spacy_index.sources.github import DEFAULT_API_URL, GitHubReleases, RequestStats
 from spacy_index.sources.spacy_models import SPACY_MODELS_REPO, parse_archive
@@ -61,6 +65,7 @@ class BuildResult:
     fetch: FetchResult
     catalog: Catalog
     publish: PublishReport
+    mirror: MirrorResult | None = None
 
 
 def uses_spacy_models_meta(repo: str) -> bool:
@@ -219,12 +224,32 @@ def build_index(
     wheels_only: bool = False,
     allow_shrink: bool = False,
     fetch: FetchResult | None = None,
+    mirror_cache: Path | None = None,
+    base_url: str | None = None,
+    notify: Notify = _quiet,
 ) -> BuildResult:
-    """Filter ``catalog`` and publish it to ``out`` atomically."""
+    """Filter ``catalog`` and publish it to ``out`` atomically.
+
+    With ``mirror_cache``, every selected file is downloaded (once, verified) through that
+    cache and published under ``files/`` with ``.metadata`` sidecars and relative links.
+    """
     selected = catalog.filter(only=only, spacy=spacy, wheels_only=wheels_only)
-    report = publish_folder(index_files(selected), Path(out), allow_shrink=allow_shrink)
+    extra: dict[str, Path | bytes] = {}
+    mirrored = None
+    if mirror_cache is not None:
+        from spacy_index.mirror import mirror
+
+        mirrored = mirror(selected, mirror_cache, notify=notify)
+        selected = mirrored.catalog
+        extra = mirrored.files
+        for warning in mirrored.warnings:
+            notify(f"warning: {warning}")
+        tree: dict[str, Path | bytes] = {**index_files(selected, mirror_links(base_url)), **extra}
+    else:
+        tree = dict(index_files(selected))
+    report = publish_folder(tree, Path(out), allow_shrink=allow_shrink)
     return BuildResult(fetch=fetch or FetchResult(catalog, mode="given"), catalog=selected,
-                       publish=report)
+                       publish=report, mirror=mirrored)
 
 
 def snapshot_from_live(

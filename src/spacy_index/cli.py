@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--wheels-only", action="store_true", help="leave sdists out")
     b.add_argument("--allow-shrink", action="store_true",
                    help="allow a build that drops more than 10%% of the files")
+    b.add_argument("--mirror", action="store_true",
+                   help="download the selected files into the index (verified, once, through "
+                   "the same cache as serve) with PEP 658 .metadata sidecars and relative links")
+    b.add_argument("--base-url", metavar="URL",
+                   help="with --mirror: absolute links under URL (e.g. https://mirror.example/) "
+                   "instead of relative ones")
 
     i = sub.add_parser(
         "install",
@@ -201,9 +207,12 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
     )
     for warning in fetched.catalog.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
+    if args.base_url and not args.mirror:
+        raise UsageError("--base-url goes with --mirror")
     result = build_index(
         args.out, fetched.catalog, only=args.only, spacy=spacy_version,
         wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
+        mirror_cache=cache_dir if args.mirror else None, base_url=args.base_url, notify=notify,
     )
     _summary(result, out)
     return 0
@@ -232,6 +241,10 @@ def _summary(result, out: Console) -> None:
             + (f"; {stats.other_requests:,} download(s) elsewhere" if stats.other_requests else ""),
         ),
     ]
+    if result.mirror is not None:
+        m = result.mirror
+        rows.append(("mirrored", f"{m.downloaded:,} downloaded ({m.downloaded_bytes:,} bytes), "
+                                 f"{m.cached:,} from the cache, {len(m.warnings):,} left out"))
     if fetched.catalog.tags_without_release:
         rows.append(("tags without release", f"{len(fetched.catalog.tags_without_release):,}"))
     width = max(len(k) for k, _ in rows)

@@ -25,6 +25,8 @@ from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused
 from spacy_index.render.tree import MARKER
 
 SHRINK_LIMIT = 0.10
+#: a file's content: bytes (pages), or a local file to link/copy in (mirrored wheels)
+Content = bytes | Path
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,38 @@ def check_relative_path(path: str) -> PurePosixPath:
     ):
         raise PublishError(f"refusing to write a path outside the output folder: {path!r}")
     return p
+
+
+def list_tree(root: Path) -> list[str]:
+    """Relative posix paths of every regular file under ``root`` (nothing is read)."""
+    return sorted(
+        Path(dirpath, name).relative_to(root).as_posix()
+        for dirpath, _dirs, names in os.walk(root)
+        for name in names
+    )
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def same_content(existing: Path, new: Content) -> bool:
+    """Whether ``existing`` already holds ``new`` (cheap for hard links and size changes)."""
+    try:
+        st = existing.stat()
+    except OSError:
+        return False
+    if isinstance(new, bytes):
+        return st.st_size == len(new) and existing.read_bytes() == new
+    if os.path.samefile(existing, new):
+        return True
+    return st.st_size == new.stat().st_size and _file_digest(existing) == _file_digest(new)
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
@@ -95,19 +129,16 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def _previous_file_count(existing: Mapping[str, bytes]) -> int | None:
+def _marker_file_count(data: Content | None) -> int | None:
     try:
-        return int(json.loads(existing[MARKER])["files"])
-    except (KeyError, ValueError, TypeError):
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        return int(json.loads(raw or b"")["files"])
+    except (OSError, KeyError, ValueError, TypeError):
         return None
 
 
-def _new_file_count(files: Mapping[str, bytes]) -> int | None:
-    return _previous_file_count(files)
-
-
 def publish_folder(
-    files: Mapping[str, bytes], out: Path, *, allow_shrink: bool = False
+    files: Mapping[str, Content], out: Path, *, allow_shrink: bool = False
 ) -> PublishReport:
     """Make ``out`` contain exactly ``files``; see the module docstring for the guarantees."""
     for path in files:
@@ -123,28 +154,27 @@ def publish_folder(
         ) from e
 
 
-def _publish_locked(files: Mapping[str, bytes], out: Path, *, allow_shrink: bool) -> PublishReport:
+def _publish_locked(files: Mapping[str, Content], out: Path, *, allow_shrink: bool) -> PublishReport:
     for stale in out.parent.glob(f".{out.name}.staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    existing: dict[str, bytes] = {}
+    existing: list[str] = []
     if out.exists():
         if not out.is_dir():
             raise PublishError(f"output {str(out)!r} exists and is not a folder")
-        existing = read_tree(out)
+        existing = list_tree(out)
         if existing and MARKER not in existing:
             raise PublishError(
                 f"refusing to replace {str(out)!r}: it is not empty and was not written by "
                 "spacy-index; choose a new or empty folder"
             )
-    if existing == dict(files):
+    changed = sorted(set(existing) ^ set(files)) + [
+        rel for rel in sorted(set(existing) & set(files)) if not same_content(out / rel, files[rel])
+    ]
+    if not changed:
         return PublishReport(out, changed=False, files_written=0, bytes_written=0, files_changed=0)
-    before, after = _previous_file_count(existing), _new_file_count(files)
-    if (
-        not allow_shrink
-        and before
-        and after is not None
-        and after < before * (1 - SHRINK_LIMIT)
-    ):
+    before = _marker_file_count(out / MARKER if MARKER in existing else None)
+    after = _marker_file_count(files.get(MARKER))
+    if not allow_shrink and before and after is not None and after < before * (1 - SHRINK_LIMIT):
         raise ShrinkRefused(before, after)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -153,8 +183,12 @@ def _publish_locked(files: Mapping[str, bytes], out: Path, *, allow_shrink: bool
         for rel, data in sorted(files.items()):
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            written += len(data)
+            if isinstance(data, bytes):
+                target.write_bytes(data)
+                written += len(data)
+            else:
+                _link_or_copy(data, target)
+                written += target.stat().st_size
         os.chmod(staging, 0o755)
         if not out.exists():
             os.rename(staging, out)
@@ -168,10 +202,16 @@ def _publish_locked(files: Mapping[str, bytes], out: Path, *, allow_shrink: bool
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    changed_count = sum(1 for k, v in files.items() if existing.get(k) != v) + sum(
-        1 for k in existing if k not in files
-    )
     return PublishReport(
         out, changed=True, files_written=len(files), bytes_written=written,
-        files_changed=changed_count,
+        files_changed=len(changed),
     )
+
+
+def _link_or_copy(src: Path, target: Path) -> None:
+    """A hard link (instant, no space) when on the same filesystem, else a copy."""
+    try:
+        os.link(src, target)
+    except OSError:
+        shutil.copyfile(src, target)
+    os.chmod(target, 0o644)

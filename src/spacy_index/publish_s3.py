@@ -598,11 +598,12 @@ def _marker_count(s3: Any, location: S3Location, remote: _Remote) -> int | None:
 
 def _new_count(entries: Mapping[str, _Entry]) -> int | None:
     e = entries.get(MARKER)
-    if e is None or not isinstance(e.source, bytes):
+    if e is None:
         return None
     try:
-        return int(json.loads(e.source)["files"])
-    except (ValueError, KeyError, TypeError):
+        raw = e.source.read_bytes() if isinstance(e.source, Path) else e.source
+        return int(json.loads(raw)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
