@@ -371,7 +371,7 @@ class Transfer:
     wall: float  #: seconds from the first client's start to the last client's end
     nbytes: int  #: body bytes received by all clients
     server_cpu: float  #: server CPU-seconds during the transfer
-    client_cpu: float  #: CPU-seconds of the curl processes
+    client_cpu: float  #: CPU-seconds of the client processes
 
     @property
     def mbps(self) -> float:
@@ -382,33 +382,72 @@ class Transfer:
         return self.server_cpu / (self.nbytes / GB)
 
     @property
+    def server_cores(self) -> float:
+        return self.server_cpu / self.wall
+
+    @property
     def client_cores(self) -> float:
-        """Average cores used by one curl process."""
+        """Average cores used by one client process."""
         return self.client_cpu / self.wall / self.clients
 
 
-def curl_parallel(url: str, clients: int, *, expect_size: int, server_pids: Sequence[int],
-                  timeout: float) -> Transfer:
-    """``clients`` concurrent ``curl -s -o /dev/null`` of ``url``; each must get 200 and
-    ``expect_size`` bytes. Server CPU from /proc, client CPU from RUSAGE_CHILDREN."""
-    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
-            "-w", "%{http_code} %{size_download}\\n", url]
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+
+
+def download(url: str, clients: int, *, count: int = 1, expect_size: int,
+             server_pids: Sequence[int], timeout: float, client: str = "splice") -> Transfer:
+    """``clients`` concurrent client processes, each downloading ``url`` ``count`` times over
+    one keep-alive connection; every answer must be 200 with ``expect_size`` bytes.
+
+    ``client="splice"``: bench/loadgen.py fetch (socket → pipe → /dev/null, no user-space
+    copy; all processes start on a common clock so start-up is not timed).
+    ``client="curl"``: ``curl -s -o /dev/null`` (timed from process start).
+    Server CPU from /proc (utime+stime), client CPU from the clients."""
     cpu0 = cpu_seconds(server_pids)
+    if client == "splice":
+        start = time.monotonic() + 0.3 + 0.05 * clients
+        argv = [sys.executable, "-S", str(LOADGEN), "fetch", url, "--count", str(count),
+                "--start", repr(start), "--timeout", str(timeout)]
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+        results = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=timeout + 30)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise
+            if p.returncode != 0:
+                raise RuntimeError(f"loadgen fetch {url} failed ({p.returncode}): {err[-1000:]}")
+            results.append(json.loads(out))
+        cpu1 = cpu_seconds(server_pids)
+        for r in results:
+            if set(r["statuses"]) != {200} or r["bytes"] != expect_size * count:
+                raise RuntimeError(f"{url}: statuses {set(r['statuses'])}, {r['bytes']} bytes "
+                                   f"(expected 200 and {expect_size * count})")
+        wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+        return Transfer(clients=clients, wall=wall, nbytes=sum(r["bytes"] for r in results),
+                        server_cpu=cpu1 - cpu0, client_cpu=sum(r["cpu"] for r in results))
+    argv = ["curl", "-s", "--max-time", str(int(timeout)), "-w", "%{http_code} %{size_download}\\n"]
+    for _ in range(count):
+        argv += [url, "-o", "/dev/null"]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
-    outs = [p.communicate(timeout=timeout + 10) for p in procs]
+    outs = [p.communicate(timeout=timeout + 30) for p in procs]
     wall = time.perf_counter() - t0
     cpu1 = cpu_seconds(server_pids)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = 0
     for p, (out, err) in zip(procs, outs):
-        code, _, size = out.strip().partition(" ")
-        if p.returncode != 0 or code != "200" or int(size or 0) != expect_size:
+        lines = out.split()
+        codes, sizes = lines[0::2], [int(x) for x in lines[1::2]]
+        if p.returncode != 0 or codes != ["200"] * count or sizes != [expect_size] * count:
             raise RuntimeError(f"curl {url}: exit {p.returncode}, {out.strip()!r} {err.strip()!r}"
-                               f" (expected 200 and {expect_size} bytes)")
-        total += int(size)
+                               f" (expected 200 and {expect_size} bytes x{count})")
+        total += sum(sizes)
     client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     return Transfer(clients=clients, wall=wall, nbytes=total, server_cpu=cpu1 - cpu0,
                     client_cpu=client_cpu)
@@ -457,19 +496,20 @@ class Latency:
         return self.server_cpu / self.requests * 1e6
 
 
-def wrk_latency(url: str, clients: int, requests: int, *, accept: str, server_pids: Sequence[int],
-                work: Path, max_seconds: float = 60) -> Latency:
-    """wrk (C, epoll, keep-alive) with a Lua script that stops each thread after its share of
-    ``requests`` responses and prints exact percentiles (µs resolution); ``max_seconds`` caps
-    the run in time as well."""
+def wrk_latency(url: str, clients: int, seconds: int, *, accept: str,
+                server_pids: Sequence[int], work: Path, max_requests: int = 50_000) -> Latency:
+    """``wrk -t min(2,C) -c C -d <seconds>s`` (C, epoll, keep-alive) with a Lua ``done()``
+    that prints exact percentiles (µs). Bounded in time by ``-d`` and in count by
+    ``max_requests`` (each thread stops after its share; wrk still waits out ``-d``, so the
+    cap is set far above what a run does and only guards against runaway loops)."""
     threads = min(2, clients)
-    per_thread = max(1, requests // threads)
+    per_thread = max(1, -(-max_requests // threads))
     script = work / f"wrk-{clients}.lua"
     script.write_text(_WRK_SCRIPT.format(accept=json.dumps(accept), per_thread=per_thread))
-    argv = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(max_seconds)}s",
+    argv = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(seconds)}s",
             "--timeout", "10s", "-s", str(script), url]
     cpu0 = cpu_seconds(server_pids)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     cpu1 = cpu_seconds(server_pids)
     m = re.search(r"BENCHJSON (\{.*\})", out.stdout)
     if out.returncode != 0 or m is None:
@@ -512,52 +552,19 @@ def fmt_bytes(n: float) -> str:
     return f"{n / MiB:.1f} MiB"
 
 
-def asyncio_latency(url: str, clients: int, requests: int, *, accept: str,
+def loadgen_latency(url: str, clients: int, requests: int, *, accept: str,
                     server_pids: Sequence[int], max_seconds: float = 60) -> Latency:
-    """Fallback when wrk is missing: ``clients`` keep-alive raw-socket connections in one
-    asyncio loop (slower than wrk and it shares the 2 cores; the output says which was used)."""
-    import asyncio
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    host, port, path = u.hostname or "127.0.0.1", u.port or 80, u.path or "/"
-    req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: {accept}\r\n"
-           "User-Agent: bench\r\n\r\n").encode()
-    lat: list[float] = []
-    errors = 0
-    per_client = max(1, requests // clients)
-
-    async def one() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            for _ in range(per_client):
-                t = time.perf_counter()
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                if m:
-                    await reader.readexactly(int(m.group(1)))
-                lat.append(time.perf_counter() - t)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    async def all_of_them() -> float:
-        t = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(clients))), max_seconds)
-        return time.perf_counter() - t
-
+    """Fallback when wrk is missing: bench/loadgen.py pages (one asyncio process, keep-alive,
+    count-bounded, ns timestamps). Slower than wrk (~100 µs CPU per request) and it shares
+    the 2 cores with the server; the report says which client was used."""
+    argv = [sys.executable, "-S", str(LOADGEN), "pages", url, "--clients", str(clients),
+            "--requests", str(requests), "--accept", accept, "--timeout", str(max_seconds)]
     cpu0 = cpu_seconds(server_pids)
-    seconds = asyncio.run(all_of_them())
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30)
     cpu1 = cpu_seconds(server_pids)
-    lat.sort()
-
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(round(p / 100 * len(lat) + 0.5)) - 1)] * 1000
-
-    return Latency(clients=clients, requests=len(lat), seconds=seconds, p50_ms=pct(50),
-                   p90_ms=pct(90), p99_ms=pct(99), max_ms=lat[-1] * 1000, errors=errors,
-                   server_cpu=cpu1 - cpu0)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen pages failed ({out.returncode}): {out.stderr[-1000:]}")
+    d = json.loads(out.stdout)
+    return Latency(clients=clients, requests=d["requests"], seconds=d["seconds"],
+                   p50_ms=d["p50"], p90_ms=d["p90"], p99_ms=d["p99"], max_ms=d["max"],
+                   errors=d["errors"], server_cpu=cpu1 - cpu0)

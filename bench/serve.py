@@ -31,6 +31,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,10 +50,8 @@ from common import (  # noqa: E402
     Latency,
     RssSampler,
     Transfer,
-    asyncio_latency,
     cached_model,
-    cpu_seconds,
-    curl_parallel,
+    download,
     fmt_bytes,
     log,
     machine_info,
@@ -62,8 +61,8 @@ from common import (  # noqa: E402
     reset_peak_rss,
     spacy_index_serve,
     status_kib,
+    loadgen_latency,
     wrk_latency,
-    wrk_throughput,
 )
 
 TOKEN = "ghp_BENCHtokenBENCHtokenBENCH0123456789"
@@ -188,53 +187,73 @@ def scenario_upstream(rep: Report, gh, url: str, pids: list[int], big, trf, work
 
 
 # --------------------------------------------------------------------------- scenario 2
+def repeats_for(plan: Plan, clients: int, size: int) -> int:
+    """Downloads per client so that one measurement moves ≥ ~0.4 GB (quick) / 1.6 GB (full):
+    long enough for 10 ms CPU-tick accounting to be precise."""
+    target = (0.4 if plan.quick else 1.6) * GB
+    return max(1, -(-int(target) // (clients * size)))
+
+
 def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], big) -> None:
     size = big.wheel.stat().st_size
     path = f"/files/{big.wheel.name}"
-    for name, (url, pids) in servers.items():  # warm: page cache, cache verification, JIT-less
-        curl_parallel(url + path, 1, expect_size=size, server_pids=pids,
-                      timeout=rep.plan.transfer_timeout)
+    timeout = rep.plan.transfer_timeout
+    for name, (url, pids) in servers.items():  # warm: page cache, the cache's first-use hash
+        download(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
     for r in range(rep.plan.reps):
         for clients in (1, 8):
+            count = repeats_for(rep.plan, clients, size)
             for name, (url, pids) in servers.items():
-                t = curl_parallel(url + path, clients, expect_size=size, server_pids=pids,
-                                  timeout=rep.plan.transfer_timeout)
+                t = download(url + path, clients, count=count, expect_size=size,
+                             server_pids=pids, timeout=timeout)
                 rep.transfers.setdefault((name, clients), []).append(t)
-                log(f"  rep {r + 1} {name} x{clients}: {t.mbps:,.0f} MB/s, "
-                    f"server {t.cpu_per_gb:.2f} CPU-s/GB ({t.server_cpu / t.wall:.2f} cores), "
-                    f"curl {t.client_cores:.2f} cores each")
-    if "nginx" in servers and shutil.which("wrk"):
-        mbps = wrk_throughput(servers["nginx"][0] + path, seconds=3)
-        rep.notes.append(
-            f"Client check: one `wrk -c1` connection pulls {mbps:,.0f} MB/s from nginx "
-            f"(curl, 1 client: {median([t.mbps for t in rep.transfers[('nginx', 1)]]):,.0f} MB/s).")
+                log(f"  rep {r + 1} {name} x{clients} (x{count} each): {t.mbps:,.0f} MB/s, "
+                    f"server {t.cpu_per_gb:.2f} CPU-s/GB ({t.server_cores:.2f} cores), "
+                    f"client {t.client_cores:.2f} cores each")
+    # the same with curl, as a cross-check of the client (curl copies the body to user space)
+    for r in range(min(3, rep.plan.reps)):
+        for clients in (1, 8):
+            count = repeats_for(rep.plan, clients, size)
+            for name, (url, pids) in servers.items():
+                t = download(url + path, clients, count=count, expect_size=size,
+                             server_pids=pids, timeout=timeout, client="curl")
+                rep.transfers.setdefault((f"{name} (curl)", clients), []).append(t)
+                log(f"  curl rep {r + 1} {name} x{clients}: {t.mbps:,.0f} MB/s, "
+                    f"server {t.cpu_per_gb:.2f} CPU-s/GB, curl {t.client_cores:.2f} cores each")
 
 
 # --------------------------------------------------------------------------- scenario 3
 def scenario_latency(rep: Report, servers: dict[str, tuple[str, list[int]]], project: str,
                      work: Path) -> None:
     use_wrk = shutil.which("wrk") is not None
-    rep.latency_client = ("wrk 4 (C, epoll, keep-alive) + Lua script: each thread stops after its "
-                          "share of the requests; exact percentiles in µs"
-                          if use_wrk else "python asyncio raw-socket keep-alive client "
-                          "(wrk not installed; shares the CPU, slower than wrk)")
     n = rep.plan.page_requests
-
-    def one(url: str, pids: list[int], clients: int, requests: int) -> Latency:
-        if use_wrk:
-            return wrk_latency(url, clients, requests, accept=PIP_ACCEPT, server_pids=pids,
-                               work=work, max_seconds=60)
-        return asyncio_latency(url, clients, requests, accept=PIP_ACCEPT, server_pids=pids,
-                               max_seconds=60)
-
-    for name, (url, pids) in servers.items():
-        one(f"{url}/simple/{project}/", pids, 8, 400)  # warm-up
-    for r in range(rep.plan.reps):
-        for clients in (1, 8, 32):
+    rep.latency_client = (
+        "wrk 4.1 (C, epoll, keep-alive, `-t min(2,C)`), exact µs percentiles from a Lua "
+        f"`done()`; each level runs for a duration calibrated (1 s warm-up run) to ≈ {n:,} "
+        "requests on that server, at least 1 s and at most 10 s (so nginx does more)"
+        if use_wrk else
+        f"bench/loadgen.py pages (Python asyncio, keep-alive, {n:,} requests per level; wrk "
+        "is not installed: this client is slower and shares the CPU)")
+    for clients in (1, 8, 32):
+        seconds: dict[str, int] = {}
+        for name, (url, pids) in servers.items():
+            if use_wrk:
+                warm = wrk_latency(f"{url}/simple/{project}/", clients, 1, accept=PIP_ACCEPT,
+                                   server_pids=pids, work=work)
+                seconds[name] = max(1, min(10, round(n / max(warm.rps, 1.0))))
+            else:
+                loadgen_latency(f"{url}/simple/{project}/", clients, 200, accept=PIP_ACCEPT,
+                                server_pids=pids)
+        for r in range(rep.plan.reps):
             for name, (url, pids) in servers.items():
-                lat = one(f"{url}/simple/{project}/", pids, clients, n)
+                if use_wrk:
+                    lat = wrk_latency(f"{url}/simple/{project}/", clients, seconds[name],
+                                      accept=PIP_ACCEPT, server_pids=pids, work=work)
+                else:
+                    lat = loadgen_latency(f"{url}/simple/{project}/", clients, n,
+                                          accept=PIP_ACCEPT, server_pids=pids)
                 rep.latencies.setdefault((name, clients), []).append(lat)
-                log(f"  rep {r + 1} {name} x{clients}: p50 {lat.p50_ms:.2f} ms, "
+                log(f"  rep {r + 1} {name} x{clients}: {lat.requests} req, p50 {lat.p50_ms:.2f} ms, "
                     f"p99 {lat.p99_ms:.2f} ms, {lat.rps:,.0f} req/s, "
                     f"{lat.cpu_us_per_req:.0f} CPU-µs/req, {lat.errors} errors")
 
@@ -251,8 +270,8 @@ def scenario_rss(rep: Report, gh, url: str, pid: int, huge, *, cached: bool) -> 
         reset_peak_rss(pid)
         start_rss = status_kib(pid, "VmRSS")["VmRSS"]
         with RssSampler(pid) as s:
-            t = curl_parallel(target, 8, expect_size=size, server_pids=[pid],
-                              timeout=rep.plan.transfer_timeout)
+            t = download(target, 8, expect_size=size, server_pids=[pid],
+                         timeout=rep.plan.transfer_timeout)
         hwm = status_kib(pid, "VmHWM")["VmHWM"]
         moved = upstream_bytes(gh) - before
         gets = sum(1 for r in list(gh.requests) if r.origin == "objects" and r.method == "GET") - gets0
@@ -280,12 +299,11 @@ def profile(rep: Report, url: str, pid: int, big, project: str, work: Path) -> N
     size = big.wheel.stat().st_size
     jobs = [
         ("1 client downloading the cached big file",
-         lambda: [curl_parallel(f"{url}/files/{big.wheel.name}", 1, expect_size=size,
-                                server_pids=[pid], timeout=rep.plan.transfer_timeout)
-                  for _ in range(2)]),
+         lambda: download(f"{url}/files/{big.wheel.name}", 1, count=repeats_for(rep.plan, 1, size),
+                          expect_size=size, server_pids=[pid], timeout=rep.plan.transfer_timeout)),
         ("32 clients on the project page",
-         lambda: wrk_latency(f"{url}/simple/{project}/", 32, 4 * rep.plan.page_requests,
-                             accept=PIP_ACCEPT, server_pids=[pid], work=work)),
+         lambda: wrk_latency(f"{url}/simple/{project}/", 32, 5, accept=PIP_ACCEPT,
+                             server_pids=[pid], work=work)),
     ]
     for title, job in jobs:
         raw = work / f"pyspy-{len(rep.profile)}.txt"
@@ -405,32 +423,46 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
     out.append(md_table(["action", "bytes", "", "goal", "client wall s"], rows) + "\n")
     # ------------------------------------------------------------------ 2
     out.append(f"## 2. Throughput, cached {rep.sizes.get('big', 0) / MB:.0f} MB file over loopback\n")
-    out.append("N concurrent `curl -s -o /dev/null` processes; MB/s = all bytes / wall time from "
-               "the first start to the last finish. Server CPU = utime+stime from /proc of the "
-               "server process (nginx: master + workers); curl cores = CPU of one curl / wall.\n")
-    rows = []
-    for clients in (1, 8):
-        for name in ("serve", "nginx"):
-            ts = rep.transfers.get((name, clients))
-            if not ts:
-                continue
-            rows.append((name, clients, " / ".join(f"{t.mbps:,.0f}" for t in ts),
-                         f"{median([t.mbps for t in ts]):,.0f}",
-                         f"{median([t.cpu_per_gb for t in ts]):.3f}",
-                         f"{median([t.server_cpu / t.wall for t in ts]):.2f}",
-                         f"{median([t.client_cores for t in ts]):.2f}"))
-        s, n = rep.transfers.get(("serve", clients)), rep.transfers.get(("nginx", clients))
-        if s and n:
-            rows.append((f"**ratio serve/nginx**", clients,
-                         " / ".join(f"{a.mbps / b.mbps:.2f}" for a, b in zip(s, n)),
-                         f"**{median([a.mbps / b.mbps for a, b in zip(s, n)]):.2f}×**", "", "", ""))
-    out.append(md_table(["server", "clients", "MB/s per run", "MB/s median", "server CPU-s/GB",
-                         "server cores busy", "curl cores each"], rows) + "\n")
+    out.append("N concurrent client processes, each downloading the file k times over one "
+               "keep-alive connection (k chosen so one measurement moves ≥ "
+               f"{(0.4 if p.quick else 1.6):.1f} GB). Main client: bench/loadgen.py `fetch` "
+               "(splice socket → pipe → /dev/null: no user-space copy, ~0.1 CPU-s/GB, so it "
+               "leaves the CPU to the server); cross-check: `curl -s -o /dev/null`. MB/s = all "
+               "bytes / wall time from the first client's start to the last one's end. Server "
+               "CPU = utime+stime from /proc/PID/stat of the server process, all threads "
+               "(nginx: master + 2 workers). Ratio = median of the per-repetition "
+               "serve/nginx ratios (the runs are interleaved).\n")
+    for title, suffix in (("splice client", ""), ("curl cross-check", " (curl)")):
+        rows = []
+        for clients in (1, 8):
+            for name in ("serve", "nginx"):
+                ts = rep.transfers.get((name + suffix, clients))
+                if not ts:
+                    continue
+                rows.append((name, clients, " / ".join(f"{t.mbps:,.0f}" for t in ts),
+                             f"{median([t.mbps for t in ts]):,.0f}",
+                             f"{median([t.cpu_per_gb for t in ts]):.3f}",
+                             f"{median([t.server_cores for t in ts]):.2f}",
+                             f"{median([t.client_cores for t in ts]):.2f}"))
+            s_, n_ = rep.transfers.get(("serve" + suffix, clients)), rep.transfers.get(("nginx" + suffix, clients))
+            if s_ and n_:
+                ratios = [a.mbps / b.mbps for a, b in zip(s_, n_)]
+                rows.append(("**serve/nginx**", clients, " / ".join(f"{x:.2f}" for x in ratios),
+                             f"**{median(ratios):.2f}x**", "", "", ""))
+        if rows:
+            out.append(f"**{title}**\n")
+            out.append(md_table(["server", "clients", "MB/s per run", "MB/s median",
+                                 "server CPU-s/GB", "server cores busy", "client cores each"],
+                                rows) + "\n")
     # ------------------------------------------------------------------ 3
     out.append("## 3. Project-page latency: `GET /simple/<project>/` with pip's Accept header\n")
-    out.append(f"Client: {rep.latency_client}. {p.page_requests:,} requests per level and "
-               "repetition (after a 400-request warm-up), keep-alive connections. nginx serves "
-               "a static `index.html` of the same project (reference only).\n")
+    out.append(f"Client: {rep.latency_client}. Target {p.page_requests:,} requests per level "
+               "and repetition; `requests` below is the total over the repetitions. serve runs "
+               "with `--log-level warning` (no access log, like nginx's `access_log off`); the "
+               "`log-level info` rows are a second serve process with the CLI's default level, "
+               "which writes one access-log line per request. nginx serves a static "
+               "`index.html` of the same project (reference only). CPU-µs/req = server "
+               "CPU-seconds / requests.\n")
     rows = []
     for clients in (1, 8, 32):
         for name in ("serve", "serve (log-level info)", "nginx"):
@@ -481,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="50 MB files, 1,000 requests per latency level (CI; ≤ 3 min)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per timing (default 3)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per timing (default 5)")
     ap.add_argument("--work-dir", type=Path,
                     default=Path(tempfile.gettempdir()) / "spacy-index-bench",
                     help="built wheels are cached here between runs; each run uses a fresh "
@@ -493,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, caches)")
     args = ap.parse_args(argv)
+    # a plain `kill` must still stop every server this script started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     argv_shown = list(sys.argv[1:] if argv is None else argv)
 
     plan = Plan(quick=args.quick, reps=max(1, args.reps),

@@ -123,8 +123,8 @@ def new_client(endpoint_url: str) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url)
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
+@pytest.fixture(name="s3")
+def s3_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
     """A fresh bucket on a moto server that lives as long as the test."""
     aws_test_env(monkeypatch)
     with moto_server() as url:

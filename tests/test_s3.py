@@ -4,6 +4,7 @@ at a time, and a publish killed at any point leaves a working index."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -39,7 +40,7 @@ from spacy_index.publish_s3 import (
 from spacy_index.render.tree import MARKER, index_files, mirror_links, pypi_json_paths
 
 from .htmlparse import parse_anchors
-from .s3server import S3Env, aws_test_env, moto_server, new_client, s3  # noqa: F401 (fixture)
+from .s3server import S3Env, aws_test_env, moto_server, new_client, s3_fixture  # noqa: F401
 
 pytestmark = [
     # botocore/moto on Python 3.12+ still call datetime.utcnow() in places
@@ -337,14 +338,15 @@ def test_change_one_project_page_uploads_only_that_page_and_the_manifest(s3: S3E
     rec = Recording(s3.client)
     r = publish_s3(new, loc, client=rec)
     expected = changed_paths(old, new)
-    # the project's HTML + JSON page and its three PyPI-style JSON documents; no root changed
-    assert expected == {
-        "simple/en-core-web-sm/index.html", "simple/en-core-web-sm/index.json",
-        "pypi/en-core-web-sm/json", "simple/pypi/en-core-web-sm/json", "en-core-web-sm/json",
-    }
-    assert [k for _, k in rec.writes()] == [*sorted(expected), MANIFEST]
+    # the project's HTML + JSON page, its three PyPI-style JSON documents, and the flat
+    # find-links page (it shows yanked files too); the project list did not change
+    pages = ["en-core-web-sm/json", "pypi/en-core-web-sm/json",
+             "simple/en-core-web-sm/index.html", "simple/en-core-web-sm/index.json",
+             "simple/pypi/en-core-web-sm/json"]
+    assert expected == {*pages, "find-links.html"}
+    assert [k for _, k in rec.writes()] == [*pages, "find-links.html", MANIFEST]
     manifest = s3.objects()[MANIFEST]
-    assert r.uploaded_objects == len(expected) + 1 == 6
+    assert r.uploaded_objects == len(expected) + 1 == 7
     assert r.uploaded_bytes == sum(len(as_bytes(new)[p]) for p in expected) + len(manifest)
     assert r.deleted_objects == 0 and r.unchanged_objects == len(new) - len(expected)
     assert without_control(s3.objects()) == as_bytes(new)
@@ -467,6 +469,7 @@ def test_large_files_use_a_multipart_upload(s3: S3Env, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- #
 # Killed halfway
 # --------------------------------------------------------------------------- #
+@pytest.mark.slow
 def test_a_publish_killed_at_any_point_leaves_every_link_working(s3: S3Env, tmp_path):
     old, new = mirror_tree(tmp_path, V1), mirror_tree(tmp_path, V2)
     changed = changed_paths(old, new)
@@ -595,7 +598,7 @@ def test_a_second_concurrent_publish_fails_fast(s3: S3Env, tmp_path):
         assert inside.wait(30)
         assert LOCK in s3.objects("idx")
         started = time.monotonic()
-        with pytest.raises(OutputLocked, match="another build is writing 's3://.*/idx'"):
+        with pytest.raises(OutputLocked, match=r"another build is writing 's3://.*/idx'"):
             publish_s3(mirror_tree(tmp_path / "b", V2), loc, client=s3.client)
         assert time.monotonic() - started < 5
     finally:
@@ -740,3 +743,151 @@ def test_unreachable_endpoint_is_one_line_and_redacted(monkeypatch):
     msg = _one_line(info.value)
     assert "check --s3-endpoint-url" in msg
     assert time.monotonic() - started < 15
+
+
+# --------------------------------------------------------------------------- #
+# Part 2: a bucket shared by several servers as their cache
+# --------------------------------------------------------------------------- #
+PAYLOAD = wheel_bytes("shared", 300_000)
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def store_for(s3: S3Env, root: Path, **kw: Any):
+    from spacy_index.cache import FileCache
+    from spacy_index.cache_s3 import S3FileStore
+
+    cache = FileCache(root, client=None)  # type: ignore[arg-type]  # only .path/.cached used
+    kw.setdefault("poll_interval", 0.1)
+    return S3FileStore(cache, S3Location(s3.bucket, "cache"), client=new_client(s3.endpoint_url),
+                       **kw)
+
+
+def counting_download(store, calls: list[str], *, delay: float = 0.3, fail: bool = False):
+    """What a server passes: download upstream into *its own* local cache."""
+    async def download() -> Path:
+        calls.append(str(store.cache.root))
+        await asyncio.sleep(delay)
+        if fail:
+            raise RuntimeError("upstream broke")
+        path = store.cache.path(PAYLOAD_SHA)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(PAYLOAD)
+        return path
+    return download
+
+
+def test_two_servers_sharing_a_bucket_download_once(s3: S3Env, tmp_path):
+    a, b = store_for(s3, tmp_path / "a"), store_for(s3, tmp_path / "b")
+    calls: list[str] = []
+
+    async def main():
+        return await asyncio.gather(
+            a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls)),
+            b.fetch(PAYLOAD_SHA, "shared.whl", counting_download(b, calls)),
+            a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls)),  # same process
+        )
+
+    pa, pb, pa2 = asyncio.run(main())
+    assert len(calls) == 1
+    assert pa == pa2 == a.cache.path(PAYLOAD_SHA) and pb == b.cache.path(PAYLOAD_SHA)
+    assert pa.read_bytes() == pb.read_bytes() == PAYLOAD
+    assert a.stats["uploads"] + b.stats["uploads"] == 1
+    assert a.stats["s3_fetches"] + b.stats["s3_fetches"] == 1
+    objects = s3.objects("cache")
+    assert objects == {f"files/{PAYLOAD_SHA[:2]}/{PAYLOAD_SHA}": PAYLOAD}  # no lock left
+    assert s3.head(f"cache/files/{PAYLOAD_SHA[:2]}/{PAYLOAD_SHA}")["Metadata"] == {
+        "sha256": PAYLOAD_SHA}
+
+    class NoNetwork:
+        def __getattr__(self, name):
+            raise AssertionError(f"no request expected, got {name}")
+
+    a._client = NoNetwork()  # a local hit makes no request
+    assert asyncio.run(a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls))) == pa
+    assert len(calls) == 1
+    print(f"\n[s3 cache] 2 stores, 3 concurrent fetches: {len(calls)} upstream download, "
+          f"1 upload ({len(PAYLOAD)} bytes), 1 S3 fetch")
+
+
+FETCH_SCRIPT = r"""
+import asyncio, os, sys
+from pathlib import Path
+sys.path.insert(0, {src!r})
+import boto3
+from spacy_index.cache import FileCache
+from spacy_index.cache_s3 import S3FileStore
+from spacy_index.publish_s3 import S3Location
+payload = Path(sys.argv[2]).read_bytes()
+sha = sys.argv[3]
+cache = FileCache(Path(sys.argv[1]), client=None)
+store = S3FileStore(cache, S3Location(os.environ["BUCKET"], "cache"), poll_interval=0.1,
+                    endpoint_url=os.environ["ENDPOINT"])
+async def download():
+    with open(os.environ["COUNTER"], "a") as f:
+        f.write(f"{{os.getpid()}}\n")
+    await asyncio.sleep(0.5)
+    p = cache.path(sha); p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(payload)
+    return p
+path = asyncio.run(store.fetch(sha, "shared.whl", download))
+assert path.read_bytes() == payload
+print("OK", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_several_server_processes_download_once(s3: S3Env, tmp_path):
+    script = tmp_path / "fetch.py"
+    script.write_text(FETCH_SCRIPT.format(src=str(REPO / "src")))
+    payload = tmp_path / "payload"
+    payload.write_bytes(PAYLOAD)
+    counter = tmp_path / "downloads"
+    env = {**os.environ, "ENDPOINT": s3.endpoint_url, "BUCKET": s3.bucket, "COUNTER": str(counter)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"server{i}"),
+                               str(payload), PAYLOAD_SHA], env=env, stdout=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0] and all("OK" in o for o in outs)
+    assert len(counter.read_text().splitlines()) == 1
+    for i in range(4):
+        assert (tmp_path / f"server{i}" / "files" / PAYLOAD_SHA[:2] / PAYLOAD_SHA).read_bytes() \
+            == PAYLOAD
+    print("\n[s3 cache] 4 server processes: 1 upstream download")
+
+
+def test_a_dead_downloaders_lock_is_taken_over_after_its_ttl(s3: S3Env, tmp_path):
+    a = store_for(s3, tmp_path / "a")
+    s3.client.put_object(Bucket=s3.bucket, Key=f"cache/locks/{PAYLOAD_SHA}.lock", Body=b"{}",
+                         Metadata={"ttl": "1"})
+    calls: list[str] = []
+    started = time.monotonic()
+    path = asyncio.run(a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls, delay=0)))
+    assert time.monotonic() - started >= 0.9
+    assert path.read_bytes() == PAYLOAD and len(calls) == 1 and a.stats["takeovers"] == 1
+    assert s3.objects("cache") == {f"files/{PAYLOAD_SHA[:2]}/{PAYLOAD_SHA}": PAYLOAD}
+
+
+def test_a_failed_download_releases_the_lock_for_the_next_server(s3: S3Env, tmp_path):
+    a, b = store_for(s3, tmp_path / "a"), store_for(s3, tmp_path / "b")
+    calls: list[str] = []
+
+    async def main():
+        first = asyncio.ensure_future(
+            a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls, fail=True)))
+        await asyncio.sleep(0.15)  # a holds the lock
+        second = b.fetch(PAYLOAD_SHA, "shared.whl", counting_download(b, calls))
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    ra, rb = asyncio.run(main())
+    assert isinstance(ra, RuntimeError)
+    assert rb == b.cache.path(PAYLOAD_SHA) and rb.read_bytes() == PAYLOAD
+    assert calls == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_a_corrupt_object_in_the_bucket_is_never_used(s3: S3Env, tmp_path):
+    a = store_for(s3, tmp_path / "a")
+    key = f"cache/files/{PAYLOAD_SHA[:2]}/{PAYLOAD_SHA}"
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"not the file")
+    calls: list[str] = []
+    path = asyncio.run(a.fetch(PAYLOAD_SHA, "shared.whl", counting_download(a, calls, delay=0)))
+    assert path.read_bytes() == PAYLOAD and len(calls) == 1 and a.stats["corrupt"] == 1
+    assert s3.objects("cache") == {key.removeprefix("cache/"): PAYLOAD}

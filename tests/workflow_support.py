@@ -444,6 +444,7 @@ class Row:
     works: bool = False
     lock: str = ""  #: what the lock file is
     lock_has_hashes: bool | None = None
+    lock_bytes: int | None = None  #: upstream (GitHub) bytes of locking
     first_install_bytes: int | None = None  #: upstream (GitHub) bytes of the first install
     second_install_bytes: int | None = None  #: re-run in the same environment
     fresh_env_bytes: int | None = None  #: same lock, new environment, warm client cache
@@ -483,7 +484,7 @@ class Matrix:
     def table(self) -> str:
         def fmt(v: Any) -> str:
             if v is None:
-                return "–"
+                return "-"
             if isinstance(v, bool):
                 return "yes" if v else "no"
             return str(v)

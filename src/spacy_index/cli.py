@@ -126,6 +126,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; returns the exit code. Expected errors print one line, no traceback."""
     env = os.environ if env is None else env
+    from spacy_index.http import install_log_redaction
+
+    install_log_redaction()
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     argv = list(sys.argv[1:] if argv is None else argv)

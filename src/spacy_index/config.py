@@ -20,10 +20,15 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """``GITHUB_API_URL`` and ``GITHUB_TOKEN`` as GitHub Actions and Enterprise set them;
         ``SPACY_INDEX_CACHE_DIR`` overrides the platform's user cache folder."""
+        import httpx
+
         cache = env.get("SPACY_INDEX_CACHE_DIR")
+        api = httpx.URL((env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"))
+        # credentials never travel inside a URL (clients log URLs): userinfo becomes the token
+        token = env.get("GITHUB_TOKEN") or api.password or api.username or None
         return cls(
-            api_url=(env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"),
-            token=env.get("GITHUB_TOKEN") or None,
+            api_url=str(api.copy_with(username=None, password=None)).rstrip("/"),
+            token=token,
             cache_dir=Path(cache) if cache else None,
         )
 

@@ -4,6 +4,7 @@ sqlite store of ETags and bodies for conditional requests."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Generator
@@ -127,3 +128,25 @@ class ConditionalStore:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error), self._lock:
             self._db.close()
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts URL userinfo in log records of libraries that log URLs (httpx does, at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                redact_url(str(a)) if isinstance(a, (str, httpx.URL)) and "@" in str(a) else a
+                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+            )
+        if isinstance(record.msg, str) and "@" in record.msg:
+            record.msg = " ".join(redact_url(w) if "://" in w else w for w in record.msg.split(" "))
+        return True
+
+
+def install_log_redaction() -> None:
+    """Attach :class:`RedactingFilter` to the loggers of the HTTP libraries (called by the CLI)."""
+    for name in ("httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -305,9 +305,16 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
     if "AWS_RETRY_MODE" not in os.environ and "AWS_MAX_ATTEMPTS" not in os.environ:
         # botocore's "legacy" default backs off for ~15 s on a dead endpoint
         options["retries"] = {"mode": "standard"}
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, config=Config(**options)
-    )
+    try:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, config=Config(**options)
+        )
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        shown = redact_url(endpoint_url) if endpoint_url else "(none)"
+        raise PublishError(
+            f"cannot use the S3 endpoint {shown!r} ({type(exc).__name__}); "
+            "--s3-endpoint-url must look like https://host[:port]"
+        ) from None
 
 
 def _error_code(exc: BaseException) -> str:

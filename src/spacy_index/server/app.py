@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-from packaging.utils import NormalizedName, canonicalize_name
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -204,7 +204,16 @@ def _page(request: Request, body: bytes, media_type: str, *, vary: bool = True) 
 
 
 def _error(status: int, message: str) -> PlainTextResponse:
-    return PlainTextResponse(message + "\n", status_code=status, headers={"Cache-Control": "no-store"})
+    return PlainTextResponse(message + "\n", status_code=status, headers={
+        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+
+def _valid_name(raw: str) -> NormalizedName | None:
+    """The normalized name, or None when ``raw`` is not a valid project name at all."""
+    try:
+        return canonicalize_name(raw, validate=True)
+    except InvalidName:
+        return None
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -291,7 +300,10 @@ def create_app(server: Server) -> Starlette:
 
     async def project_page(request: Request) -> Response:
         raw = request.path_params["project"]
-        name = canonicalize_name(raw)
+        valid = _valid_name(raw)
+        if valid is None:
+            return _error(404, "not a valid project name")
+        name = valid
         if raw != name or not request.url.path.endswith("/"):
             return RedirectResponse(f"{request.scope.get('root_path', '')}/simple/{name}/", status_code=301)
         ctype = negotiate(request.headers.get("accept"))
@@ -311,7 +323,9 @@ def create_app(server: Server) -> Starlette:
         return _page(request, body, ctype)
 
     async def pypi_json(request: Request) -> Response:
-        name = canonicalize_name(request.path_params["project"])
+        name = _valid_name(request.path_params["project"])
+        if name is None:
+            return _error(404, "not a valid project name")
         try:
             _source, project = await server.project(name)
         except SpacyIndexError as e:
@@ -331,7 +345,7 @@ def create_app(server: Server) -> Starlette:
         except SpacyIndexError as e:
             return _error(502, str(e))
         if found is None:
-            return _error(404, f"no file named {filename!r}")
+            return _error(404, "no such file in this index")
         d = found.dist
         if isinstance(found.source, FolderSource):
             request.scope.setdefault("state", {})["cache"] = "local"
@@ -397,7 +411,7 @@ def create_app(server: Server) -> Starlette:
         except SpacyIndexError as e:
             return _error(502, str(e))
         if found is None or found.dist.kind != "wheel" or not found.dist.sha256:
-            return _error(404, f"no metadata for {filename!r}")
+            return _error(404, "no metadata for that file in this index")
         d = found.dist
         store = server.metadata
         async with store.lock(d.sha256):

@@ -288,8 +288,9 @@ def parse_page(
         has_meta, meta_sha = _metadata_flag(e["metadata"])
         size = e["size"] if isinstance(e["size"], int) and e["size"] >= 0 else None
         yanked = e["yanked"]
+        url = strip_userinfo(urljoin(page_url, e["url"]))[0]  # auth is per origin, never in URLs
         dists.append(Distribution(
-            project=parsed.name, filename=filename, url=urljoin(page_url, e["url"]),
+            project=parsed.name, filename=filename, url=url,
             version=parsed.version, kind=parsed.kind,
             sha256=sha if sha and is_sha256(sha) else None, size=size,
             upload_time=parse_timestamp(e["upload_time"]) if isinstance(e["upload_time"], str) else None,
