@@ -87,6 +87,8 @@ class MetadataStore:
         root.mkdir(parents=True, exist_ok=True)
         self._digests: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: bumped whenever a metadata file is stored, so cached pages know to re-render
+        self.version = 0
 
     def path(self, wheel_sha: str) -> Path:
         return self.root / f"{wheel_sha}.metadata"
@@ -107,6 +109,7 @@ class MetadataStore:
         tmp.write_bytes(data)
         os.replace(tmp, target)
         self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
+        self.version += 1
 
     def lock(self, wheel_sha: str) -> asyncio.Lock:
         return self._locks.setdefault(wheel_sha, asyncio.Lock())
@@ -130,6 +133,9 @@ class Server:
         self.metadata = MetadataStore(cache_dir / "metadata")
         self._caches: dict[str, FileCache] = {}
         self.located: dict[str, Located] = {}
+        self._indexed: dict[str, Project] = {}
+        #: rendered pages: (name, content type) -> (project, metadata version, body, etag)
+        self.pages: dict[tuple[str, str], tuple[Project, int, bytes, str]] = {}
 
     def source_for(self, name: NormalizedName) -> Source:
         cfg = self.config.route(name)
@@ -144,10 +150,26 @@ class Server:
     async def project(self, name: NormalizedName) -> tuple[Source, Project | None]:
         source = self.source_for(name)
         project = await source.project(name)
-        if project is not None:
+        if project is not None and self._indexed.get(name) is not project:
             for d in project.files:
                 self.located[d.filename] = Located(source, d)
+            self._indexed[name] = project
         return source, project
+
+    def render(self, project: Project, ctype: str) -> tuple[bytes, str]:
+        """The page body and its ETag, re-rendered only when the project or metadata changed."""
+        key = (project.name, ctype)
+        cached = self.pages.get(key)
+        if cached and cached[0] is project and cached[1] == self.metadata.version:
+            return cached[2], cached[3]
+        doc = pep691.project_dict(self.local_view(project))
+        if ctype == JSON_CONTENT_TYPE:
+            body = dumps(doc).encode()
+        else:
+            body = html.project_page(doc, project.display_name).encode()
+        etag = _etag(body)
+        self.pages[key] = (project, self.metadata.version, body, etag)
+        return body, etag
 
     async def locate(self, filename: str) -> Located | None:
         found = self.located.get(filename)
@@ -193,8 +215,9 @@ def _not_modified(request: Request, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == etag for tag in header.split(",")) or header.strip() == "*"
 
 
-def _page(request: Request, body: bytes, media_type: str, *, vary: bool = True) -> Response:
-    etag = _etag(body)
+def _page(request: Request, body: bytes, media_type: str, *, vary: bool = True,
+          etag: str | None = None) -> Response:
+    etag = etag or _etag(body)
     headers = {"ETag": etag, "Cache-Control": f"max-age={PAGE_MAX_AGE}"}
     if vary:
         headers["Vary"] = "Accept"
@@ -315,12 +338,8 @@ def create_app(server: Server) -> Starlette:
             return _error(502, str(e))
         if project is None:
             return _error(404, f"no project named {name!r}")
-        doc = pep691.project_dict(server.local_view(project))
-        if ctype == JSON_CONTENT_TYPE:
-            body = dumps(doc).encode()
-        else:
-            body = html.project_page(doc, project.display_name).encode()
-        return _page(request, body, ctype)
+        body, etag = server.render(project, ctype)
+        return _page(request, body, ctype, etag=etag)
 
     async def pypi_json(request: Request) -> Response:
         name = _valid_name(request.path_params["project"])
