@@ -364,6 +364,50 @@ def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
         mp.stop()
 
 
+# --------------------------------------------------------------------------- machine load
+def system_cpu() -> float:
+    """CPU-seconds the whole machine spent in user+nice+system (all cores), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        f = fh.readline().split()
+    return (int(f[1]) + int(f[2]) + int(f[3])) / CLK_TCK
+
+
+def wait_quiet(*, max_wait: float, threshold: float = 0.2, window: float = 1.0) -> tuple[float, float]:
+    """Wait (at most ``max_wait`` s) until the machine is quiet: under ``threshold`` cores busy
+    over ``window`` s (this runs between measurements, when our own servers are idle). Other
+    sessions share this machine; their test runs would otherwise land in the measurements.
+    Returns (seconds waited, load seen last, in cores)."""
+    t0 = time.monotonic()
+    while True:
+        a = system_cpu()
+        time.sleep(window)
+        load = (system_cpu() - a) / window
+        waited = time.monotonic() - t0
+        if load < threshold or waited >= max_wait:
+            return waited, load
+
+
+class Meter:
+    """Snapshots for one measurement: server CPU (/proc/PID/stat), reaped children's CPU
+    (RUSAGE_CHILDREN: curl, wrk), machine CPU (/proc/stat) and the clock."""
+
+    def __init__(self, server_pids: Sequence[int]) -> None:
+        self.pids = list(server_pids)
+        self.server0 = cpu_seconds(self.pids)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children0 = ru.ru_utime + ru.ru_stime
+        self.system0 = system_cpu()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> tuple[float, float, float, float]:
+        """(server CPU, reaped children CPU, machine CPU, seconds) since the snapshot."""
+        server = cpu_seconds(self.pids) - self.server0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        system = system_cpu() - self.system0
+        return (server, ru.ru_utime + ru.ru_stime - self.children0, system,
+                time.monotonic() - self.t0)
+
+
 # --------------------------------------------------------------------------- load clients
 @dataclasses.dataclass
 class Transfer:
@@ -372,6 +416,7 @@ class Transfer:
     nbytes: int  #: body bytes received by all clients
     server_cpu: float  #: server CPU-seconds during the transfer
     client_cpu: float  #: CPU-seconds of the client processes
+    other_cpu: float  #: machine CPU-seconds not spent by the server or the clients
 
     @property
     def mbps(self) -> float:
@@ -390,6 +435,10 @@ class Transfer:
         """Average cores used by one client process."""
         return self.client_cpu / self.wall / self.clients
 
+    @property
+    def other_cores(self) -> float:
+        return max(0.0, self.other_cpu / self.wall)
+
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 
@@ -400,46 +449,52 @@ def download(url: str, clients: int, *, count: int = 1, expect_size: int,
     one keep-alive connection; every answer must be 200 with ``expect_size`` bytes.
 
     ``client="splice"``: bench/loadgen.py fetch (socket → pipe → /dev/null, no user-space
-    copy; all processes start on a common clock so start-up is not timed).
-    ``client="curl"``: ``curl -s -o /dev/null`` (timed from process start).
-    Server CPU from /proc (utime+stime), client CPU from the clients."""
-    cpu0 = cpu_seconds(server_pids)
+    copy; all processes start on a common clock so their start-up is not timed).
+    ``client="curl"``: ``curl -s -o /dev/null`` (timed from process start)."""
     if client == "splice":
         start = time.monotonic() + 0.3 + 0.05 * clients
         argv = [sys.executable, "-S", str(LOADGEN), "fetch", url, "--count", str(count),
                 "--start", repr(start), "--timeout", str(timeout)]
         procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+        time.sleep(max(0.0, start - time.monotonic()))
+        meter = Meter(server_pids)
         results = []
-        for p in procs:
-            try:
+        try:
+            for p in procs:
                 out, err = p.communicate(timeout=timeout + 30)
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise
-            if p.returncode != 0:
-                raise RuntimeError(f"loadgen fetch {url} failed ({p.returncode}): {err[-1000:]}")
-            results.append(json.loads(out))
-        cpu1 = cpu_seconds(server_pids)
+                if p.returncode != 0:
+                    raise RuntimeError(f"loadgen fetch {url} failed ({p.returncode}): {err[-1000:]}")
+                results.append(json.loads(out))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        server, _children, system, _ = meter.stop()
         for r in results:
             if set(r["statuses"]) != {200} or r["bytes"] != expect_size * count:
                 raise RuntimeError(f"{url}: statuses {set(r['statuses'])}, {r['bytes']} bytes "
                                    f"(expected 200 and {expect_size * count})")
         wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+        client_cpu = sum(r["cpu"] for r in results)
         return Transfer(clients=clients, wall=wall, nbytes=sum(r["bytes"] for r in results),
-                        server_cpu=cpu1 - cpu0, client_cpu=sum(r["cpu"] for r in results))
+                        server_cpu=server, client_cpu=client_cpu,
+                        other_cpu=system - server - client_cpu)
     argv = ["curl", "-s", "--max-time", str(int(timeout)), "-w", "%{http_code} %{size_download}\\n"]
     for _ in range(count):
         argv += [url, "-o", "/dev/null"]
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
+    meter = Meter(server_pids)
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
-    outs = [p.communicate(timeout=timeout + 30) for p in procs]
-    wall = time.perf_counter() - t0
-    cpu1 = cpu_seconds(server_pids)
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        outs = [p.communicate(timeout=timeout + 30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    server, client_cpu, system, wall = meter.stop()
     total = 0
     for p, (out, err) in zip(procs, outs):
         lines = out.split()
@@ -448,9 +503,8 @@ def download(url: str, clients: int, *, count: int = 1, expect_size: int,
             raise RuntimeError(f"curl {url}: exit {p.returncode}, {out.strip()!r} {err.strip()!r}"
                                f" (expected 200 and {expect_size} bytes x{count})")
         total += sum(sizes)
-    client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    return Transfer(clients=clients, wall=wall, nbytes=total, server_cpu=cpu1 - cpu0,
-                    client_cpu=client_cpu)
+    return Transfer(clients=clients, wall=wall, nbytes=total, server_cpu=server,
+                    client_cpu=client_cpu, other_cpu=system - server - client_cpu)
 
 
 _WRK_SCRIPT = """\
@@ -486,6 +540,8 @@ class Latency:
     max_ms: float
     errors: int
     server_cpu: float
+    client_cpu: float = 0.0
+    other_cpu: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -494,6 +550,10 @@ class Latency:
     @property
     def cpu_us_per_req(self) -> float:
         return self.server_cpu / self.requests * 1e6
+
+    @property
+    def other_cores(self) -> float:
+        return max(0.0, self.other_cpu / self.seconds)
 
 
 def wrk_latency(url: str, clients: int, seconds: int, *, accept: str,
@@ -508,9 +568,9 @@ def wrk_latency(url: str, clients: int, seconds: int, *, accept: str,
     script.write_text(_WRK_SCRIPT.format(accept=json.dumps(accept), per_thread=per_thread))
     argv = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(seconds)}s",
             "--timeout", "10s", "-s", str(script), url]
-    cpu0 = cpu_seconds(server_pids)
+    meter = Meter(server_pids)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    cpu1 = cpu_seconds(server_pids)
+    server, client, system, _ = meter.stop()
     m = re.search(r"BENCHJSON (\{.*\})", out.stdout)
     if out.returncode != 0 or m is None:
         raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -518,19 +578,27 @@ def wrk_latency(url: str, clients: int, seconds: int, *, accept: str,
     errors = d["non2xx"] + d["err_connect"] + d["err_read"] + d["err_write"] + d["err_timeout"]
     return Latency(clients=clients, requests=d["requests"], seconds=d["duration_us"] / 1e6,
                    p50_ms=d["p50"] / 1000, p90_ms=d["p90"] / 1000, p99_ms=d["p99"] / 1000,
-                   max_ms=d["max"] / 1000, errors=errors, server_cpu=cpu1 - cpu0)
+                   max_ms=d["max"] / 1000, errors=errors, server_cpu=server, client_cpu=client,
+                   other_cpu=system - server - client)
 
 
-def wrk_throughput(url: str, *, seconds: int = 3) -> float:
-    """MB/s of one wrk connection downloading ``url`` repeatedly for ``seconds`` (a second
-    opinion on whether curl is a bottleneck)."""
-    out = subprocess.run(["wrk", "-t", "1", "-c", "1", "-d", f"{seconds}s", "--timeout", "30s", url],
-                         capture_output=True, text=True, timeout=seconds + 60)
-    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out.stdout)
-    if m is None:
-        return float("nan")
-    scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(2)]
-    return float(m.group(1)) * scale / MB
+def loadgen_latency(url: str, clients: int, requests: int, *, accept: str,
+                    server_pids: Sequence[int], max_seconds: float = 60) -> Latency:
+    """Fallback when wrk is missing: bench/loadgen.py pages (one asyncio process, keep-alive,
+    count-bounded, ns timestamps). Slower than wrk (~100 µs CPU per request) and it shares
+    the 2 cores with the server; the report says which client was used."""
+    argv = [sys.executable, "-S", str(LOADGEN), "pages", url, "--clients", str(clients),
+            "--requests", str(requests), "--accept", accept, "--timeout", str(max_seconds)]
+    meter = Meter(server_pids)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30)
+    server, client, system, _ = meter.stop()
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen pages failed ({out.returncode}): {out.stderr[-1000:]}")
+    d = json.loads(out.stdout)
+    return Latency(clients=clients, requests=d["requests"], seconds=d["seconds"],
+                   p50_ms=d["p50"], p90_ms=d["p90"], p99_ms=d["p99"], max_ms=d["max"],
+                   errors=d["errors"], server_cpu=server, client_cpu=client,
+                   other_cpu=system - server - client)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -552,19 +620,3 @@ def fmt_bytes(n: float) -> str:
     return f"{n / MiB:.1f} MiB"
 
 
-def loadgen_latency(url: str, clients: int, requests: int, *, accept: str,
-                    server_pids: Sequence[int], max_seconds: float = 60) -> Latency:
-    """Fallback when wrk is missing: bench/loadgen.py pages (one asyncio process, keep-alive,
-    count-bounded, ns timestamps). Slower than wrk (~100 µs CPU per request) and it shares
-    the 2 cores with the server; the report says which client was used."""
-    argv = [sys.executable, "-S", str(LOADGEN), "pages", url, "--clients", str(clients),
-            "--requests", str(requests), "--accept", accept, "--timeout", str(max_seconds)]
-    cpu0 = cpu_seconds(server_pids)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 30)
-    cpu1 = cpu_seconds(server_pids)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen pages failed ({out.returncode}): {out.stderr[-1000:]}")
-    d = json.loads(out.stdout)
-    return Latency(clients=clients, requests=d["requests"], seconds=d["seconds"],
-                   p50_ms=d["p50"], p90_ms=d["p90"], p99_ms=d["p99"], max_ms=d["max"],
-                   errors=d["errors"], server_cpu=cpu1 - cpu0)

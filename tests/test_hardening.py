@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from spacy_index.cli import main
 from spacy_index.errors import InvalidFilename
 from spacy_index.model import parse_filename
-from spacy_index.publish import list_tree, read_tree
+from spacy_index.publish import read_tree
 from spacy_index.server.app import _parse_range, build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
@@ -37,12 +37,27 @@ from tests.wheels import meta_archive
 
 # --------------------------------------------------------------------------- kill -9 publish
 PUBLISHER = textwrap.dedent("""
-    import json, sys
+    import json, os, signal, sys
     from pathlib import Path
+    import spacy_index.publish as publish
     from spacy_index.publish import publish_folder
+
+    # KILL_AT=n: SIGKILL ourselves at the n-th step of the publish (file writes, then the
+    # swap, then the clean-up), i.e. at a chosen point instead of a timing-dependent one
+    kill_at = int(os.environ.get("KILL_AT", "-1"))
+    steps = [0]
+
+    def step():
+        if steps[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        steps[0] += 1
+
+    write_bytes, exchange = Path.write_bytes, publish._exchange
+    Path.write_bytes = lambda self, data: (step(), write_bytes(self, data))[1]
+    publish._exchange = lambda a, b: (step(), exchange(a, b), step())[1]
     gen = sys.argv[2]
-    files = {f"simple/p{i}/index.html": (gen + str(i) + " " * 2000).encode() for i in range(800)}
-    files[".spacy-index.json"] = json.dumps({"files": 800, "gen": gen}).encode()
+    files = {f"simple/p{i}/index.html": (gen + str(i) + " " * 2000).encode() for i in range(300)}
+    files[".spacy-index.json"] = json.dumps({"files": 300, "gen": gen}).encode()
     publish_folder(files, Path(sys.argv[1]))
 """)
 
@@ -52,7 +67,7 @@ def generation_of(out: Path) -> str | None:
     tree = read_tree(out)
     marker = json.loads(tree.pop(".spacy-index.json"))
     gen = marker["gen"]
-    expected = {f"simple/p{i}/index.html": (gen + str(i) + " " * 2000).encode() for i in range(800)}
+    expected = {f"simple/p{i}/index.html": (gen + str(i) + " " * 2000).encode() for i in range(300)}
     return gen if tree == expected else None
 
 
@@ -77,11 +92,15 @@ def test_kill_9_at_random_points_of_a_publish_never_leaves_a_mixed_tree(tmp_path
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        for round_ in range(1, 56):
-            proc = subprocess.Popen([sys.executable, str(script), str(out), f"g{round_}"])
-            time.sleep(rng.uniform(0.05, 2.5))  # one publish takes about 1 s here
-            proc.send_signal(signal.SIGKILL)
+        # kill points drawn from the 303 steps of a publish (301 file writes, then just
+        # before and just after the swap), plus the extremes; in random order
+        points = sorted({0, 300, 301, 302, *rng.sample(range(303), 50)})
+        rng.shuffle(points)
+        for round_, point in enumerate(points, start=1):
+            proc = subprocess.Popen([sys.executable, str(script), str(out), f"g{round_}"],
+                                    env={**os.environ, "KILL_AT": str(point)})
             proc.wait()
+            assert proc.returncode == -signal.SIGKILL
             gen = generation_of(out)
             assert gen is not None, f"round {round_}: the tree is not one complete generation"
             seen.add(gen)
@@ -89,7 +108,7 @@ def test_kill_9_at_random_points_of_a_publish_never_leaves_a_mixed_tree(tmp_path
         stop.set()
         t.join(5)
     assert not torn
-    assert len(seen) > 2  # some publishes finished, some were killed before the swap
+    assert "g0" in seen and len(seen) >= 2  # killed before the swap: old tree; after: new
     # the next publish cleans up what killed ones left behind
     subprocess.run([sys.executable, str(script), str(out), "final"], check=True)
     assert generation_of(out) == "final"

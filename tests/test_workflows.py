@@ -22,6 +22,8 @@ with the test servers', PyPI with the fake PyPI.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -61,7 +63,11 @@ from tests.workflow_support import (
     write_fake_pypi,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+def e2e(test):
+    """Real clients against local servers: markers e2e + slow."""
+    return pytest.mark.e2e(pytest.mark.slow(test))
+
 
 TOKEN = "ghp_WORKFLOWStoken0123456789abcdefABCDEF"
 EXAMPLES = REPO / "examples"
@@ -229,6 +235,7 @@ class Meter:
 
 
 # ----------------------------------------------------------------------------- the fake PyPI
+@e2e
 def test_fake_pypi_looks_like_pypi(world):
     pypi = world.pypi
     assert {"spacy", "numpy", "thinc", "en-core-web-sm", "en-core-web-trf"} <= set(pypi.projects)
@@ -241,6 +248,7 @@ def test_fake_pypi_looks_like_pypi(world):
 
 
 # ----------------------------------------------------------------------------- pip
+@e2e
 def test_pip(world, index, tmp_path, env, matrix):
     gh = Meter(index.gh)
     with matrix.row("pip", index.kind) as row:
@@ -248,7 +256,8 @@ def test_pip(world, index, tmp_path, env, matrix):
         lock = tmp_path / ("pylock.toml" if index.kind == "serve" else "requirements.txt")
         if index.kind == "serve":
             row.lock = "pylock.toml (pip lock --index-url <serve>)"
-            a.pip("lock", "--index-url", index.simple, SPEC, "-o", lock)
+            with row.step("lock"):
+                a.pip("lock", "--index-url", index.simple, SPEC, "-o", lock)
             install = ["install", "-r", lock]
         else:
             # The static index has only pipelines: spaCy is installed first (from PyPI), the
@@ -263,13 +272,17 @@ def test_pip(world, index, tmp_path, env, matrix):
             install = ["install", "--require-hashes", "--index-url", index.simple, "-r", lock]
         row.lock_bytes = gh.take()
         row.lock_has_hashes = check_lock(lock.read_text(), world)
-        a.pip(*install)
+        with row.step("install"):
+            a.pip(*install)
         row.first_install_bytes = gh.take()
-        load_check(a.python, env)
-        a.pip(*install)
+        with row.step("load"):
+            load_check(a.python, env)
+        with row.step("install again"):
+            a.pip(*install)
         row.second_install_bytes = gh.take()
         b = make_venv(tmp_path / "b", env=env)
-        b.pip(*install)
+        with row.step("install, new env"):
+            b.pip(*install)
         row.fresh_env_bytes = gh.take()
         assert b.installed()["en-core-web-sm"] == MODEL_VERSION
         if index.kind == "static":
@@ -280,6 +293,7 @@ def test_pip(world, index, tmp_path, env, matrix):
         assert row.fresh_env_bytes == 0
 
 
+@e2e
 def test_pip_extra_index_and_find_links_pick_the_placeholder(world, tmp_path, env, matrix):
     """The unsafe path: PyPI next to the pipeline index. pip takes the highest version over
     all indexes and find-links, which is PyPI's 999.9.9 placeholder; its setup.py fails."""
@@ -321,6 +335,7 @@ def test_pip_extra_index_and_find_links_pick_the_placeholder(world, tmp_path, en
     matrix.findings["unsafe mixing"] = found
 
 
+@e2e
 def test_hashes_from_find_links_pages(world, tmp_path, env, matrix):
     """Measured: do lockers keep the #sha256 of a remote find-links page? (The simple index
     always gives the hash.)"""
@@ -346,6 +361,7 @@ def test_hashes_from_find_links_pages(world, tmp_path, env, matrix):
 
 
 # ----------------------------------------------------------------------------- pip-tools
+@e2e
 def test_pip_tools(world, index, tmp_path, env, matrix):
     gh = Meter(index.gh)
     with matrix.row("pip-tools", index.kind) as row:
@@ -358,22 +374,29 @@ def test_pip_tools(world, index, tmp_path, env, matrix):
             args = ["--index-url", index.default, "--extra-index-url", index.simple]
             row.notes.append("static needs --extra-index-url and a bounded spec")
         row.lock = "requirements.txt (pip-compile --generate-hashes)"
-        piptools("compile", "--quiet", "--generate-hashes", "--strip-extras", "--allow-unsafe",
-                 *args, "-o", "requirements.txt", "requirements.in", env=env, cwd=tmp_path)
+        with row.step("lock"):
+            piptools("compile", "--quiet", "--generate-hashes", "--strip-extras",
+                     "--allow-unsafe", *args, "-o", "requirements.txt", "requirements.in",
+                     env=env, cwd=tmp_path)
         row.lock_bytes = gh.take()
         text = (tmp_path / "requirements.txt").read_text()
         row.lock_has_hashes = check_lock(text, world)
         assert f"spacy=={SPACY_VERSION}" in text  # the whole closure is locked
         a = make_venv(tmp_path / "a", env=env)
         sync = ["sync", "--python-executable", a.python, "requirements.txt"]
-        piptools(*sync, env=env, cwd=tmp_path)
+        with row.step("install"):
+            piptools(*sync, env=env, cwd=tmp_path)
         row.first_install_bytes = gh.take()
-        load_check(a.python, env)
-        again = piptools(*sync, env=env, cwd=tmp_path)
+        with row.step("load"):
+            load_check(a.python, env)
+        with row.step("install again"):
+            again = piptools(*sync, env=env, cwd=tmp_path)
         assert "Everything up-to-date" in again.stdout + again.stderr
         row.second_install_bytes = gh.take()
         b = make_venv(tmp_path / "b", env=env)
-        piptools("sync", "--python-executable", b.python, "requirements.txt", env=env, cwd=tmp_path)
+        with row.step("install, new env"):
+            piptools("sync", "--python-executable", b.python, "requirements.txt", env=env,
+                     cwd=tmp_path)
         row.fresh_env_bytes = gh.take()
         assert b.installed()["en-core-web-sm"] == MODEL_VERSION
         row.works = True
@@ -383,6 +406,7 @@ def test_pip_tools(world, index, tmp_path, env, matrix):
 
 
 # ----------------------------------------------------------------------------- uv
+@e2e
 def test_uv_pip(world, index, tmp_path, env, matrix):
     gh = Meter(index.gh)
     with matrix.row("uv pip", index.kind) as row:
@@ -395,26 +419,32 @@ def test_uv_pip(world, index, tmp_path, env, matrix):
             args = ["--index-url", index.default, "--extra-index-url", index.simple]
             row.notes.append("static: pipeline index as --extra-index-url (uv: first index wins)")
         row.lock = "requirements.txt (uv pip compile --generate-hashes)"
-        run([uv_bin(), "pip", "compile", "--quiet", "--generate-hashes", "--python-version", PY,
-             *args, "requirements.in", "-o", "requirements.txt"], env=env, cwd=tmp_path)
+        with row.step("lock"):
+            run([uv_bin(), "pip", "compile", "--quiet", "--generate-hashes", "--python-version",
+                 PY, *args, "requirements.in", "-o", "requirements.txt"], env=env, cwd=tmp_path)
         row.lock_bytes = gh.take()
         row.lock_has_hashes = check_lock((tmp_path / "requirements.txt").read_text(), world)
         a = make_venv(tmp_path / "a", env=env)
         lock = tmp_path / "requirements.txt"
-        a.uv_pip("sync", *args, lock)
+        with row.step("install"):
+            a.uv_pip("sync", *args, lock)
         row.first_install_bytes = gh.take()
-        load_check(a.python, env)
-        out = a.uv_pip("sync", *args, lock)
+        with row.step("load"):
+            load_check(a.python, env)
+        with row.step("install again"):
+            out = a.uv_pip("sync", *args, lock)
         assert "Installed" not in out.stderr
         row.second_install_bytes = gh.take()
         b = make_venv(tmp_path / "b", env=env)
-        b.uv_pip("sync", *args, lock)
+        with row.step("install, new env"):
+            b.uv_pip("sync", *args, lock)
         row.fresh_env_bytes = gh.take()
         assert b.installed()["en-core-web-sm"] == MODEL_VERSION
         row.works = True
     assert row.second_install_bytes == 0 and row.fresh_env_bytes == 0
 
 
+@e2e
 def test_uv_project(world, index, tmp_path, env, matrix):
     """examples/uv-project: explicit "spacy" index + [tool.uv.sources]; PyPI = the fake PyPI
     (UV_DEFAULT_INDEX); with serve, the explicit index is the server too."""
@@ -424,26 +454,39 @@ def test_uv_project(world, index, tmp_path, env, matrix):
     with matrix.row("uv project", index.kind) as row:
         proj = fresh_project("uv-project", tmp_path / "proj", index)
         row.lock = "uv.lock (uv lock)"
-        run([uv_bin(), "lock"], env=env, cwd=proj)
+        with row.step("lock"):
+            run([uv_bin(), "lock"], env=env, cwd=proj)
         row.lock_bytes = gh.take()
         lock = tomllib.loads((proj / "uv.lock").read_text())
         (pkg,) = [p for p in lock["package"] if p["name"] == "en-core-web-sm"]
         assert pkg["version"] == MODEL_VERSION and pkg["source"] == {"registry": index.simple}
         row.lock_has_hashes = check_lock((proj / "uv.lock").read_text(), world)
         assert pkg["wheels"][0]["hash"] == f"sha256:{world.sm.sha256}"
-        run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
+        with row.step("install"):
+            run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
         row.first_install_bytes = gh.take()
-        load_check(proj / ".venv" / "bin" / "python", env)
-        run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
+        with row.step("load"):
+            load_check(proj / ".venv" / "bin" / "python", env)
+        with row.step("install again"):
+            run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
         row.second_install_bytes = gh.take()
         shutil.rmtree(proj / ".venv")
-        run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
+        with row.step("install, new env"):
+            run([uv_bin(), "sync", "--locked"], env=env, cwd=proj)
         row.fresh_env_bytes = gh.take()
         row.works = True
     assert row.second_install_bytes == 0 and row.fresh_env_bytes == 0
 
 
 # ----------------------------------------------------------------------------- poetry
+def seeded_venv(path: Path, env) -> None:
+    """The "new environment" of the poetry/pdm rows: spaCy's closure already in it (cloned,
+    0.5 s), so the second install measures the pipeline, not 45 wheels unpacked again."""
+    shutil.rmtree(path, ignore_errors=True)
+    make_venv(path, with_pip=False, env=env)
+
+
+@e2e
 @pytest.mark.network
 def test_poetry(world, index, tmp_path, env, tools, matrix):
     """examples/poetry-project: explicit "spacy" source; PyPI replaced by a primary source
@@ -459,25 +502,33 @@ def test_poetry(world, index, tmp_path, env, tools, matrix):
         new_venv(proj / ".venv")  # POETRY_VIRTUALENVS_IN_PROJECT: poetry uses it
         poetry = [tools.poetry, "--no-ansi"]
         row.lock = "poetry.lock (poetry lock)"
-        run([*poetry, "lock"], env=env, cwd=proj)
+        with row.step("lock"):
+            run([*poetry, "lock"], env=env, cwd=proj)
         row.lock_bytes = gh.take()
         text = (proj / "poetry.lock").read_text()
         row.lock_has_hashes = check_lock(text, world)
         assert f'name = "en-core-web-sm"\nversion = "{MODEL_VERSION}"' in text
-        run([*poetry, "install"], env=env, cwd=proj)
+        with row.step("install"):
+            out = run([*poetry, "install"], env=env, cwd=proj)
+        assert "Installing spacy" in out.stdout  # the whole closure, from the default source
         row.first_install_bytes = gh.take()
-        load_check(proj / ".venv" / "bin" / "python", env)
-        again = run([*poetry, "install"], env=env, cwd=proj)
+        with row.step("load"):
+            load_check(proj / ".venv" / "bin" / "python", env)
+        with row.step("install again"):
+            again = run([*poetry, "install"], env=env, cwd=proj)
         assert "No dependencies to install or update" in again.stdout
         row.second_install_bytes = gh.take()
-        new_venv(proj / ".venv")
-        run([*poetry, "install"], env=env, cwd=proj)
+        seeded_venv(proj / ".venv", env)
+        with row.step("install, new env"):
+            out = run([*poetry, "install"], env=env, cwd=proj)
+        assert "Installing en-core-web-sm" in out.stdout
         row.fresh_env_bytes = gh.take()
         row.works = True
     assert row.second_install_bytes == 0 and row.fresh_env_bytes == 0
 
 
 # ----------------------------------------------------------------------------- pdm
+@e2e
 @pytest.mark.network
 def test_pdm(world, index, tmp_path, env, tools, matrix):
     """examples/pdm-project: a "spacy" source with include_packages; PyPI = PDM_PYPI_URL."""
@@ -485,23 +536,31 @@ def test_pdm(world, index, tmp_path, env, tools, matrix):
     matrix.versions.update(tools.versions())
     proj = tmp_path / "proj"
     env = dict(env, PDM_PYPI_URL=index.default, PDM_PYTHON=str(proj / ".venv" / "bin" / "python"))
+    install = [tools.pdm, "install", "--frozen-lockfile"]
     with matrix.row("pdm", index.kind) as row:
         fresh_project("pdm-project", proj, index)
         new_venv(proj / ".venv")
         row.lock = "pdm.lock (pdm lock)"
-        run([tools.pdm, "lock"], env=env, cwd=proj)
+        with row.step("lock"):
+            run([tools.pdm, "lock"], env=env, cwd=proj)
         row.lock_bytes = gh.take()
         text = (proj / "pdm.lock").read_text()
         row.lock_has_hashes = check_lock(text, world)
         assert f'name = "en-core-web-sm"\nversion = "{MODEL_VERSION}"' in text
-        run([tools.pdm, "install", "--frozen-lockfile"], env=env, cwd=proj)
+        with row.step("install"):
+            out = run(install, env=env, cwd=proj)
+        assert "Install spacy" in out.stdout + out.stderr  # the whole closure
         row.first_install_bytes = gh.take()
-        load_check(proj / ".venv" / "bin" / "python", env)
-        again = run([tools.pdm, "install", "--frozen-lockfile"], env=env, cwd=proj)
+        with row.step("load"):
+            load_check(proj / ".venv" / "bin" / "python", env)
+        with row.step("install again"):
+            again = run(install, env=env, cwd=proj)
         assert "synced" in again.stdout + again.stderr
         row.second_install_bytes = gh.take()
-        new_venv(proj / ".venv")
-        run([tools.pdm, "install", "--frozen-lockfile"], env=env, cwd=proj)
+        seeded_venv(proj / ".venv", env)
+        with row.step("install, new env"):
+            out = run(install, env=env, cwd=proj)
+        assert "Install en-core-web-sm" in out.stdout + out.stderr
         row.fresh_env_bytes = gh.take()
         if index.kind == "static" and row.fresh_env_bytes:
             row.notes.append("pdm keeps no downloaded wheel: a new env downloads again")
@@ -512,6 +571,7 @@ def test_pdm(world, index, tmp_path, env, tools, matrix):
 
 
 # ----------------------------------------------------------------------------- recipes
+@e2e
 def test_makefile_lock_and_sync(world, tmp_path, env, matrix):
     """examples/makefile against `spacy-index serve`: make lock, make sync, make check; a
     second `make sync` moves nothing."""
@@ -522,12 +582,14 @@ def test_makefile_lock_and_sync(world, tmp_path, env, matrix):
     proj.mkdir()
     for name in ("Makefile", "requirements.in"):
         shutil.copy(EXAMPLES / "makefile" / name, proj / name)
+    # make exports command-line variables to recipes, and pip reads every PIP_* variable
+    assert not re.search(r"(?m)^PIP_\w+\s*[?:]?=", (proj / "Makefile").read_text())
     venv = make_venv(proj / ".venv", env=env)
     tool = f"{shlex.quote(sys.executable)} -m piptools"
     with run_app(create_app(server)) as url:
         gh = Meter(world.gh)
         make = ["make", "--no-print-directory", f"INDEX_URL={url}/simple/",
-                f"PIP_COMPILE={tool} compile", f"PIP_SYNC={tool} sync"]
+                f"COMPILE={tool} compile", f"SYNC={tool} sync"]
         run([*make, "lock", "sync", "check"], env=env, cwd=proj)
         text = (proj / "requirements.txt").read_text()
         check_lock(text, world)
@@ -600,6 +662,7 @@ def test_github_actions_workflow(tmp_path):
 PRODIGY_KEY = "AB12-CD34-EF56-GH78"
 
 
+@e2e
 def test_prodigy_key_stays_in_dotenv(world, tmp_path, env, matrix):
     """examples/prodigy: PIP_FIND_LINKS with the key in a git-ignored .env, `make lock` runs
     pip-compile --no-emit-find-links: the lock has the hash and not the key; `make sync`
@@ -619,18 +682,19 @@ def test_prodigy_key_stays_in_dotenv(world, tmp_path, env, matrix):
         venv = make_venv(proj / ".venv", env=env)
         tool = f"{shlex.quote(sys.executable)} -m piptools"
         make = ["make", "--no-print-directory", f"INDEX_URL={world.pypi.simple}",
-                f"PIP_COMPILE={tool} compile", f"PIP_SYNC={tool} sync"]
+                f"COMPILE={tool} compile", f"SYNC={tool} sync"]
         out = run([*make, "lock", "sync"], env=env, cwd=proj)
         lock = (proj / "requirements.txt").read_text()
-        sha = __import__("hashlib").sha256(prodigy_data).hexdigest()
+        sha = hashlib.sha256(prodigy_data).hexdigest()
         assert "prodigy==1.15.0" in lock and f"--hash=sha256:{sha}" in lock
         assert venv.installed()["prodigy"] == "1.15.0"
-        leaked = [PRODIGY_KEY, __import__("base64").b64encode(f"{PRODIGY_KEY}:".encode()).decode()]
+        basic = base64.b64encode(f"{PRODIGY_KEY}:".encode()).decode()
+        leaked = [PRODIGY_KEY, basic]
         for secret in leaked:
             assert secret not in lock
             assert secret not in out.stdout + out.stderr
         assert "--find-links" not in lock and str(host.port) not in lock
-        assert any(auth for _, auth in host.seen)  # the key was sent (as basic auth)
+        assert ("/", f"Basic {basic}") in host.seen  # the key went as the basic-auth username
         # the lock alone, without the .env, cannot fetch Prodigy
         other = make_venv(tmp_path / "other", env=env)
         r = other.pip("install", "--require-hashes", "-r", proj / "requirements.txt", check=False)

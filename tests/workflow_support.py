@@ -449,7 +449,16 @@ class Row:
     second_install_bytes: int | None = None  #: re-run in the same environment
     fresh_env_bytes: int | None = None  #: same lock, new environment, warm client cache
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  #: seconds per step
     notes: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[name] = round(time.monotonic() - t0, 1)
 
 
 class Matrix:

@@ -227,6 +227,7 @@ def build_index(
     mirror_cache: Path | None = None,
     base_url: str | None = None,
     notify: Notify = _quiet,
+    s3_endpoint_url: str | None = None,
 ) -> BuildResult:
     """Filter ``catalog`` and publish it to ``out`` atomically.
 
@@ -247,7 +248,17 @@ def build_index(
         tree: dict[str, Path | bytes] = {**index_files(selected, mirror_links(base_url)), **extra}
     else:
         tree = dict(index_files(selected))
-    report = publish_folder(tree, Path(out), allow_shrink=allow_shrink)
+    if str(out).startswith("s3://"):
+        from spacy_index.publish_s3 import parse_s3_url, publish_s3
+
+        location = parse_s3_url(str(out))
+        s3 = publish_s3(tree, location, endpoint_url=s3_endpoint_url, allow_shrink=allow_shrink)
+        report = PublishReport(
+            path=str(location), changed=s3.changed, files_written=s3.uploaded_objects,  # type: ignore[arg-type]
+            bytes_written=s3.uploaded_bytes, files_changed=s3.uploaded_objects + s3.deleted_objects,
+        )
+    else:
+        report = publish_folder(tree, Path(out), allow_shrink=allow_shrink)
     return BuildResult(fetch=fetch or FetchResult(catalog, mode="given"), catalog=selected,
                        publish=report, mirror=mirrored)
 

@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         "(default: explosion/spacy-models). GitHub settings come from GITHUB_API_URL and "
         "GITHUB_TOKEN.",
     )
-    b.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    b.add_argument("--out", required=True, help="output folder (replaced atomically), or "
+                   "s3://bucket/prefix (S3-compatible storage; published in a safe order)")
+    b.add_argument("--s3-endpoint-url", metavar="URL",
+                   help="S3-compatible endpoint (MinIO, R2, GCS interop); credentials come from "
+                   "the standard AWS environment and config")
     _source_args(b)
     b.add_argument("--only", action="append", default=[], metavar="GLOB",
                    help="keep projects whose name matches GLOB (repeatable; _ and - alike)")
@@ -88,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8765)
     v.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="file and metadata cache (default: the user cache folder)")
+    v.add_argument("--cache", metavar="s3://BUCKET/PREFIX",
+                   help="share the file cache with other servers through S3-compatible storage "
+                   "(one upstream download per file across all of them)")
+    v.add_argument("--s3-endpoint-url", metavar="URL")
     v.add_argument("--upstream", metavar="URL", help="index for every other name "
                    "(default https://pypi.org/simple/)")
     v.add_argument("--tls-cert", type=Path, metavar="FILE")
@@ -216,6 +224,7 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
         args.out, fetched.catalog, only=args.only, spacy=spacy_version,
         wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
         mirror_cache=cache_dir if args.mirror else None, base_url=args.base_url, notify=notify,
+        s3_endpoint_url=args.s3_endpoint_url,
     )
     _summary(result, out)
     return 0
@@ -253,6 +262,10 @@ def _summary(result, out: Console) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key.ljust(width)}[/]  {escape(value)}")
+    if not isinstance(pub.path, Path):
+        out.print(f"\nServe {pub.path} over HTTP (see docs/static-hosting.md) and use "
+                  "--index-url https://HOST/PREFIX/simple/", markup=False)
+        return
     simple = pub.path.as_uri() + "/simple/"
     out.print("\nUse it (or serve the folder over HTTP and use http://HOST/simple/):", markup=False)
     out.print(f"  pip install --index-url {simple} en_core_web_sm", markup=False)
@@ -361,7 +374,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     config = load_config(args.config, env, upstream=args.upstream)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
     server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
-                          token=settings.token)
+                          token=settings.token, s3_cache=args.cache,
+                          s3_endpoint_url=args.s3_endpoint_url)
     app = create_app(server)
     scheme = "https" if args.tls_cert else "http"
     err.print(f"spacy-index serve: {scheme}://{args.host}:{args.port}/simple/  "

@@ -6,7 +6,7 @@ Object storage has no atomic swap of a whole tree, so the guarantees come from *
 2. project pages and the JSON documents (everything but the roots);
 3. the roots, in this order: ``simple/index.html``, ``simple/index.json``,
    ``find-links.html``, ``.spacy-index.json``; then the manifest
-   ``<prefix>/.spacy-index-manifest.json`` (path → sha256, size);
+   ``<prefix>/.spacy-index-manifest.json`` (path → sha256, size, ETag);
 4. only then, stale objects are deleted: those listed in the *previous manifest* that are not
    part of the new tree. Objects we did not write (not in the manifest) are never deleted.
 
@@ -16,11 +16,13 @@ overwritten in place, so a reader may see an old root next to a newer project pa
 page only links to objects that already exist.
 
 Only what changed is uploaded: the new tree's sha256/size are compared with the manifest, and
-the prefix is listed once (``ListObjectsV2``) so that an object the manifest claims but that is
-missing is uploaded again. An object that is present but not in the manifest (left by a
-publish that was killed) is adopted without an upload if its ``sha256`` user metadata matches;
-an object without that metadata was not written by us and is never overwritten. When nothing
-changed nothing at all is written (no lock, no manifest).
+the prefix is listed once (``ListObjectsV2``): an object the manifest claims but that is
+missing is uploaded again, and an object whose ETag is not the one the manifest recorded (it
+was overwritten since: by a publish that was killed before it wrote the manifest, or by
+someone else) is checked with a ``HEAD``. If its ``sha256`` user metadata is the new content's
+it is adopted without an upload; an object without that metadata that the manifest does not
+list was not written by us and is never overwritten. When nothing changed nothing at all is
+written (no lock, no manifest).
 
 Concurrent publishers to one prefix are excluded by a lock object ``<prefix>/.spacy-index.lock``
 created with a conditional put (``If-None-Match: *``), renewed in the background with
@@ -214,22 +216,25 @@ class _Entry:
     mtime_ns: int = 0
 
 
+Record = tuple[str, int, str]  #: (sha256, size, ETag without quotes)
+
+
 @dataclass(frozen=True)
 class _Remote:
-    manifest: dict[str, tuple[str, int]]  #: path → (sha256, size) as last published
-    listing: dict[str, int]  #: path → size of what is under the prefix now
+    manifest: dict[str, Record]  #: path → what we last published there
+    listing: dict[str, tuple[int, str]]  #: path → (size, ETag) of what is there now
 
 
 @dataclass
 class _Plan:
     uploads: list[_Entry]
     deletes: list[str]
-    manifest: bytes | None  #: new manifest body, if it differs from the old one
+    etags: dict[str, str]  #: path → ETag of the objects that need no upload
     unchanged: int
 
-    @property
-    def empty(self) -> bool:
-        return not self.uploads and not self.deletes and self.manifest is None
+
+def _etag(value: object) -> str:
+    return str(value or "").strip('"')
 
 
 @dataclass
@@ -270,20 +275,26 @@ def _entries(files: Mapping[str, bytes | Path]) -> dict[str, _Entry]:
     return out
 
 
-def _manifest_body(entries: Mapping[str, _Entry]) -> bytes:
+def _records(entries: Mapping[str, _Entry], etags: Mapping[str, str]) -> dict[str, Record]:
+    return {p: (e.sha256, e.size, etags[p]) for p, e in entries.items()}
+
+
+def _manifest_body(records: Mapping[str, Record]) -> bytes:
     doc = {
         "generator": "spacy-index",
         "version": 1,
-        "files": {p: {"sha256": e.sha256, "size": e.size} for p, e in sorted(entries.items())},
+        "files": {p: {"sha256": sha, "size": size, "etag": etag}
+                  for p, (sha, size, etag) in sorted(records.items())},
     }
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _parse_manifest(body: bytes) -> dict[str, tuple[str, int]]:
+def _parse_manifest(body: bytes) -> dict[str, Record]:
     """The manifest's files; ``{}`` for anything unreadable (then nothing is deleted)."""
     try:
         files = json.loads(body)["files"]
-        return {str(p): (str(v["sha256"]), int(v["size"])) for p, v in files.items()}
+        return {str(p): (str(v["sha256"]), int(v["size"]), _etag(v.get("etag")))
+                for p, v in files.items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -529,15 +540,15 @@ def _locked(s3: Any, location: S3Location, ttl: float) -> Iterator[_S3Lock]:
 # Reading the remote state and planning
 # --------------------------------------------------------------------------- #
 def _read_remote(s3: Any, location: S3Location) -> _Remote:
-    listing: dict[str, int] = {}
+    listing: dict[str, tuple[int, str]] = {}
     paginator = s3.get_paginator("list_objects_v2")
     kwargs: dict[str, Any] = {"Bucket": location.bucket}
     if location.prefix:
         kwargs["Prefix"] = location.prefix + "/"
     for page in paginator.paginate(**kwargs):
         for obj in page.get("Contents", ()):
-            listing[location.rel(obj["Key"])] = int(obj["Size"])
-    manifest: dict[str, tuple[str, int]] = {}
+            listing[location.rel(obj["Key"])] = (int(obj["Size"]), _etag(obj.get("ETag")))
+    manifest: dict[str, Record] = {}
     if MANIFEST in listing:
         try:
             body = s3.get_object(Bucket=location.bucket, Key=location.key(MANIFEST))["Body"].read()
@@ -549,44 +560,50 @@ def _read_remote(s3: Any, location: S3Location) -> _Remote:
     return _Remote(manifest=manifest, listing=listing)
 
 
+def _untouched(path: str, e: _Entry, remote: _Remote) -> bool:
+    """The object is there, and is exactly what the manifest says we wrote, and that is ``e``."""
+    there, known = remote.listing.get(path), remote.manifest.get(path)
+    return (there is not None and known is not None and there[1] == known[2]
+            and known[:2] == (e.sha256, e.size))
+
+
 def _quick_plan(entries: Mapping[str, _Entry], remote: _Remote) -> bool:
-    """Whether anything needs writing, from the manifest and the listing alone."""
-    wanted = {p: (e.sha256, e.size) for p, e in entries.items()}
-    return wanted != remote.manifest or any(
-        remote.listing.get(p) != e.size for p, e in entries.items()
+    """Whether anything may need writing, from the manifest and the listing alone."""
+    return (
+        set(entries) != set(remote.manifest)
+        or MANIFEST not in remote.listing
+        or not all(_untouched(p, e, remote) for p, e in entries.items())
     )
 
 
 def _plan(s3: Any, location: S3Location, entries: Mapping[str, _Entry],
           remote: _Remote) -> _Plan:
     uploads: list[_Entry] = []
-    unchanged = 0
+    etags: dict[str, str] = {}
     for path, e in entries.items():
-        size_there = remote.listing.get(path)
-        known = remote.manifest.get(path)
-        if known == (e.sha256, e.size) and size_there == e.size:
-            unchanged += 1
+        there, known = remote.listing.get(path), remote.manifest.get(path)
+        if _untouched(path, e, remote):
+            etags[path] = there[1]  # type: ignore[index]
             continue
-        if size_there is not None and known is None:
-            # there, but not ours by the manifest: a killed publish's (adopt it if it is the
-            # same), or someone else's (never overwrite it)
-            head = s3.head_object(Bucket=location.bucket, Key=location.key(path))
-            theirs = head.get("Metadata", {}).get(SHA256_METADATA)
-            if theirs is None:
-                raise PublishError(
-                    f"refusing to overwrite {location.key(path)!r} in {location}: it was not "
-                    "written by spacy-index; choose a new or empty prefix"
-                )
-            if theirs == e.sha256 and size_there == e.size:
-                unchanged += 1
-                continue
-        uploads.append(e)
+        if there is None or (known is not None and there[1] == known[2]):
+            uploads.append(e)  # missing, or exactly our old version of it
+            continue
+        # not what the manifest recorded: left by a killed publish (adopt it if it is the same
+        # content), or someone else's (never overwrite it unless the manifest says it's ours)
+        head = s3.head_object(Bucket=location.bucket, Key=location.key(path))
+        theirs = head.get("Metadata", {}).get(SHA256_METADATA)
+        if theirs is None and known is None:
+            raise PublishError(
+                f"refusing to overwrite {location.key(path)!r} in {location}: it was not "
+                "written by spacy-index; choose a new or empty prefix"
+            )
+        if theirs == e.sha256 and there[0] == e.size:
+            etags[path] = _etag(head.get("ETag")) or there[1]
+        else:
+            uploads.append(e)
     uploads.sort(key=lambda e: _phase(e.path))
     deletes = sorted(p for p in remote.manifest if p not in entries and p in remote.listing)
-    body = _manifest_body(entries)
-    wanted = {p: (e.sha256, e.size) for p, e in entries.items()}
-    manifest = None if wanted == remote.manifest and MANIFEST in remote.listing else body
-    return _Plan(uploads, deletes, manifest, unchanged)
+    return _Plan(uploads, deletes, etags, unchanged=len(etags))
 
 
 def _marker_count(s3: Any, location: S3Location, remote: _Remote) -> int | None:
@@ -618,7 +635,8 @@ def _new_count(entries: Mapping[str, _Entry]) -> int | None:
 # Writing
 # --------------------------------------------------------------------------- #
 def _upload(s3: Any, location: S3Location, e: _Entry,
-            types: Callable[[str], str]) -> None:
+            types: Callable[[str], str]) -> str:
+    """Upload one object; returns its ETag."""
     args = {
         "ContentType": types(e.path),
         "CacheControl": cache_control(e.path),
@@ -626,15 +644,13 @@ def _upload(s3: Any, location: S3Location, e: _Entry,
     }
     key = location.key(e.path)
     if isinstance(e.source, bytes):
-        s3.put_object(Bucket=location.bucket, Key=key, Body=e.source, **args)
-        return
+        return _etag(s3.put_object(Bucket=location.bucket, Key=key, Body=e.source, **args)["ETag"])
     path = e.source
     if e.size < MULTIPART_THRESHOLD:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != e.sha256:
             raise PublishError(f"{str(path)!r} changed while it was being published; rerun")
-        s3.put_object(Bucket=location.bucket, Key=key, Body=data, **args)
-        return
+        return _etag(s3.put_object(Bucket=location.bucket, Key=key, Body=data, **args)["ETag"])
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
@@ -643,6 +659,7 @@ def _upload(s3: Any, location: S3Location, e: _Entry,
     st = path.stat()
     if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
         raise PublishError(f"{str(path)!r} changed while it was being published; rerun")
+    return _etag(s3.head_object(Bucket=location.bucket, Key=key)["ETag"])
 
 
 def _delete(s3: Any, location: S3Location, paths: list[str]) -> None:
@@ -693,7 +710,8 @@ def publish_s3(
         with _locked(s3, location, lock_ttl) as lock:
             remote = _read_remote(s3, location)  # again: another publisher may have finished
             plan = _plan(s3, location, entries, remote)
-            if plan.empty:
+            if (not plan.uploads and not plan.deletes and MANIFEST in remote.listing
+                    and _records(entries, plan.etags) == remote.manifest):
                 return S3PublishReport(location, 0, 0, 0, plan.unchanged, changed=False)
             before, after = _marker_count(s3, location, remote), _new_count(entries)
             if (not allow_shrink and before and after is not None
@@ -705,21 +723,23 @@ def publish_s3(
                     lock.verify()
                     progress.roots_started = True
                 lock.check()
-                _upload(s3, location, e, types)
+                plan.etags[e.path] = _upload(s3, location, e, types)
                 progress.wrote = True
                 uploaded += 1
                 nbytes += e.size
-            if plan.manifest is not None:
+            records = _records(entries, plan.etags)
+            if records != remote.manifest or MANIFEST not in remote.listing:
                 if not progress.roots_started:
                     lock.verify()
                     progress.roots_started = True
+                body = _manifest_body(records)
                 s3.put_object(Bucket=location.bucket, Key=location.key(MANIFEST),
-                              Body=plan.manifest, ContentType="application/json",
+                              Body=body, ContentType="application/json",
                               CacheControl="no-cache",
-                              Metadata={SHA256_METADATA: hashlib.sha256(plan.manifest).hexdigest()})
+                              Metadata={SHA256_METADATA: hashlib.sha256(body).hexdigest()})
                 progress.wrote = True
                 uploaded += 1
-                nbytes += len(plan.manifest)
+                nbytes += len(body)
             lock.check()
             _delete(s3, location, plan.deletes)
             return S3PublishReport(

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -125,6 +126,8 @@ class Server:
         cache_dir: Path,
         source_factory: Callable[[SourceConfig], Source],
         upstream: IndexSource,
+        s3_cache: str | None = None,
+        s3_endpoint_url: str | None = None,
     ) -> None:
         self.config = config
         self.cache_dir = cache_dir
@@ -132,6 +135,13 @@ class Server:
         self.upstream = upstream
         self.metadata = MetadataStore(cache_dir / "metadata")
         self._caches: dict[str, FileCache] = {}
+        self._s3_stores: dict[str, Any] = {}
+        self.s3_location = None
+        self.s3_endpoint_url = s3_endpoint_url
+        if s3_cache:
+            from spacy_index.publish_s3 import parse_s3_url
+
+            self.s3_location = parse_s3_url(s3_cache)
         self.located: dict[str, Located] = {}
         self._indexed: dict[str, Project] = {}
         #: rendered pages: (name, content type) -> (project, metadata version, body, etag)
@@ -146,6 +156,17 @@ class Server:
         if cache is None:
             cache = self._caches[source.name] = FileCache(self.cache_dir, source.client)
         return cache
+
+    def s3_store_for(self, source: Source) -> Any:
+        """The shared-bucket cache layer for ``source`` (only with ``--cache s3://``)."""
+        from spacy_index.cache_s3 import S3FileStore
+
+        store = self._s3_stores.get(source.name)
+        if store is None:
+            store = self._s3_stores[source.name] = S3FileStore(
+                self.cache_for(source), self.s3_location, endpoint_url=self.s3_endpoint_url
+            )
+        return store
 
     async def project(self, name: NormalizedName) -> tuple[Source, Project | None]:
         source = self.source_for(name)
@@ -375,6 +396,15 @@ def create_app(server: Server) -> Starlette:
         cache = server.cache_for(found.source)
         up = Upstream(url=d.url, filename=filename, sha256=d.sha256, size=d.size)
         etag = f'"{d.sha256}"'
+        if server.s3_location is not None:
+            # shared bucket: one download across all servers; the file is complete before
+            # it is served (the others stream it from the bucket)
+            store = server.s3_store_for(found.source)
+            try:
+                path = await store.fetch(d.sha256, filename, lambda: cache.ensure(up))
+            except SpacyIndexError as e:
+                return _error(502, str(e))
+            return file_response(request, path, etag, media_type=_media_type(filename))
         if request.method == "HEAD" or request.headers.get("range"):
             try:
                 path = await cache.ensure(up)
@@ -533,6 +563,8 @@ def build_server(
     api_url: str,
     token: str | None,
     offline_snapshot: bool = True,
+    s3_cache: str | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> Server:
     """Wire real sources from ``config`` (the CLI's entry point into the server)."""
     from spacy_index.api import fetch_catalog
@@ -560,7 +592,8 @@ def build_server(
         SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream),
         ttl=config.page_ttl,
     )
-    return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream)
+    return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,
+                  s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url)
 
 
 __all__ = ["AccessLog", "Server", "build_server", "create_app", "file_response"]
