@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="50 MB files, 1,000 requests per latency level (CI; ≤ 3 min)")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions per timing (default 5)")
+    ap.add_argument("--reps", type=int, help="repetitions per timing (default 5; 3 with --quick)")
     ap.add_argument("--work-dir", type=Path,
                     default=Path(tempfile.gettempdir()) / "spacy-index-bench",
                     help="built wheels are cached here between runs; each run uses a fresh "
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     argv_shown = list(sys.argv[1:] if argv is None else argv)
 
-    plan = Plan(quick=args.quick, reps=max(1, args.reps),
+    plan = Plan(quick=args.quick, reps=max(1, args.reps or (3 if args.quick else 5)),
                 big_pad=(50 if args.quick else 200) * MB,
                 huge_pad=(50 if args.quick else 500) * MB,
                 compile_pad=(5 if args.quick else 20) * MB,

@@ -145,7 +145,8 @@ class _MatrixSummary:
             terminalreporter.write_line(line)
         for key, value in sorted(self.matrix.findings.items()):
             terminalreporter.write_line(f"{key}: {json.dumps(value)}")
-        terminalreporter.write_line(f"written to {MATRIX_PATH}")
+        terminalreporter.write_line(f"written to {MATRIX_PATH} (rows this session did not run "
+                                    "are kept from the file)")
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +308,7 @@ def test_pip_extra_index_and_find_links_pick_the_placeholder(world, tmp_path, en
         r = venv.pip("install", *args, "en_core_web_sm", check=False)
         out = r.stdout + r.stderr
         assert r.returncode != 0, out
-        assert f"en_core_web_sm-{PLACEHOLDER_VERSION}" in out or f"{PLACEHOLDER_VERSION}" in out, out
+        assert PLACEHOLDER_VERSION in out, out
         found[label] = f"fails: picks {PLACEHOLDER_VERSION}"
         assert "en-core-web-sm" not in venv.installed()
     # An upper bound keeps the placeholder out (it is not a candidate), but only by luck of
@@ -597,7 +598,7 @@ def test_makefile_lock_and_sync(world, tmp_path, env, matrix):
         first = gh.take()
         out = run([*make, "lock", "sync"], env=env, cwd=proj)
         assert "Everything up-to-date" in out.stdout + out.stderr
-        assert "pip-compile" not in out.stdout and "piptools compile" not in out.stdout  # lock is fresh
+        assert "piptools compile" not in out.stdout  # the lock is up to date: not recompiled
         assert gh.take() == 0 and first > 0
         assert not (proj / "build").exists()
     matrix.findings["makefile"] = {"make lock sync check": "ok", "second make sync bytes": 0}
@@ -654,7 +655,8 @@ def test_github_actions_workflow(tmp_path):
     # the build command itself, offline, here
     assert argv[:2] == ["spacy-index", "build"]
     argv[argv.index("--out") + 1] = str(tmp_path / out)
-    assert main([*argv[1:], "--offline", "-q"], env={"SPACY_INDEX_CACHE_DIR": str(tmp_path / "c")}) == 0
+    env = {"SPACY_INDEX_CACHE_DIR": str(tmp_path / "c")}
+    assert main([*argv[1:], "--offline", "-q"], env=env) == 0
     assert (tmp_path / out / "simple" / "en-core-web-sm" / "index.html").is_file()
     assert (tmp_path / out / "find-links.html").is_file()
 

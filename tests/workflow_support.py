@@ -514,8 +514,27 @@ class Matrix:
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    def merge_previous(self, path: Path) -> None:
+        """Keep the rows and findings of an earlier run (``path``) that this run did not
+        produce, so a partial run (``-k pdm``) doesn't wipe the rest of the table."""
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        have = {(r.client, r.index) for r in self.rows}
+        fields = set(Row.__dataclass_fields__)
+        kept = [Row(**{k: v for k, v in raw.items() if k in fields})
+                for raw in old.get("rows", []) if (raw.get("client"), raw.get("index")) not in have]
+        clients = ["pip", "pip-tools", "uv pip", "uv project", "poetry", "pdm"]
+        self.rows = sorted(kept + self.rows, key=lambda r: (
+            clients.index(r.client) if r.client in clients else len(clients), r.client,
+            r.index != "static"))
+        self.findings = {**old.get("findings", {}), **self.findings}
+        self.versions = {**old.get("versions", {}), **self.versions}
+
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.merge_previous(path)
         path.write_text(json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n")
         path.with_suffix(".md").write_text(self.table() + "\n")
 

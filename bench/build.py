@@ -1,0 +1,294 @@
+"""Benchmark index building against a fake GitHub holding the real 1,099-release fixture.
+
+    .venv/bin/python bench/build.py            # 5 repetitions per variant
+    .venv/bin/python bench/build.py --quick    # 3 repetitions (about a minute)
+
+Variants (every one a real subprocess, timed from process start to exit):
+
+a. **seed script**: what users copy today: one ``GET /repos/explosion/spacy-models/releases``
+   (GitHub's default ``per_page=30``, one page), a find-links page of the
+   ``browser_download_url``s, no hashes (written inline below, with httpx);
+b. ``spacy-index build`` **cold**: fresh cache folder (the bundled snapshot describes
+   api.github.com, so it never applies to the fake host: this is the full listing);
+c. ``spacy-index build`` **warm**: again, same cache folder and output, nothing changed upstream;
+d. ``spacy-index build --offline``: the bundled snapshot, no network at all (every request
+   would go to a dead proxy);
+e. **snapshot + delta**: ``spacy-index snapshot --out FILE`` against the fake (once), then
+   ``build --snapshot FILE`` with a fresh cache folder; and once more after a new release
+   appeared upstream (f).
+
+Metrics: releases (distinct name+version among the links of the written find-links page),
+files (links), files with a sha256, API requests by status (FakeGitHub.requests), bytes
+downloaded from the web origin (the repository archive with the meta checksums) and wall
+time (median over the repetitions). Results: stdout, bench/results/<date>-build[-quick].json
+and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median  # noqa: E402
+
+BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
+
+#: The "seed" script, as found in READMEs and gists: one page of releases, no hashes.
+SEED_SCRIPT = r'''
+import sys
+import httpx
+
+api, out = sys.argv[1], sys.argv[2]
+r = httpx.get(f"{api}/repos/explosion/spacy-models/releases",
+              headers={"Accept": "application/vnd.github+json"}, timeout=60)
+r.raise_for_status()
+links = [(a["name"], a["browser_download_url"]) for rel in r.json() for a in rel["assets"]]
+with open(out, "w") as fh:
+    fh.write("<!DOCTYPE html>\n<html><body>\n")
+    for name, url in links:
+        fh.write(f'<a href="{url}">{name}</a><br>\n')
+    fh.write("</body></html>\n")
+print(len(links))
+'''
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href") or ""
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self.hrefs.append((self._href, data.strip()))
+            self._href = None
+
+
+def page_counts(page: Path) -> dict[str, int]:
+    """releases (distinct project+version), files and hashed files of a find-links page."""
+    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonicalize_name
+    from packaging.utils import parse_sdist_filename, parse_wheel_filename
+
+    p = _Links()
+    p.feed(page.read_text())
+    releases = set()
+    for href, text in p.hrefs:
+        name = text or href.rsplit("/", 1)[-1].split("#")[0]
+        try:
+            if name.endswith(".whl"):
+                proj, ver, *_ = parse_wheel_filename(name)
+            else:
+                proj, ver = parse_sdist_filename(name)
+            releases.add((proj, str(ver)))
+        except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+            m = re.match(r"(.+?)-(\d[^-]*?)(?:\.tar\.gz|\.zip|\.whl)?$", name)
+            releases.add((canonicalize_name(m.group(1)) if m else name, m.group(2) if m else ""))
+    return {"releases": len(releases), "files": len(p.hrefs),
+            "with_sha256": sum(1 for h, _ in p.hrefs if "#sha256=" in h)}
+
+
+def cli_env(api_url: str | None, *, offline: bool = False) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("GITHUB_", "SPACY_INDEX_", "PIP_", "UV_"))
+           and "proxy" not in k.lower()}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    if api_url:
+        env["GITHUB_API_URL"] = api_url
+    if offline:
+        for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            env[k] = BLACKHOLE_PROXY
+        env["NO_PROXY"] = env["no_proxy"] = ""
+    return env
+
+
+def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-2000:]}")
+    return wall, proc
+
+
+def requests_since(gh, mark: int) -> dict[str, int]:
+    reqs = gh.requests[mark:]
+    api = [r for r in reqs if r.origin == "api"]
+    by_status = Counter(r.status for r in api)
+    return {
+        "api": len(api),
+        "api_200": by_status.get(200, 0),
+        "api_304": by_status.get(304, 0),
+        "api_other": len(api) - by_status.get(200, 0) - by_status.get(304, 0),
+        "web": sum(1 for r in reqs if r.origin != "api"),
+        "web_bytes": sum(r.bytes_sent for r in reqs if r.origin != "api"),
+        "api_bytes": sum(r.bytes_sent for r in api),
+    }
+
+
+VARIANTS = {
+    "seed": "seed script (1 page, per_page=30, no hashes)",
+    "cold": "spacy-index build, cold cache",
+    "warm": "spacy-index build, warm cache (no upstream change)",
+    "offline": "spacy-index build --offline (bundled snapshot)",
+    "snapshot": "spacy-index build --snapshot FILE (fresh cache)",
+    "snapshot_new": "spacy-index build --snapshot FILE, 1 new release upstream",
+}
+
+
+def measure(reps: int, run_dir: Path) -> dict:
+    from tests.fakegithub import FakeGitHub
+
+    exe = str(VENV_BIN / "spacy-index")
+    py = str(VENV_BIN / "python")
+    runs: dict[str, list[dict]] = {k: [] for k in VARIANTS}
+    extra: dict[str, object] = {}
+    with FakeGitHub() as gh:
+        env = cli_env(gh.api_url)
+        _ = gh.archive  # pack the fixture archive (~1 s) before anything is timed
+        for i in range(reps):
+            log(f"repetition {i + 1}/{reps}")
+            cache, out = run_dir / f"cache-{i}", run_dir / f"out-{i}"
+            # a. seed
+            page = run_dir / f"seed-{i}.html"
+            mark = len(gh.requests)
+            wall, _ = run_timed([py, "-c", SEED_SCRIPT, gh.api_url, str(page)], env)
+            runs["seed"].append({"wall": wall, **requests_since(gh, mark), **page_counts(page)})
+            # b. cold, c. warm
+            for kind in ("cold", "warm"):
+                mark = len(gh.requests)
+                wall, proc = run_timed([exe, "build", "--out", str(out), "--cache-dir", str(cache),
+                                        "-q"], env)
+                runs[kind].append({"wall": wall, **requests_since(gh, mark),
+                                   **page_counts(out / "find-links.html"),
+                                   "unchanged": "nothing rewritten" in proc.stdout})
+            # d. offline
+            off = run_dir / f"offline-{i}"
+            mark = len(gh.requests)
+            wall, _ = run_timed([exe, "build", "--offline", "--out", str(off), "--cache-dir",
+                                 str(run_dir / f"cache-off-{i}"), "-q"], cli_env(None, offline=True))
+            runs["offline"].append({"wall": wall, **requests_since(gh, mark),
+                                    **page_counts(off / "find-links.html")})
+            shutil.rmtree(off, ignore_errors=True)
+        # e. snapshot + delta
+        snap = run_dir / "snap.json.gz"
+        mark = len(gh.requests)
+        wall, proc = run_timed([exe, "snapshot", "--out", str(snap), "--cache-dir",
+                                str(run_dir / "cache-snap")], env)
+        extra["snapshot_generation"] = {"wall": wall, **requests_since(gh, mark),
+                                        "size": snap.stat().st_size}
+        for i in range(reps):
+            out = run_dir / f"out-snap-{i}"
+            mark = len(gh.requests)
+            wall, _ = run_timed([exe, "build", "--snapshot", str(snap), "--out", str(out),
+                                 "--cache-dir", str(run_dir / f"cache-s{i}"), "-q"], env)
+            runs["snapshot"].append({"wall": wall, **requests_since(gh, mark),
+                                     **page_counts(out / "find-links.html")})
+        # f. a new release upstream (mutates the fake: last)
+        gh.add_release("en_core_web_sm-3.9.0", {"en_core_web_sm-3.9.0-py3-none-any.whl": b"wheel"})
+        for i in range(reps):
+            out = run_dir / f"out-snapnew-{i}"
+            mark = len(gh.requests)
+            wall, _ = run_timed([exe, "build", "--snapshot", str(snap), "--out", str(out),
+                                 "--cache-dir", str(run_dir / f"cache-sn{i}"), "-q"], env)
+            runs["snapshot_new"].append({"wall": wall, **requests_since(gh, mark),
+                                         **page_counts(out / "find-links.html")})
+    summary = {}
+    for kind, rs in runs.items():
+        if not rs:
+            continue
+        keys = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        summary[kind] = {k: median([r[k] for r in rs]) for k in keys}
+        summary[kind]["label"] = VARIANTS[kind]
+        summary[kind]["walls"] = [round(r["wall"], 3) for r in rs]
+    return {"runs": runs, "summary": summary, "extra": extra}
+
+
+def render(data: dict) -> str:
+    s = data["summary"]
+    seed, cold = s["seed"], s["cold"]
+
+    def ratio(a: float, b: float) -> str:
+        return "-" if not b else f"{a / b:.2f}x"
+
+    rows = []
+    for kind in VARIANTS:
+        if kind not in s:
+            continue
+        r = s[kind]
+        rows.append([
+            r["label"], f"{r['releases']:,.0f}", f"{r['files']:,.0f}", f"{r['with_sha256']:,.0f}",
+            f"{r['api']:.0f} ({r['api_200']:.0f} / {r['api_304']:.0f}"
+            + (f" / {r['api_other']:.0f} other" if r["api_other"] else "") + ")",
+            f"{r['web']:.0f} ({fmt_bytes(r['web_bytes'])})",
+            f"{r['wall']:.2f}", ratio(r["wall"], seed["wall"]),
+        ])
+    out = [md_table(["variant", "releases", "files", "with sha256", "API requests (200 / 304)",
+                     "web downloads", "wall s (median)", "time ÷ seed"], rows)]
+    g = data["extra"].get("snapshot_generation")
+    if g:
+        out.append(f"\n`spacy-index snapshot --out FILE` against the fake: {g['api']:.0f} API "
+                   f"requests, {fmt_bytes(g['web_bytes'])} from the web origin, {g['wall']:.2f} s, "
+                   f"file {fmt_bytes(g['size'])} (run once).")
+    out.append(
+        f"\nCold build ÷ seed: {ratio(cold['releases'], seed['releases'])} the releases, "
+        f"{ratio(cold['files'], seed['files'])} the files, hashes on {cold['with_sha256']:,.0f} "
+        f"files vs {seed['with_sha256']:.0f}, for {ratio(cold['api'], seed['api'])} the API requests "
+        f"and {ratio(cold['wall'], seed['wall'])} the wall time. Warm: "
+        f"{s['warm']['api_200']:.0f} rate-limited requests ({s['warm']['api_304']:.0f} answered 304).")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 5")
+    ap.add_argument("--reps", type=int, help="repetitions per variant")
+    ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work")
+    ap.add_argument("--keep", action="store_true", help="keep the run folder")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    reps = args.reps or (3 if args.quick else 5)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="build-", dir=args.work_dir))
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    try:
+        data = measure(reps, run_dir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    data.update(bench="build", quick=args.quick, reps=reps, started=started,
+                seconds=round(time.monotonic() - t0, 1), machine=machine_info(),
+                fixture="tests/data/spacy-models: 1,099 releases of explosion/spacy-models")
+    text = f"## Index build ({'quick' if args.quick else 'full'}, median of {reps})\n\n" + render(data)
+    print(text)
+    stem = f"{dt.date.today().isoformat()}-build{'-quick' if args.quick else ''}"
+    res = REPO / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    (res / f"{stem}.md").write_text(text + "\n")
+    log(f"wrote {res / stem}.json/.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
