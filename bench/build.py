@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median  # noqa: E402
+from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median
 
 BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
 
@@ -84,8 +84,13 @@ class _Links(HTMLParser):
 
 def page_counts(page: Path) -> dict[str, int]:
     """releases (distinct project+version), files and hashed files of a find-links page."""
-    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonicalize_name
-    from packaging.utils import parse_sdist_filename, parse_wheel_filename
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
 
     p = _Links()
     p.feed(page.read_text())

@@ -173,7 +173,15 @@ def machine_info() -> list[tuple[str, str]]:
             pkgs.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
             pkgs.append(f"{name} (absent)")
+    commit = "?"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = head + (" (src/ has uncommitted changes)" if dirty else " (src/ clean)")
     return [
+        ("spacy-index commit", commit),
         ("nproc", str(os.cpu_count())),
         ("CPU", cpu),
         ("memory", mem),
@@ -261,18 +269,22 @@ class ServeHandle:
 
 @contextlib.contextmanager
 def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: str | None,
-                      log_dir: Path, log_level: str = "warning") -> Iterator[ServeHandle]:
+                      log_dir: Path, log_level: str = "warning",
+                      python: str | None = None) -> Iterator[ServeHandle]:
     """``spacy-index serve`` as a real subprocess on 127.0.0.1 (a free port picked here: the
-    CLI would accept --port 0 but then nobody learns the port at --log-level warning)."""
+    CLI would accept --port 0 but then nobody learns the port at --log-level warning).
+    ``python``: run the CLI with that interpreter instead of the venv's console script (to
+    compare server stacks, e.g. a venv that also has uvloop/httptools)."""
     env = {k: v for k, v in os.environ.items()
            if not k.upper().startswith(("PIP_", "UV_", "GITHUB_")) and "proxy" not in k.lower()}
     env["GITHUB_API_URL"] = api_url
     if token:
         env["GITHUB_TOKEN"] = token
-    exe = str(VENV_BIN / "spacy-index")
+    exe = ([python, "-c", "from spacy_index.cli import run; run()"] if python
+           else [str(VENV_BIN / "spacy-index")])
     for attempt in range(5):
         port = free_port()
-        argv = [exe, "serve", "--host", "127.0.0.1", "--port", str(port),
+        argv = [*exe, "serve", "--host", "127.0.0.1", "--port", str(port),
                 "--cache-dir", str(cache_dir), "--upstream", upstream, "--log-level", log_level]
         mp = ManagedProcess(argv, env=env, log_path=log_dir / f"serve-{port}.log")
         url = f"http://127.0.0.1:{port}"

@@ -14,13 +14,16 @@ between A and every B of a method, as a user's or a CI runner's are:
   ``python -m spacy download`` runs (``pip install <url>``); shared ``PIP_CACHE_DIR``;
 * pip, find-links: ``pip install --no-index -f <find-links.html>`` (the page from
   ``spacy-index build``, links to GitHub); shared ``PIP_CACHE_DIR``;
+* the same with ``--trusted-host 127.0.0.1``, which turns pip's HTTP cache on for plain http
+  (as https would): it still cannot hit, because every GitHub download redirects to a freshly
+  signed URL (the fake signs with a nonce, as GitHub's signed URLs differ per request);
 * pip, serve: ``pip install --index-url <spacy-index serve>/simple/``: one server for the
   whole method (its cache is what a team shares); shared ``PIP_CACHE_DIR``;
 * ``spacy-index install en_core_web_sm --python <venv>``: shared ``SPACY_INDEX_CACHE_DIR``;
 * for reference, uv with the direct URL and with the find-links page (shared ``UV_CACHE_DIR``).
 
-pip never stores http:// responses in its HTTP cache (only https), and does not put wheels
-it downloaded into its wheel cache, so for pip the shared cache cannot help here.
+pip stores HTTP responses only for https:// and --trusted-host origins, and does not put
+wheels it downloaded into its wheel cache, so for pip the shared cache cannot help here.
 Results: stdout and bench/results/<date>-second-install[-quick].json/.md.
 """
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     MB,
     REPO,
     VENV_BIN,
@@ -58,6 +61,7 @@ VERSION = "3.8.50"
 METHODS = {
     "pip-url": "pip, direct URL (`spacy download`)",
     "pip-find-links": "pip, find-links page",
+    "pip-find-links-trusted": "pip, find-links page, --trusted-host (HTTP cache on)",
     "pip-serve": "pip, spacy-index serve",
     "spacy-index-install": "spacy-index install",
     "uv-url": "uv, direct URL",
@@ -72,8 +76,29 @@ def gh_counts(gh, mark: int) -> tuple[int, int]:
             sum(1 for r in reqs if r.origin == "api"))
 
 
+def argv_for(method: str, venv, spec: str, find_links: str, serve_url: str | None) -> list:
+    from tests.clients import uv_bin
+
+    project = spec.split(" @ ")[0]
+    if method == "pip-url":
+        return [venv.python, "-m", "pip", "install", "--quiet", spec]
+    if method in ("pip-find-links", "pip-find-links-trusted"):
+        trusted = ["--trusted-host", "127.0.0.1"] if method.endswith("trusted") else []
+        return [venv.python, "-m", "pip", "install", "--quiet", *trusted, "--no-index",
+                "--find-links", find_links, project]
+    if method == "pip-serve":
+        return [venv.python, "-m", "pip", "install", "--quiet", "--index-url",
+                f"{serve_url}/simple/", project]
+    if method == "spacy-index-install":
+        return [VENV_BIN / "spacy-index", "install", project, "--python", venv.python]
+    if method == "uv-url":
+        return [uv_bin(), "pip", "install", "--quiet", "--python", venv.python, spec]
+    return [uv_bin(), "pip", "install", "--quiet", "--python", venv.python, "--no-index",
+            "--find-links", find_links, project]
+
+
 def measure(args, run_dir: Path) -> dict:
-    from tests.clients import clean_env, make_venv, run, serve_directory, uv_bin
+    from tests.clients import clean_env, make_venv, run, serve_directory
     from tests.fakegithub import FakeGitHub
     from tests.wheels import meta_archive
 
@@ -97,6 +122,7 @@ def measure(args, run_dir: Path) -> dict:
         (run_dir / "empty").mkdir()
         empty = stack.enter_context(serve_directory(run_dir / "empty"))
         find_links = static.url + "/find-links.html"
+        spec = f"{pkg.project} @ {url}"
         for method in methods:
             log(f"{METHODS[method]}")
             mdir = run_dir / method
@@ -116,32 +142,14 @@ def measure(args, run_dir: Path) -> dict:
                 if method == "spacy-index-install":
                     env = dict(env, GITHUB_API_URL=gh.api_url,
                                SPACY_INDEX_CACHE_DIR=str(mdir / "spacy-index-cache"))
-
-                def argv_for(venv) -> list:
-                    spec = f"{pkg.project} @ {url}"
-                    if method == "pip-url":
-                        return [venv.python, "-m", "pip", "install", "--quiet", spec]
-                    if method == "pip-find-links":
-                        return [venv.python, "-m", "pip", "install", "--quiet", "--no-index",
-                                "--find-links", find_links, pkg.project]
-                    if method == "pip-serve":
-                        return [venv.python, "-m", "pip", "install", "--quiet", "--index-url",
-                                serve_url + "/simple/", pkg.project]
-                    if method == "spacy-index-install":
-                        return [VENV_BIN / "spacy-index", "install", pkg.project, "--python",
-                                venv.python]
-                    if method == "uv-url":
-                        return [uv_bin(), "pip", "install", "--quiet", "--python", venv.python, spec]
-                    return [uv_bin(), "pip", "install", "--quiet", "--python", venv.python,
-                            "--no-index", "--find-links", find_links, pkg.project]
-
                 rows = []
                 for i in range(args.reps + 1):
                     label = "A (first)" if i == 0 else f"B{i}"
                     venv = make_venv(mdir / f"venv-{i}", env=env)
                     mark = len(gh.requests)
                     t = time.monotonic()
-                    proc = run(argv_for(venv), env=venv._env(env), check=False, timeout=900)
+                    proc = run(argv_for(method, venv, spec, find_links, serve_url),
+                               env=venv._env(env), check=False, timeout=900)
                     wall = time.monotonic() - t
                     moved, api = gh_counts(gh, mark)
                     ok = proc.returncode == 0 and venv.installed().get("en-core-web-sm") == VERSION
@@ -186,11 +194,12 @@ def render(data: dict) -> str:
                      f"install {fmt_bytes(worst)} → **{'met' if worst == 0 else 'MISSED'}**.")
     lines.append(f"Pipeline wheel {data['wheel']} = {fmt_bytes(data['wheel_bytes'])}. Client "
                  "caches shared between A and every B (PIP_CACHE_DIR / UV_CACHE_DIR / "
-                 "SPACY_INDEX_CACHE_DIR). pip never caches http:// responses in its HTTP cache "
-                 "and does not keep downloaded wheels, so with pip only serve's own cache makes "
-                 "the second install free; on real GitHub (https) pip's HTTP cache would not "
-                 "help either, since every download redirects to a freshly signed, never-repeated "
-                 "URL. Ratios: ours ÷ alternative; bytes ratio 0 = nothing moved.")
+                 "SPACY_INDEX_CACHE_DIR). pip caches HTTP responses only for https:// and "
+                 "--trusted-host origins and keeps no downloaded wheel, so with pip only serve's "
+                 "own cache makes the second install free; the --trusted-host row shows that "
+                 "pip's HTTP cache does not help either: every GitHub download redirects to a "
+                 "freshly signed URL, never the same twice. Ratios: ours ÷ alternative; "
+                 "bytes ratio 0 = nothing moved.")
     return "\n".join(lines)
 
 

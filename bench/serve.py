@@ -110,6 +110,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    names: list[str] = field(default_factory=lambda: ["serve", "nginx"])
     waited: float = 0.0
     waits_timed_out: int = 0
     retries: int = 0
@@ -165,6 +166,15 @@ def placeholder_pypi(root: Path) -> None:
     from tests.servers import write_simple_project
 
     write_simple_project(root, "placeholder", {"placeholder-1.0.tar.gz": b"not a real sdist"})
+
+
+def alt_stack(python: str) -> str:
+    code = ("import importlib.metadata as m\n"
+            "for n in ('uvicorn', 'starlette', 'uvloop', 'httptools', 'h11'):\n"
+            "    try: print(n, m.version(n))\n"
+            "    except m.PackageNotFoundError: print(n, '(absent)')")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return ", ".join(out.stdout.split("\n")[:-1]) or out.stderr[-200:]
 
 
 # --------------------------------------------------------------------------- scenario 1
@@ -458,6 +468,18 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
         p99 = median([x.p99_ms for x in lat])
         summary.append(("project page p99 at 32 clients", f"{p99:.2f} ms", "≤ 3 ms",
                         verdict(p99 <= GOALS["p99_ms_32"])))
+    for alt in rep.names[1:-1]:  # --compare-python: the same goals, for information
+        for clients in (1, 8):
+            a, n = rep.transfers.get((alt, clients)), rep.transfers.get(("nginx", clients))
+            if a and n:
+                ratio = median([x.mbps / y.mbps for x, y in zip(a, n)])
+                summary.append((f"*{alt}*, {clients} client(s): throughput vs nginx, CPU/GB",
+                                f"{ratio:.2f}×, {median([t.cpu_per_gb for t in a]):.2f} CPU-s/GB",
+                                "≥ 0.95×, ≤ 0.4", "(comparison)"))
+        la = rep.latencies.get((alt, 32))
+        if la:
+            summary.append((f"*{alt}*: page p99 at 32 clients",
+                            f"{median([x.p99_ms for x in la]):.2f} ms", "≤ 3 ms", "(comparison)"))
     if "cached" in rep.rss_peaks:
         v = rep.rss_peaks["cached"]
         summary.append((f"peak RSS, 8 clients streaming a cached {rep.sizes['huge'] / MB:.0f} MB file",
@@ -489,7 +511,7 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
     for title, suffix in (("splice client", ""), ("curl cross-check", " (curl)")):
         rows = []
         for clients in (1, 8):
-            for name in ("serve", "nginx"):
+            for name in rep.names:
                 ts = rep.transfers.get((name + suffix, clients))
                 if not ts:
                     continue
@@ -499,11 +521,14 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
                              f"{median([t.server_cores for t in ts]):.2f}",
                              f"{median([t.client_cores for t in ts]):.2f}",
                              f"{median([t.other_cores for t in ts]):.2f}"))
-            s_, n_ = rep.transfers.get(("serve" + suffix, clients)), rep.transfers.get(("nginx" + suffix, clients))
-            if s_ and n_:
-                ratios = [a.mbps / b.mbps for a, b in zip(s_, n_)]
-                rows.append(("**serve/nginx**", clients, " / ".join(f"{x:.2f}" for x in ratios),
-                             f"**{median(ratios):.2f}x**", "", "", "", ""))
+            n_ = rep.transfers.get(("nginx" + suffix, clients))
+            for name in rep.names[:-1]:
+                s_ = rep.transfers.get((name + suffix, clients))
+                if s_ and n_:
+                    ratios = [a.mbps / b.mbps for a, b in zip(s_, n_)]
+                    rows.append((f"**{name}/nginx**", clients,
+                                 " / ".join(f"{x:.2f}" for x in ratios),
+                                 f"**{median(ratios):.2f}x**", "", "", "", ""))
         if rows:
             out.append(f"**{title}**\n")
             out.append(md_table(["server", "clients", "MB/s per run", "MB/s median",
@@ -520,7 +545,7 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
                "CPU-seconds / requests.\n")
     rows = []
     for clients in (1, 8, 32):
-        for name in ("serve", "serve (log-level info)", "nginx"):
+        for name in (*rep.names[:-1], "serve (log-level info)", rep.names[-1]):
             ls = rep.latencies.get((name, clients))
             if not ls:
                 continue
@@ -589,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also sample the server with py-spy (needs py-spy in the venv)")
     ap.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, caches)")
+    ap.add_argument("--compare-python", metavar="PYTHON",
+                    help="also run serve with this interpreter (one that can import spacy_index, "
+                    "e.g. a venv with uvicorn[standard]) in scenarios 2 and 3, side by side")
     args = ap.parse_args(argv)
     # a plain `kill` must still stop every server this script started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -640,6 +668,15 @@ def main(argv: list[str] | None = None) -> int:
             serve = stack.enter_context(spacy_index_serve(
                 cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
                 api_url=gh.api_url, token=TOKEN, log_dir=run_dir))
+            alt = alt_name = None
+            if args.compare_python:
+                alt_name = f"serve [{args.compare_python}]"
+                rep.names = ["serve", alt_name, "nginx"]
+                alt = stack.enter_context(spacy_index_serve(
+                    cache_dir=run_dir / "cache-alt", upstream=fake_pypi.url + "/simple/",
+                    api_url=gh.api_url, token=TOKEN, log_dir=run_dir, python=args.compare_python))
+                rep.notes.append(f"`{alt_name}`: the same CLI run by `{args.compare_python}`; "
+                                 f"its stack: {alt_stack(args.compare_python)}.")
             ngx = None if args.no_nginx else stack.enter_context(nginx(static, log_dir=run_dir))
             rep.nginx_ok = ngx is not None
             if ngx is None:
@@ -674,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
             rep.timings["4a RSS uncached"] = time.monotonic() - t
 
             servers = {"serve": (serve.url, [pid])}
+            if alt is not None:
+                servers[alt_name] = (alt.url, alt.pids())
             if ngx is not None:
                 servers["nginx"] = (ngx.url, ngx.pids())
             log("scenario 2: throughput")

@@ -101,3 +101,22 @@ def test_list_json(gh, tmp_path, capsys):
         "size": gh.packages["old"].wheel.stat().st_size, "spacy": "<3.8.0,>=3.7.2",
         "sha256": gh.packages["old"].sha256,
     }]
+
+
+def test_install_from_an_index_url_and_a_mirror_folder(gh, tmp_path, capsys, client_env):
+    """--index: files and hashes come from the index (here a mirror folder and its server)."""
+    from tests.clients import serve_directory
+
+    new = gh.packages["new"]
+    env = env_for(gh, tmp_path / "c")
+    out = tmp_path / "mirror"
+    assert main(["build", "--mirror", "--out", str(out), "-q"], env=env) == 0
+    capsys.readouterr()
+    assert main(["install", "en_core_web_sm", "--dry-run", "--index", str(out)], env=env) == 0
+    assert capsys.readouterr().out.strip() == f"en-core-web-sm==3.8.50 --hash=sha256:{new.sha256}"
+    venv = make_venv(tmp_path / "v", env=client_env)
+    assert main(["install", "en_core_web_sm", "--index", str(out), "--python", str(venv.python)], env=env) == 0
+    assert venv.installed()["en-core-web-sm"] == "3.8.50"
+    with serve_directory(out) as static:
+        assert main(["install", "en_core_web_sm", "--dry-run", "--index", static.url + "/simple/"], env=env) == 0
+        assert capsys.readouterr().out.strip() == f"en-core-web-sm==3.8.50 --hash=sha256:{new.sha256}"

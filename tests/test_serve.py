@@ -109,7 +109,8 @@ class _LicensedHandler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def licensed_host():
-    _LicensedHandler.files = {"prodigy-1.15.0-py3-none-any.whl": tiny_wheel("prodigy", "1.15.0")}
+    _LicensedHandler.files = {"prodigy-1.15.0-py3-none-any.whl": tiny_wheel("prodigy", "1.15.0"),
+                              "prodigy_addon-0.1.0-py3-none-any.whl": tiny_wheel("prodigy_addon", "0.1.0")}
     _LicensedHandler.seen_auth = []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LicensedHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -140,13 +141,20 @@ def world(tmp_path_factory, model_wheels):
         for p in (sm, md, trf):
             gh.add_release(f"{p.project}-{p.version}", {p.wheel.name: p.wheel.read_bytes()})
         config_file.write_text(
+            # the key twice: percent-encoded in the URL's username slot, and as basic auth
             "[[source]]\n"
             'name = "prodigy"\n'
             'kind = "find-links"\n'
             f'url = "http://${{PRODIGY_KEY}}@127.0.0.1:{licensed_port}/"\n'
-            'projects = ["prodigy", "prodigy-*"]\n'
+            'projects = ["prodigy"]\n'
+            "[[source]]\n"
+            'name = "prodigy-basic"\n'
+            'kind = "find-links"\n'
+            f'url = "http://127.0.0.1:{licensed_port}/"\n'
+            'username = "${PRODIGY_KEY_RAW}"\n'
+            'projects = ["prodigy-*"]\n'
         )
-        env = {"PRODIGY_KEY": quote(LICENCE_KEY, safe="")}
+        env = {"PRODIGY_KEY": quote(LICENCE_KEY, safe=""), "PRODIGY_KEY_RAW": LICENCE_KEY}
         config = load_config(config_file, env, upstream=fake_pypi.url + "/simple/")
         server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
         with run_app(create_app(server)) as url:
@@ -332,16 +340,17 @@ def test_private_source_key_never_leaks(world, tmp_path, client_env, caplog):
         seen.append(json.dumps(dict(r.headers)))
         seen.append(c.get(world["url"] + "/pypi/prodigy/json").text)
     venv = make_venv(tmp_path / "v", env=client_env)
-    venv.pip("install", "--index-url", url, "prodigy")
-    assert venv.installed()["prodigy"] == "1.15.0"
-    (tmp_path / "requirements.in").write_text("prodigy\n")
+    venv.pip("install", "--index-url", url, "prodigy", "prodigy-addon")
+    assert venv.installed()["prodigy"] == "1.15.0" and venv.installed()["prodigy-addon"] == "0.1.0"
+    seen.append(httpx.get(url + "no-such-project-abc/").text)  # an error page, too
+    (tmp_path / "requirements.in").write_text("prodigy\nprodigy-addon\n")
     run([sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes", "--strip-extras",
          "--index-url", url, "-o", "pip-tools.txt", "requirements.in"], env=client_env, cwd=tmp_path)
     venv.uv_pip("compile", "--generate-hashes", "--index-url", url, "requirements.in",
                 "-o", str(tmp_path / "uv.txt"), cwd=tmp_path)
     for lock in ("pip-tools.txt", "uv.txt"):
         text = (tmp_path / lock).read_text()
-        assert "prodigy==1.15.0" in text and "--hash=sha256:" in text
+        assert "prodigy==1.15.0" in text and "prodigy-addon==0.1.0" in text and "--hash=sha256:" in text
         seen.append(text)
     seen.append(caplog.text)
     seen.extend(str(p) for p in world["cache"].rglob("*"))

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from urllib.parse import urljoin
@@ -30,7 +30,7 @@ from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import SpacyIndexError, UpstreamUnreachable, UsageError
-from spacy_index.model import Distribution, parse_filename, spacy_admits, split_requirement
+from spacy_index.model import Distribution, spacy_admits, split_requirement
 
 #: spaCy minor series a pipeline can target, for "which spaCy versions have one" messages.
 KNOWN_SPACY_MINORS = tuple(Version(v) for v in (
@@ -174,56 +174,54 @@ def resolve_spacy(option: str, env: Environment) -> SpacyTarget:
 # --------------------------------------------------------------------------- index pages
 def catalog_from_index(index: str, names: Sequence[str], known: Catalog,
                        client: httpx.Client) -> Catalog:
-    """Distributions of ``names`` as an index (URL or local folder) lists them; spaCy
-    requirements come from the catalog by filename, else from PEP 658 metadata."""
-    dists: list[Distribution] = []
+    """Distributions of ``names`` as an index (URL, or a local folder) lists them, in PEP 691
+    JSON or PEP 503 HTML; spaCy requirements come from the catalog by filename, else from
+    PEP 658 metadata."""
+    from spacy_index.server.sources import parse_page
+
     by_filename = {d.filename: d for d in known.files}
+    dists: list[Distribution] = []
     for raw in names:
         name = canonicalize_name(raw)
-        doc, page_url = _project_json(index, name, client)
-        if doc is None:
+        page = _project_page(index, name, client)
+        if page is None:
             continue
-        for f in doc.get("files", []):
-            filename, url = f.get("filename"), f.get("url")
-            if not isinstance(filename, str) or not isinstance(url, str):
-                continue
-            try:
-                parsed = parse_filename(filename, name)
-            except SpacyIndexError:
-                continue
-            sha = (f.get("hashes") or {}).get("sha256")
-            absolute = urljoin(page_url, url)
-            reqs = by_filename[filename].requires_dist if filename in by_filename else None
-            if reqs is None and parsed.kind == "wheel" and f.get("core-metadata"):
-                reqs = _requires_from_metadata(absolute + ".metadata", client)
-            dists.append(Distribution(
-                project=parsed.name, filename=filename, url=absolute, version=parsed.version,
-                kind=parsed.kind, sha256=sha if isinstance(sha, str) else None,
-                size=f.get("size") if isinstance(f.get("size"), int) else None,
-                requires_dist=reqs,
-            ))
+        body, ctype, page_url = page
+        try:
+            found, extra = parse_page(body, ctype, page_url, name)
+        except ValueError as e:
+            raise SpacyIndexError(f"the index {index} sent an unreadable page for {name!r}") from e
+        for d in found:
+            reqs = by_filename[d.filename].requires_dist if d.filename in by_filename else None
+            info = extra.get(d.filename)
+            if reqs is None and info is not None and info.has_metadata:
+                reqs = _requires_from_metadata(d.url + ".metadata", client)
+            dists.append(replace(d, requires_dist=reqs))
     return Catalog.from_distributions(dists, source=index)
 
 
-def _project_json(index: str, name: NormalizedName, client: httpx.Client) -> tuple[dict | None, str]:
+def _project_page(index: str, name: NormalizedName, client: httpx.Client) -> tuple[bytes, str, str] | None:
+    json_type = "application/vnd.pypi.simple.v1+json"
     if "://" not in index or index.startswith("file://"):
         root = Path(index.removeprefix("file://"))
-        for candidate in (root / "simple" / name / "index.json", root / name / "index.json"):
-            if candidate.is_file():
-                return json.loads(candidate.read_text()), candidate.parent.as_uri() + "/"
-        return None, ""
+        for folder in (root / "simple" / name, root / name):
+            if (folder / "index.json").is_file():
+                return (folder / "index.json").read_bytes(), json_type, folder.as_uri() + "/"
+            if (folder / "index.html").is_file():
+                return (folder / "index.html").read_bytes(), "text/html", folder.as_uri() + "/"
+        return None
     base = index if index.endswith("/") else index + "/"
     url = urljoin(base, f"{name}/")
     try:
-        resp = client.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        resp = client.get(url, headers={"Accept": f"{json_type}, text/html;q=0.1"})
     except httpx.TransportError as e:
         raise UpstreamUnreachable(f"the index {index}", type(e).__name__) from None
     if resp.status_code == 404:
-        return None, url
-    if resp.status_code != 200 or "json" not in resp.headers.get("content-type", ""):
-        raise SpacyIndexError(f"the index {index} did not answer PEP 691 JSON for {name!r} "
-                              f"(HTTP {resp.status_code}); use spacy-index serve or a static index")
-    return resp.json(), str(resp.url)
+        return None
+    if resp.status_code != 200:
+        raise SpacyIndexError(f"the index {index} answered HTTP {resp.status_code} for {name!r}")
+    ctype = resp.headers.get("content-type", "text/html").split(";")[0].strip().lower()
+    return resp.content, ctype, str(resp.url)
 
 
 def _requires_from_metadata(url: str, client: httpx.Client) -> tuple[str, ...] | None:
@@ -245,6 +243,19 @@ def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
 
     d = choice.dist
     assert d.sha256 is not None
+    if d.url.startswith("file://"):  # a local index (a mirror folder): verify, use in place
+        import hashlib
+
+        from spacy_index.errors import DigestMismatch
+
+        local = Path(httpx.URL(d.url).path)
+        h = hashlib.sha256()
+        with open(local, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != d.sha256:
+            raise DigestMismatch(d.filename, d.sha256, h.hexdigest())
+        return local, False
     up = Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size)
 
     async def run() -> tuple[Path, bool]:
