@@ -238,7 +238,8 @@ def start_server(name: str, venv: Path | None, *, static_url: str, gh, cache: Pa
             log(f"{name} exited {mp.proc.returncode}: {mp.tail(500)}")
 
 
-def run_once(name: str, venv, world: dict, run_dir: Path, tag: str, timeout: float) -> dict:
+def run_once(name: str, venv, world: dict, run_dir: Path, tag: str, timeout: float,
+             clients: int = CLIENTS) -> dict:
     import httpx
 
     gh, pkg = world["gh"], world["pkg"]
@@ -252,7 +253,7 @@ def run_once(name: str, venv, world: dict, run_dir: Path, tag: str, timeout: flo
         mark = len(gh.requests)
         with rss:
             proc = subprocess.run([str(VENV_BIN / "python"), "-c", CLIENT_SCRIPT, page,
-                                   pkg.wheel.name, str(CLIENTS), str(timeout)],
+                                   pkg.wheel.name, str(clients), str(timeout)],
                                   capture_output=True, text=True, timeout=timeout + 60)
         reqs = list(gh.requests)[mark:]
     if proc.returncode != 0:
@@ -264,7 +265,7 @@ def run_once(name: str, venv, world: dict, run_dir: Path, tag: str, timeout: flo
     first = res[0]
     blob_gets = [x for x in reqs if x.origin == "objects" and x.method == "GET"]
     return {
-        "ok": len(good) == CLIENTS and first.get("sha256") == pkg.sha256,
+        "ok": len(good) == clients and first.get("sha256") == pkg.sha256,
         "complete": len(good), "wall": data["wall"],
         "upstream_downloads": sum(1 for x in blob_gets if x.status in (200, 206)),
         "upstream_gets": len(blob_gets),
@@ -273,8 +274,8 @@ def run_once(name: str, venv, world: dict, run_dir: Path, tag: str, timeout: flo
         "heads": sum(1 for x in reqs if x.method == "HEAD"),
         "peak_rss_kib": rss.peak, "idle_rss_kib": idle,
         "file_url": first.get("url"),
-        "note": "" if len(good) == CLIENTS else
-        f"{CLIENTS - len(good)} client(s) failed, e.g. {next((x for x in res if x not in good), {})}"[:400],
+        "note": "" if len(good) == clients else
+        f"{clients - len(good)} client(s) failed, e.g. {next((x for x in res if x not in good), {})}"[:400],
     }
 
 
@@ -283,7 +284,7 @@ def measure(args, run_dir: Path) -> dict:
     from tests.fakegithub import FakeGitHub
     from tests.wheels import meta_archive
 
-    pad = (20 if args.quick else 100) * MB
+    pad = int((args.pad_mb or (20 if args.quick else 100)) * MB)
     pkg = cached_model(args.work_dir, name="core_web_md", version=VERSION, pad_bytes=pad)
     log(f"wheel {pkg.wheel.name}: {pkg.wheel.stat().st_size / MB:.1f} MB")
     venvs: dict[str, Path | None] = {"spacy-index serve": None}
@@ -314,7 +315,7 @@ def measure(args, run_dir: Path) -> dict:
                 log(f"rep {rep + 1}/{args.reps}: {name}")
                 try:
                     r = run_once(name, venvs.get(name), world, run_dir, f"{rep}-{name.split()[0]}",
-                                 args.timeout)
+                                 args.timeout, args.clients)
                 except Exception as e:  # a peer that misbehaves is reported, not fatal
                     r = {"ok": False, "note": f"{type(e).__name__}: {str(e)[:300]}"}
                 runs[name].append(r)
@@ -334,7 +335,7 @@ def measure(args, run_dir: Path) -> dict:
             "note": next((r["note"] for r in rs if r.get("note")), ""),
         }
     return {"runs": runs, "summary": summary, "notes": notes, "servers": servers,
-            "wheel": pkg.wheel.name, "wheel_bytes": pkg.wheel.stat().st_size, "clients": CLIENTS,
+            "wheel": pkg.wheel.name, "wheel_bytes": pkg.wheel.stat().st_size, "clients": args.clients,
             "versions": {k: " ".join(v) for k, v in PEERS.items()}}
 
 
@@ -371,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 MB wheel instead of 100 MB")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=CLIENTS, help=f"concurrent clients ({CLIENTS})")
+    ap.add_argument("--pad-mb", type=float, help="wheel padding in MB (default 100, quick 20)")
+    ap.add_argument("--tag", default="", help="suffix for the result files (e.g. -450mb)")
     ap.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     ap.add_argument("--timeout", type=float, default=600.0, help="per client run, seconds")
     ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work")
@@ -388,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     data.update(bench="peers", quick=args.quick, reps=args.reps, started=started,
                 seconds=round(time.monotonic() - t0, 1), machine=machine_info())
-    text = (f"## {CLIENTS} clients, one uncached file ({'quick' if args.quick else 'full'}, "
+    text = (f"## {args.clients} clients, one uncached file ({'quick' if args.quick else 'full'}, "
             f"median of {args.reps})\n\n" + render(data))
     print(text)
-    stem = f"{dt.date.today().isoformat()}-peers{'-quick' if args.quick else ''}"
+    stem = f"{dt.date.today().isoformat()}-peers{args.tag}{'-quick' if args.quick else ''}"
     res = REPO / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
