@@ -112,21 +112,26 @@ def plot_resolve(data: dict, out: Path, plt) -> None:
         ax.set_xticks(range(len(clients)), clients)
         if metric == "bytes":
             ax.set_yscale("log")
+            ticks = [1 << 10, 16 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30, 4 << 30]
+            ax.set_yticks([t for t in ticks if t <= data["wheel_bytes"] * 30])
+            ax.minorticks_off()
             ax.axhline(64 * KIB, color="red", linestyle="--", linewidth=1)
             ax.text(-0.45, 64 * KIB * 1.3, "goal ≤ 64 KiB (serve)", color="red", fontsize=7,
                     ha="left")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
             ax.set_ylabel("bytes from GitHub (log)")
             ax.set_title("Upstream bytes to resolve/lock")
-            ax.set_ylim(top=max(data["wheel_bytes"] * 30, 1e6))
+            ax.set_ylim(bottom=4 << 10, top=max(data["wheel_bytes"] * 30, 1e6))
         else:
             ax.set_ylabel("client wall time, s")
             ax.set_title("Wall time (cold client caches)")
             ax.set_ylim(top=ax.get_ylim()[1] * 1.25)
-        ax.legend(fontsize=8, title="index", title_fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(kinds), fontsize=8,
+               title="index kind", title_fontsize=8)
     fig.suptitle(f"Resolving a {human(data['wheel_bytes'])} pipeline, median of {data['reps']}"
                  f"{' (quick)' if data.get('quick') else ''}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
