@@ -293,7 +293,7 @@ def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: st
         except RuntimeError:
             mp.stop()
             if attempt == 4:
-                raise RuntimeError("spacy-index serve did not start:\n" + mp.tail())
+                raise RuntimeError("spacy-index serve did not start:\n" + mp.tail()) from None
             continue
         break
     try:
@@ -508,7 +508,7 @@ def download(url: str, clients: int, *, count: int = 1, expect_size: int,
                 p.wait()
     server, client_cpu, system, wall = meter.stop()
     total = 0
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         lines = out.split()
         codes, sizes = lines[0::2], [int(x) for x in lines[1::2]]
         if p.returncode != 0 or codes != ["200"] * count or sizes != [expect_size] * count:

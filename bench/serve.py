@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     GB,
     MB,
     REPO,
@@ -53,6 +53,7 @@ from common import (  # noqa: E402
     cached_model,
     download,
     fmt_bytes,
+    loadgen_latency,
     log,
     machine_info,
     md_table,
@@ -62,7 +63,6 @@ from common import (  # noqa: E402
     spacy_index_serve,
     status_kib,
     wait_quiet,
-    loadgen_latency,
     wrk_latency,
 )
 
@@ -251,16 +251,16 @@ def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], 
     size = big.wheel.stat().st_size
     path = f"/files/{big.wheel.name}"
     timeout = rep.plan.transfer_timeout
-    for name, (url, pids) in servers.items():  # warm: page cache, the cache's first-use hash
+    for url, pids in servers.values():  # warm: page cache, the cache's first-use hash
         download(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
     for r in range(rep.plan.reps):
         for clients in (1, 8):
             count = repeats_for(rep.plan, clients, size)
             quiet(rep)
             for name, (url, pids) in servers.items():
-                t = measured(rep, lambda: download(url + path, clients, count=count,
-                                                   expect_size=size, server_pids=pids,
-                                                   timeout=timeout), f"{name} x{clients}")
+                t = measured(rep, functools.partial(download, url + path, clients, count=count,
+                                                    expect_size=size, server_pids=pids,
+                                                    timeout=timeout), f"{name} x{clients}")
                 rep.transfers.setdefault((name, clients), []).append(t)
                 log(f"  rep {r + 1} {name} x{clients} (x{count} each): {t.mbps:,.0f} MB/s, "
                     f"server {t.cpu_per_gb:.2f} CPU-s/GB ({t.server_cores:.2f} cores), "
@@ -271,9 +271,9 @@ def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], 
             count = repeats_for(rep.plan, clients, size)
             quiet(rep)
             for name, (url, pids) in servers.items():
-                t = measured(rep, lambda: download(url + path, clients, count=count,
-                                                   expect_size=size, server_pids=pids,
-                                                   timeout=timeout, client="curl"),
+                t = measured(rep, functools.partial(download, url + path, clients, count=count,
+                                                    expect_size=size, server_pids=pids,
+                                                    timeout=timeout, client="curl"),
                              f"curl {name} x{clients}")
                 rep.transfers.setdefault((f"{name} (curl)", clients), []).append(t)
                 log(f"  curl rep {r + 1} {name} x{clients}: {t.mbps:,.0f} MB/s, "
@@ -306,13 +306,13 @@ def scenario_latency(rep: Report, servers: dict[str, tuple[str, list[int]]], pro
             quiet(rep)
             for name, (url, pids) in servers.items():
                 if use_wrk:
-                    lat = measured(rep, lambda: wrk_latency(
-                        f"{url}/simple/{project}/", clients, seconds[name], accept=PIP_ACCEPT,
-                        server_pids=pids, work=work), f"{name} x{clients}")
+                    lat = measured(rep, functools.partial(
+                        wrk_latency, f"{url}/simple/{project}/", clients, seconds[name],
+                        accept=PIP_ACCEPT, server_pids=pids, work=work), f"{name} x{clients}")
                 else:
-                    lat = measured(rep, lambda: loadgen_latency(
-                        f"{url}/simple/{project}/", clients, n, accept=PIP_ACCEPT,
-                        server_pids=pids), f"{name} x{clients}")
+                    lat = measured(rep, functools.partial(
+                        loadgen_latency, f"{url}/simple/{project}/", clients, n,
+                        accept=PIP_ACCEPT, server_pids=pids), f"{name} x{clients}")
                 rep.latencies.setdefault((name, clients), []).append(lat)
                 log(f"  rep {r + 1} {name} x{clients}: {lat.requests} req, p50 {lat.p50_ms:.2f} ms, "
                     f"p99 {lat.p99_ms:.2f} ms, {lat.rps:,.0f} req/s, "
@@ -454,13 +454,13 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
             cpu = median([t.cpu_per_gb for t in s])
             if n:
                 nm = median([t.mbps for t in n])
-                ratio = median([a.mbps / b.mbps for a, b in zip(s, n)])
+                ratio = median([a.mbps / b.mbps for a, b in zip(s, n, strict=False)])
                 summary.append((f"cached {rep.sizes['big'] / MB:.0f} MB file, {clients} client(s): "
-                                "serve/nginx throughput", f"{ratio:.2f}× ({sm:,.0f} vs {nm:,.0f} MB/s)",
-                                "≥ 0.95×", verdict(ratio >= GOALS["throughput_ratio"])))
+                                "serve/nginx throughput", f"{ratio:.2f}x ({sm:,.0f} vs {nm:,.0f} MB/s)",
+                                "≥ 0.95x", verdict(ratio >= GOALS["throughput_ratio"])))
             else:
                 summary.append((f"cached file, {clients} client(s): serve throughput",
-                                f"{sm:,.0f} MB/s", "≥ 0.95× nginx", "n/a (no nginx)"))
+                                f"{sm:,.0f} MB/s", "≥ 0.95x nginx", "n/a (no nginx)"))
             summary.append((f"cached file, {clients} client(s): serve CPU per GB",
                             f"{cpu:.2f} CPU-s/GB", "≤ 0.4", verdict(cpu <= GOALS["cpu_per_gb"])))
     lat = rep.latencies.get(("serve", 32))
@@ -472,10 +472,10 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
         for clients in (1, 8):
             a, n = rep.transfers.get((alt, clients)), rep.transfers.get(("nginx", clients))
             if a and n:
-                ratio = median([x.mbps / y.mbps for x, y in zip(a, n)])
+                ratio = median([x.mbps / y.mbps for x, y in zip(a, n, strict=False)])
                 summary.append((f"*{alt}*, {clients} client(s): throughput vs nginx, CPU/GB",
-                                f"{ratio:.2f}×, {median([t.cpu_per_gb for t in a]):.2f} CPU-s/GB",
-                                "≥ 0.95×, ≤ 0.4", "(comparison)"))
+                                f"{ratio:.2f}x, {median([t.cpu_per_gb for t in a]):.2f} CPU-s/GB",
+                                "≥ 0.95x, ≤ 0.4", "(comparison)"))
         la = rep.latencies.get((alt, 32))
         if la:
             summary.append((f"*{alt}*: page p99 at 32 clients",
@@ -525,7 +525,7 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
             for name in rep.names[:-1]:
                 s_ = rep.transfers.get((name + suffix, clients))
                 if s_ and n_:
-                    ratios = [a.mbps / b.mbps for a, b in zip(s_, n_)]
+                    ratios = [a.mbps / b.mbps for a, b in zip(s_, n_, strict=False)]
                     rows.append((f"**{name}/nginx**", clients,
                                  " / ".join(f"{x:.2f}" for x in ratios),
                                  f"**{median(ratios):.2f}x**", "", "", "", ""))

@@ -342,6 +342,16 @@ def create_app(server: Server) -> Starlette:
         body = dumps(doc).encode() if ctype == JSON_CONTENT_TYPE else html.root_page(doc).encode()
         return _page(request, body, ctype)
 
+    async def lookup(name: NormalizedName) -> Project | Response:
+        """The routed source's project, or the error response to send instead."""
+        try:
+            _source, project = await server.project(name)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        if project is None:
+            return _error(404, f"no project named {name!r}")
+        return project
+
     async def project_page(request: Request) -> Response:
         raw = request.path_params["project"]
         valid = _valid_name(raw)
@@ -353,12 +363,9 @@ def create_app(server: Server) -> Starlette:
         ctype = negotiate(request.headers.get("accept"))
         if ctype is None:
             return _error(406, "not acceptable: this index serves PEP 691 JSON and PEP 503 HTML")
-        try:
-            _source, project = await server.project(name)
-        except SpacyIndexError as e:
-            return _error(502, str(e))
-        if project is None:
-            return _error(404, f"no project named {name!r}")
+        project = await lookup(name)
+        if isinstance(project, Response):
+            return project
         body, etag = server.render(project, ctype)
         return _page(request, body, ctype, etag=etag)
 
@@ -366,12 +373,9 @@ def create_app(server: Server) -> Starlette:
         name = _valid_name(request.path_params["project"])
         if name is None:
             return _error(404, "not a valid project name")
-        try:
-            _source, project = await server.project(name)
-        except SpacyIndexError as e:
-            return _error(502, str(e))
-        if project is None:
-            return _error(404, f"no project named {name!r}")
+        project = await lookup(name)
+        if isinstance(project, Response):
+            return project
         base = str(request.base_url).rstrip("/")
         doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
         return _page(request, dumps(doc).encode(), "application/json", vary=False)
