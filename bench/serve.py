@@ -66,7 +66,7 @@ from common import (
     wrk_latency,
 )
 
-TOKEN = "ghp_BENCHtokenBENCHtokenBENCH0123456789"
+TOKEN = "fake-ghp-BENCHtokenBENCHtokenBENCH0123456789"
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
               "text/html; q=0.01")
 VERSION = "3.8.50"

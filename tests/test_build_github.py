@@ -13,7 +13,7 @@ from spacy_index.publish import read_tree
 from .fakegithub import FakeGitHub, Fault
 from .htmlparse import parse_anchors
 
-TOKEN = "ghp_FAKEtokenFAKEtokenFAKEtoken0123456789"  # planted: must never leak
+TOKEN = "fake-ghp-FAKEtokenFAKEtokenFAKEtoken0123456789"  # planted: must never leak
 
 
 @pytest.fixture

@@ -238,7 +238,7 @@ def test_range_parsing_stays_inside_the_file(header, size):
 
 
 # --------------------------------------------------------------------------- secrets
-TOKEN = "ghp_HARDENtokenHARDENtokenHARDEN123456789"
+TOKEN = "fake-ghp-HARDENtokenHARDENtokenHARDEN123456789"
 
 
 def test_build_at_debug_never_logs_or_writes_the_token(tmp_path, capsys, caplog):

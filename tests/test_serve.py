@@ -28,7 +28,7 @@ from tests.htmlparse import parse_anchors
 from tests.servers import run_app, write_simple_project
 from tests.wheels import meta_archive
 
-TOKEN = "ghp_SERVEtokenSERVEtokenSERVE0123456789"
+TOKEN = "fake-ghp-SERVEtokenSERVEtokenSERVE0123456789"
 LICENCE_KEY = "LicKey-7c1e/9f+SECRET"  # has characters that get percent-encoded
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "

@@ -69,7 +69,7 @@ def e2e(test):
     return pytest.mark.e2e(pytest.mark.slow(test))
 
 
-TOKEN = "ghp_WORKFLOWStoken0123456789abcdefABCDEF"
+TOKEN = "fake-ghp-WORKFLOWStoken0123456789abcdefABCDEF"
 EXAMPLES = REPO / "examples"
 EXAMPLE_INDEX = "https://spacy-index.example.org/simple/"
 MODEL_VERSION = "3.8.50"
