@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median
+from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median, write_results
 
 BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
 
@@ -286,12 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 fixture="tests/data/spacy-models: 1,099 releases of explosion/spacy-models")
     text = f"## Index build ({'quick' if args.quick else 'full'}, median of {reps})\n\n" + render(data)
     print(text)
-    stem = f"{dt.date.today().isoformat()}-build{'-quick' if args.quick else ''}"
-    res = REPO / "bench" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (res / f"{stem}.md").write_text(text + "\n")
-    log(f"wrote {res / stem}.json/.md")
+    write_results("build", args.quick, data, text)
     return 0
 
 

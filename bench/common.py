@@ -632,3 +632,16 @@ def fmt_bytes(n: float) -> str:
     return f"{n / MiB:.1f} MiB"
 
 
+
+
+def write_results(name: str, quick: bool, data: dict, text: str) -> Path:
+    """Write ``bench/results/<date>-<name>[-quick].json`` and ``.md``; returns the stem path."""
+    import datetime as _dt
+
+    res = REPO / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    stem = res / f"{_dt.date.today().isoformat()}-{name}{'-quick' if quick else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    stem.with_suffix(".md").write_text(text + "\n")
+    log(f"wrote {stem}.json/.md")
+    return stem

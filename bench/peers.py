@@ -64,6 +64,7 @@ from common import (
     spacy_index_serve,
     status_kib,
     wait_http,
+    write_results,
 )
 
 VERSION = "3.8.50"
@@ -395,12 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"## {args.clients} clients, one uncached file ({'quick' if args.quick else 'full'}, "
             f"median of {args.reps})\n\n" + render(data))
     print(text)
-    stem = f"{dt.date.today().isoformat()}-peers{args.tag}{'-quick' if args.quick else ''}"
-    res = REPO / "bench" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (res / f"{stem}.md").write_text(text + "\n")
-    log(f"wrote {res / stem}.json/.md")
+    write_results(f"peers{args.tag}", args.quick, data, text)
     return 0
 
 

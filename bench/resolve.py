@@ -56,6 +56,7 @@ from common import (
     md_table,
     median,
     spacy_index_serve,
+    write_results,
 )
 
 VERSION = "3.8.50"
@@ -337,12 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"## Resolving a {fmt_bytes(data['wheel_bytes'])} pipeline "
             f"({'quick' if args.quick else 'full'}, median of {args.reps})\n\n" + render(data))
     print(text)
-    stem = f"{dt.date.today().isoformat()}-resolve{'-quick' if args.quick else ''}"
-    res = REPO / "bench" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (res / f"{stem}.md").write_text(text + "\n")
-    log(f"wrote {res / stem}.json/.md")
+    write_results("resolve", args.quick, data, text)
     return 0
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import signal
@@ -55,6 +54,7 @@ from common import (
     md_table,
     median,
     spacy_index_serve,
+    write_results,
 )
 
 VERSION = "3.8.50"
@@ -228,12 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"## Second install into a new venv ({'quick' if args.quick else 'full'}, "
             f"median of {args.reps} fresh venvs)\n\n" + render(data))
     print(text)
-    stem = f"{dt.date.today().isoformat()}-second-install{'-quick' if args.quick else ''}"
-    res = REPO / "bench" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (res / f"{stem}.md").write_text(text + "\n")
-    log(f"wrote {res / stem}.json/.md")
+    write_results("second-install", args.quick, data, text)
     return 0
 
 
