@@ -22,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -645,3 +646,24 @@ def write_results(name: str, quick: bool, data: dict, text: str) -> Path:
     stem.with_suffix(".md").write_text(text + "\n")
     log(f"wrote {stem}.json/.md")
     return stem
+
+
+def run_measured(name: str, args: Any, measure: Callable[[Any, Path], dict]) -> dict:
+    """Run ``measure(args, run_dir)`` in a fresh run folder under ``args.work_dir`` (removed
+    afterwards unless ``args.keep``), stop cleanly on SIGTERM, and stamp the result with the
+    bench name, mode, repetitions, start time, duration and machine details."""
+    import datetime as _dt
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=args.work_dir))
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    try:
+        data = measure(args, run_dir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    data.update(bench=name, quick=args.quick, reps=args.reps, started=started,
+                seconds=round(time.monotonic() - t0, 1), machine=machine_info())
+    return data

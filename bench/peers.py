@@ -34,16 +34,12 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,9 +54,9 @@ from common import (
     fmt_bytes,
     free_port,
     log,
-    machine_info,
     md_table,
     median,
+    run_measured,
     spacy_index_serve,
     status_kib,
     wait_http,
@@ -381,18 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="peers-", dir=args.work_dir))
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    try:
-        data = measure(args, run_dir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    data.update(bench="peers", quick=args.quick, reps=args.reps, started=started,
-                seconds=round(time.monotonic() - t0, 1), machine=machine_info())
+    data = run_measured("peers", args, measure)
     text = (f"## {args.clients} clients, one uncached file ({'quick' if args.quick else 'full'}, "
             f"median of {args.reps})\n\n" + render(data))
     print(text)

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,9 +49,9 @@ from common import (
     cached_model,
     fmt_bytes,
     log,
-    machine_info,
     md_table,
     median,
+    run_measured,
     spacy_index_serve,
     write_results,
 )
@@ -323,18 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.clients is None:
         args.clients = ["pip", "pip-compile", "uv"] if args.quick else list(CLIENTS)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="resolve-", dir=args.work_dir))
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    try:
-        data = measure(args, run_dir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    data.update(bench="resolve", quick=args.quick, reps=args.reps, started=started,
-                seconds=round(time.monotonic() - t0, 1), machine=machine_info())
+    data = run_measured("resolve", args, measure)
     text = (f"## Resolving a {fmt_bytes(data['wheel_bytes'])} pipeline "
             f"({'quick' if args.quick else 'full'}, median of {args.reps})\n\n" + render(data))
     print(text)

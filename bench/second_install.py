@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +47,9 @@ from common import (
     cached_model,
     fmt_bytes,
     log,
-    machine_info,
     md_table,
     median,
+    run_measured,
     spacy_index_serve,
     write_results,
 )
@@ -213,18 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
     args.reps = args.reps or (3 if args.quick else 5)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="second-", dir=args.work_dir))
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    try:
-        data = measure(args, run_dir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    data.update(bench="second-install", quick=args.quick, reps=args.reps, started=started,
-                seconds=round(time.monotonic() - t0, 1), machine=machine_info())
+    data = run_measured("second-install", args, measure)
     text = (f"## Second install into a new venv ({'quick' if args.quick else 'full'}, "
             f"median of {args.reps} fresh venvs)\n\n" + render(data))
     print(text)
