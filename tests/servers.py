@@ -11,12 +11,18 @@ from pathlib import Path
 
 import uvicorn
 
+from spacy_index.server.protocol import protocol_class
+
 
 @contextlib.contextmanager
-def run_app(app, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> Iterator[str]:
+def run_app(app, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+            protocol: str | None = None) -> Iterator[str]:
+    """``protocol``: None = the one ``spacy-index serve`` runs (zero-copy files, task-free
+    pages, see ``server/protocol.py``); "h11" = uvicorn's stock protocol (the fallback)."""
+    http = protocol or protocol_class(getattr(app, "fast", None)) or "auto"
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
                             lifespan="on", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                            backlog=512, timeout_graceful_shutdown=5)
+                            backlog=512, timeout_graceful_shutdown=5, http=http, loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -367,6 +367,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
 
     from spacy_index.server.app import build_server, create_app
     from spacy_index.server.config import load_config
+    from spacy_index.server.logbuffer import BufferedStreamHandler
+    from spacy_index.server.protocol import protocol_class
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -389,7 +391,22 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
         ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
         ssl_keyfile=str(args.tls_key) if args.tls_key else None,
         timeout_graceful_shutdown=10, backlog=1024,
+        # httptools with zero-copy files and task-free cached pages (server/protocol.py);
+        # uvicorn's default when that protocol is unavailable. The plain asyncio loop, because
+        # zero-copy needs its loop.sendfile.
+        http=protocol_class(app.fast) or "auto", loop="asyncio",
     )
+    # After uvicorn.Config, which re-configures logging (closing existing handlers): the access
+    # log is written in batches, at most 1 s late, not one write(2) per request.
+    access_handler = BufferedStreamHandler(sys.stderr, interval=1.0)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access_logger = logging.getLogger("spacy_index.access")
+    access_logger.addHandler(access_handler)
+    access_logger.propagate = False
+    # Log records need only their message: skip the caller lookup and thread/process fields
+    # (the logging HOWTO's "Optimization" settings), which cost more than the line itself.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     try:
         uvicorn.Server(uv_config).run()
     except OSError as e:

@@ -29,6 +29,8 @@ def origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
 def redact_url(url: str | httpx.URL) -> str:
     """The URL with any userinfo (``user:password@``) replaced by ``***``."""
     text = str(url)
+    if "@" not in text:
+        return text
     parts = urlsplit(text)
     if "@" not in parts.netloc:
         return text

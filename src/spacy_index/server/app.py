@@ -58,6 +58,7 @@ from spacy_index.render.json_api import dumps, pypi_project_document
 from spacy_index.render.pep691 import JSON_CONTENT_TYPE
 from spacy_index.server.config import ServeConfig, SourceConfig
 from spacy_index.server.negotiate import negotiate
+from spacy_index.server.protocol import ZEROCOPY
 from spacy_index.server.sources import (
     CatalogSource,
     FolderSource,
@@ -142,14 +143,24 @@ class Server:
             from spacy_index.publish_s3 import parse_s3_url
 
             self.s3_location = parse_s3_url(s3_cache)
+        self._routes: dict[str, Source] = {}
         self.located: dict[str, Located] = {}
         self._indexed: dict[str, Project] = {}
         #: rendered pages: (name, content type) -> (project, metadata version, body, etag)
         self.pages: dict[tuple[str, str], tuple[Project, int, bytes, str]] = {}
+        #: the raw headers (no content-length) of each rendered page's 200 answer
+        self._page_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        #: set by create_app: writes the access-log line of a request answered by fast_response
+        self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
 
     def source_for(self, name: NormalizedName) -> Source:
-        cfg = self.config.route(name)
-        return self.sources[cfg.name] if cfg else self.upstream
+        source = self._routes.get(name)
+        if source is None:
+            cfg = self.config.route(name)
+            source = self.sources[cfg.name] if cfg else self.upstream
+            if len(self._routes) < 100_000:  # the config never changes while serving
+                self._routes[name] = source
+        return source
 
     def cache_for(self, source: Source) -> FileCache:
         cache = self._caches.get(source.name)
@@ -190,7 +201,46 @@ class Server:
             body = html.project_page(doc, project.display_name).encode()
         etag = _etag(body)
         self.pages[key] = (project, self.metadata.version, body, etag)
+        self._page_headers[key] = [(k, v) for k, v in _page(None, body, ctype, etag=etag).raw_headers
+                                   if k != b"content-length"]
         return body, etag
+
+    def fast_response(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Answer ``GET /simple/<project>/`` from an already-rendered page, without I/O.
+
+        Called by the server protocol before any task is made (see ``protocol.py``). Returns
+        None, and the request takes the normal route, unless the page is rendered and still
+        current: the routed source's data is fresh, it is the project object the page was
+        rendered from, and no metadata arrived since. The answer is the same bytes and headers
+        the route would send (``_page``).
+        """
+        path = scope["path"]
+        if not path.startswith("/simple/") or not path.endswith("/") or scope["query_string"]:
+            return None
+        name = path[8:-1]
+        accept = if_none_match = None
+        for key, value in scope["headers"]:
+            if key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+        ctype = negotiate(accept)
+        cached = self.pages.get((name, ctype)) if ctype else None  # type: ignore[arg-type]
+        if cached is None or cached[1] != self.metadata.version:
+            return None
+        project = cached[0]
+        if self._indexed.get(project.name) is not project or project.name != name:
+            return None
+        if self.source_for(project.name).peek(project.name) is not project:
+            return None
+        body: bytes = cached[2]
+        status, headers = 200, self._page_headers[(name, ctype)]  # type: ignore[index]
+        if if_none_match is not None and _not_modified(if_none_match, cached[3]):
+            response = _page(if_none_match, body, ctype, etag=cached[3])  # type: ignore[arg-type]
+            status, headers, body = 304, response.raw_headers, b""
+        if self.log_fast is not None:
+            self.log_fast(scope, status, len(body))
+        return status, headers, body
 
     async def locate(self, filename: str) -> Located | None:
         found = self.located.get(filename)
@@ -231,13 +281,14 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def _not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match", "")
+def _not_modified(request: Request | str | None, etag: str) -> bool:
+    header = (request.headers.get("if-none-match") if isinstance(request, Request) else request) or ""
     return any(tag.strip().removeprefix("W/") == etag for tag in header.split(",")) or header.strip() == "*"
 
 
-def _page(request: Request, body: bytes, media_type: str, *, vary: bool = True,
+def _page(request: Request | str | None, body: bytes, media_type: str, *, vary: bool = True,
           etag: str | None = None) -> Response:
+    """A page answer; ``request`` may also be just its If-None-Match header."""
     etag = etag or _etag(body)
     headers = {"ETag": etag, "Cache-Control": f"max-age={PAGE_MAX_AGE}"}
     if vary:
@@ -281,6 +332,29 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return (start, min(end, size - 1))
 
 
+class FileSpanResponse(Response):
+    """``length`` bytes of ``path`` from ``start``: with the ASGI zero-copy extension when the
+    server offers it (``sendfile(2)``, see ``protocol.py``), else in 1 MiB reads off the loop."""
+
+    def __init__(self, path: Path, start: int, length: int, *, status_code: int,
+                 headers: dict[str, str], media_type: str) -> None:
+        super().__init__(None, status_code=status_code, headers=headers, media_type=media_type)
+        self.path, self.start, self.length = path, start, length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if ZEROCOPY not in scope.get("extensions", {}):
+            stream = StreamingResponse(_file_body(self.path, self.start, self.length),
+                                       status_code=self.status_code)
+            stream.raw_headers = self.raw_headers
+            await stream(scope, receive, send)
+            return
+        with open(self.path, "rb") as f:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            await send({"type": ZEROCOPY, "file": f, "offset": self.start, "count": self.length,
+                        "more_body": False})
+
+
 async def _file_body(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -315,8 +389,8 @@ def file_response(request: Request, path: Path, etag: str, *, media_type: str) -
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media_type)
-    return StreamingResponse(_file_body(path, start, length), status_code=status,
-                             headers=headers, media_type=media_type)
+    return FileSpanResponse(path, start, length, status_code=status, headers=headers,
+                            media_type=media_type)
 
 
 def _media_type(filename: str) -> str:
@@ -498,7 +572,11 @@ def create_app(server: Server) -> Starlette:
         await server.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    return AccessLog(app)  # type: ignore[return-value]
+    logged = AccessLog(app)
+    server.log_fast = logged.log_fast
+    #: for the server protocol (``protocol.protocol_class``): pages answered without a task
+    logged.fast = server.fast_response
+    return logged  # type: ignore[return-value]
 
 
 async def _fetch_metadata(server: Server, found: Located) -> bytes:
@@ -534,6 +612,14 @@ class AccessLog:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.fast: Callable[[dict[str, Any]], Any] | None = None
+
+    @staticmethod
+    def log_fast(scope: dict[str, Any], status: int, sent: int) -> None:
+        """The line for a request the protocol answered itself (no task, so no timing)."""
+        if access.isEnabledFor(logging.INFO):
+            access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
+                        status, sent if scope["method"] != "HEAD" else 0, "-", 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 
 #: What we can send, in our order of preference when the client ranks them equally.
@@ -29,6 +31,7 @@ def _parse(accept: str) -> list[tuple[str, float, int]]:
     return ranges
 
 
+@lru_cache(maxsize=512)
 def negotiate(accept: str | None) -> str | None:
     """The content type to send for ``accept``, or ``None`` for 406.
 

@@ -40,6 +40,10 @@ class Source(Protocol):
 
     async def project(self, name: NormalizedName) -> Project | None: ...
 
+    def peek(self, name: NormalizedName) -> Project | None:
+        """The project when it is known to be current without any I/O, else None."""
+        ...
+
     async def project_names(self) -> list[str]: ...
 
     async def aclose(self) -> None: ...
@@ -151,6 +155,12 @@ class CatalogSource:
     async def project(self, name: NormalizedName) -> Project | None:
         return (await self.catalog()).projects.get(name)
 
+    def peek(self, name: NormalizedName) -> Project | None:
+        """The project if the catalog is loaded and fresh (no I/O, no refresh), else None."""
+        if self._catalog is None or time.monotonic() - self._loaded_at >= self._refresh:
+            return None
+        return self._catalog.projects.get(name)
+
     async def project_names(self) -> list[str]:
         return [p.display_name for p in (await self.catalog()).projects.values()]
 
@@ -200,6 +210,9 @@ class FolderSource:
 
     async def project(self, name: NormalizedName) -> Project | None:
         return (await asyncio.to_thread(self._scan)).projects.get(name)
+
+    def peek(self, name: NormalizedName) -> Project | None:
+        return None  # a folder can change at any time: always rescan
 
     async def project_names(self) -> list[str]:
         return [p.display_name for p in (await asyncio.to_thread(self._scan)).projects.values()]
@@ -355,6 +368,13 @@ class IndexSource:
             return _Cached(time.monotonic(), None, {})
         catalog = Catalog.from_distributions(dists)
         return _Cached(time.monotonic(), catalog.projects[name], files)
+
+    def peek(self, name: NormalizedName) -> Project | None:
+        """The project if its page is cached and within the TTL (no I/O), else None."""
+        cached = self._pages.get(f"{'' if self.flat else name}|{name}")
+        if cached is None or time.monotonic() - cached.fetched >= self.ttl:
+            return None
+        return cached.project
 
     async def project(self, name: NormalizedName) -> Project | None:
         key = "" if self.flat else name
