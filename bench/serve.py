@@ -87,8 +87,9 @@ class Plan:
     big_pad: int  # throughput file (scenario 1 a-c and 2)
     huge_pad: int  # RSS file (scenario 4)
     compile_pad: int  # pip-compile target (scenario 1 d)
-    page_requests: int
+    page_requests: int  #: per level, only for the Python fallback client (no wrk)
     reps: int
+    page_seconds: int = 5  #: length of one wrk run per server and level
     transfer_timeout: float = 300
     quiet_wait: float = 20.0  #: longest wait for a quiet machine before one repetition
     quiet_budget: float = 600.0  #: total waiting allowed per run
@@ -282,45 +283,48 @@ def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], 
 
 # --------------------------------------------------------------------------- scenario 3
 def scenario_latency(rep: Report, servers: dict[str, tuple[str, list[int]]], project: str,
-                     work: Path) -> None:
+                     work: Path, *, cross_check: bool = False) -> None:
+    """p50/p99 at 1, 8 and 32 clients. ``cross_check``: also 32 clients with two wrk threads
+    (the client this bench used before), reported beside the main numbers."""
     use_wrk = shutil.which("wrk") is not None
-    n = rep.plan.page_requests
+    n, secs = rep.plan.page_requests, rep.plan.page_seconds
     rep.latency_client = (
-        "wrk 4.1 (C, epoll, keep-alive, `-t min(2,C)`), exact µs percentiles from a Lua "
-        f"`done()`; each level runs for a duration calibrated (1 s warm-up run) to ≈ {n:,} "
-        "requests on that server, at least 1 s and at most 10 s (so nginx does more)"
+        f"wrk 4.1 (C, epoll, keep-alive, one thread: `-t 1`), exact µs percentiles from a Lua "
+        f"`done()`; each run lasts {secs} s per server and level"
         if use_wrk else
         f"bench/loadgen.py pages (Python asyncio, keep-alive, {n:,} requests per level; wrk "
         "is not installed: this client is slower and shares the CPU)")
-    for clients in (1, 8, 32):
-        seconds: dict[str, int] = {}
-        for name, (url, pids) in servers.items():
+    levels = [(c, 1) for c in (1, 8, 32)]
+    if cross_check and use_wrk:
+        levels.append((32, 2))
+    for clients, threads in levels:
+        for url, pids in servers.values():  # warm-up: connections, caches
             if use_wrk:
-                warm = wrk_latency(f"{url}/simple/{project}/", clients, 1, accept=PIP_ACCEPT,
-                                   server_pids=pids, work=work)
-                seconds[name] = max(1, min(10, round(n / max(warm.rps, 1.0))))
+                wrk_latency(f"{url}/simple/{project}/", clients, 1, accept=PIP_ACCEPT,
+                            server_pids=pids, work=work, threads=threads)
             else:
                 loadgen_latency(f"{url}/simple/{project}/", clients, 200, accept=PIP_ACCEPT,
                                 server_pids=pids)
         for r in range(rep.plan.reps):
             quiet(rep)
             for name, (url, pids) in servers.items():
+                label = name if threads == 1 else f"{name}, wrk -t {threads}"
                 if use_wrk:
                     lat = measured(rep, functools.partial(
-                        wrk_latency, f"{url}/simple/{project}/", clients, seconds[name],
-                        accept=PIP_ACCEPT, server_pids=pids, work=work), f"{name} x{clients}")
+                        wrk_latency, f"{url}/simple/{project}/", clients, secs,
+                        accept=PIP_ACCEPT, server_pids=pids, work=work, threads=threads),
+                        f"{label} x{clients}")
                 else:
                     lat = measured(rep, functools.partial(
                         loadgen_latency, f"{url}/simple/{project}/", clients, n,
-                        accept=PIP_ACCEPT, server_pids=pids), f"{name} x{clients}")
-                rep.latencies.setdefault((name, clients), []).append(lat)
-                log(f"  rep {r + 1} {name} x{clients}: {lat.requests} req, p50 {lat.p50_ms:.2f} ms, "
+                        accept=PIP_ACCEPT, server_pids=pids), f"{label} x{clients}")
+                rep.latencies.setdefault((label, clients), []).append(lat)
+                log(f"  rep {r + 1} {label} x{clients}: {lat.requests} req, p50 {lat.p50_ms:.2f} ms, "
                     f"p99 {lat.p99_ms:.2f} ms, {lat.rps:,.0f} req/s, "
                     f"{lat.cpu_us_per_req:.0f} CPU-µs/req, {lat.errors} errors, "
                     f"other {lat.other_cores:.2f} cores")
 
 
-# --------------------------------------------------------------------------- scenario 4
 def scenario_rss(rep: Report, gh, url: str, pid: int, huge, *, cached: bool) -> list[Transfer]:
     size = huge.wheel.stat().st_size
     target = f"{url}/files/{huge.wheel.name}"
@@ -468,6 +472,12 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
         p99 = median([x.p99_ms for x in lat])
         summary.append(("project page p99 at 32 clients", f"{p99:.2f} ms", "≤ 3 ms",
                         verdict(p99 <= GOALS["p99_ms_32"])))
+        for name in ("nginx", "serve, wrk -t 2", "nginx, wrk -t 2"):
+            other = rep.latencies.get((name, 32))
+            if other:
+                summary.append((f"*{name}*: page p99 at 32 clients",
+                                f"{median([x.p99_ms for x in other]):.2f} ms", "≤ 3 ms",
+                                "(reference)"))
     for alt in rep.names[1:-1]:  # --compare-python: the same goals, for information
         for clients in (1, 8):
             a, n = rep.transfers.get((alt, clients)), rep.transfers.get(("nginx", clients))
@@ -536,8 +546,10 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
                                  "other load, cores"], rows) + "\n")
     # ------------------------------------------------------------------ 3
     out.append("## 3. Project-page latency: `GET /simple/<project>/` with pip's Accept header\n")
-    out.append(f"Client: {rep.latency_client}. Target {p.page_requests:,} requests per level "
-               "and repetition; `requests` below is the total over the repetitions. serve runs "
+    out.append(f"Client: {rep.latency_client}. `requests` below is the total over the "
+               "repetitions. The `wrk -t 2` rows are a cross-check with two client threads (the "
+               "client of earlier reports): three busy threads on 2 cores, which lengthens "
+               "every server's tail. serve runs "
                "with `--log-level warning` (no access log, like nginx's `access_log off`); the "
                "`log-level info` rows are a second serve process with the CLI's default level, "
                "which writes one access-log line per request. nginx serves a static "
@@ -545,7 +557,8 @@ def render(rep: Report, machine: list[tuple[str, str]], started: str, argv: list
                "CPU-seconds / requests.\n")
     rows = []
     for clients in (1, 8, 32):
-        for name in (*rep.names[:-1], "serve (log-level info)", rep.names[-1]):
+        names = (*rep.names[:-1], "serve (log-level info)", rep.names[-1])
+        for name in (*names, *(f"{x}, wrk -t 2" for x in names)):
             ls = rep.latencies.get((name, clients))
             if not ls:
                 continue
@@ -627,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                 huge_pad=(50 if args.quick else 500) * MB,
                 compile_pad=(5 if args.quick else 20) * MB,
                 page_requests=1000 if args.quick else 2000,
+                page_seconds=2 if args.quick else 5,
                 quiet_wait=3.0 if args.quick else 20.0,
                 quiet_budget=15.0 if args.quick else 600.0,
                 tries=1 if args.quick else 3)
@@ -727,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
 
             log("scenario 3: project-page latency")
             t = time.monotonic()
-            scenario_latency(rep, servers, big.normalized_name, run_dir)
+            scenario_latency(rep, servers, big.normalized_name, run_dir, cross_check=True)
             # the default --log-level (info) writes one access-log line per request
             with spacy_index_serve(cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
                                    api_url=gh.api_url, token=TOKEN, log_dir=run_dir,

@@ -156,6 +156,27 @@ def test_pipelined_requests_are_answered_in_order(world):
     assert data.index(sm.wheel.read_bytes()[:10]) < data.index(b'"files"') < data.index(b'"status"')
 
 
+def test_connection_close_and_http10_on_cached_pages(world):
+    _server, app = world["make"]()
+    answered = _counting(app)
+    with run_app(app) as url:
+        httpx.get(url + "/simple/en-core-web-sm/", headers={"Accept": JSON})  # render it
+        port = int(url.rsplit(":", 1)[1])
+        page = f"GET /simple/en-core-web-sm/ HTTP/1.1\r\nHost: x\r\nAccept: {JSON}\r\n"
+        for raw, closes in (((page + "\r\n") * 2 + page + "Connection: close\r\n\r\n", True),
+                            (f"GET /simple/en-core-web-sm/ HTTP/1.0\r\nAccept: {JSON}\r\n\r\n", True)):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(raw.encode())
+                data = b""
+                while chunk := s.recv(65536):  # ends: the server closed the connection
+                    data += chunk
+            n = raw.count("GET ")
+            assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200"] * n
+            assert data.count(b'"name":"en-core-web-sm"') == n
+            assert data.lower().count(b"connection: close") == 1 and closes
+    assert len(answered) == 4  # every page after the first render came from the fast path
+
+
 @pytest.mark.parametrize("protocol", [None, "h11"], ids=["zero-copy", "stock"])
 def test_files_whole_ranges_and_head_are_byte_exact(world, protocol):
     _server, app = world["make"]()

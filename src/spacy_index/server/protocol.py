@@ -33,10 +33,14 @@ FastResponder = Callable[[dict[str, Any]], "tuple[int, list[tuple[bytes, bytes]]
 
 ZEROCOPY = "http.response.zerocopysend"
 
+#: (id(headers), keep-alive, head only) -> (headers, default headers, body length, bytes)
+_HEADS: dict[tuple[int, bool, bool], tuple[Any, Any, int, bytes]] = {}
+
 
 def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] | None:
     """A subclass of uvicorn's ``HttpToolsProtocol`` with zero-copy send and ``fast``."""
     try:
+        import httptools
         from uvicorn.protocols.http.httptools_impl import (
             STATUS_LINE,
             HttpToolsProtocol,
@@ -44,40 +48,86 @@ def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] 
         )
     except ImportError:  # httptools missing
         return None
-    if not hasattr(HttpToolsProtocol, "_start_asgi_task") or not hasattr(
+    needed = ("_start_asgi_task", "on_headers_complete", "on_response_complete")
+    if not all(hasattr(HttpToolsProtocol, n) for n in needed) or not hasattr(
             RequestResponseCycle, "send"):
         return None
 
     class Protocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        def on_headers_complete(self) -> None:
+            # Keep-alive requests after the first: try the cached answer before uvicorn builds
+            # a request cycle. Only in order (no response in progress, nothing pipelined) and
+            # only for plain paths; anything else takes uvicorn's way (and _start_asgi_task).
+            cycle = self.cycle
+            if (fast is not None and cycle is not None and cycle.response_complete
+                    and not self.pipeline and not self.root_path
+                    and not self.parser.should_upgrade()):
+                method = self.parser.get_method()
+                if method == b"GET" or method == b"HEAD":
+                    url = httptools.parse_url(self.url)
+                    raw_path = url.path
+                    if not url.query and b"%" not in raw_path:
+                        version = self.parser.get_http_version()
+                        scope = self.scope
+                        scope["method"] = method.decode("ascii")
+                        scope["path"] = raw_path.decode("ascii")
+                        scope["raw_path"] = raw_path
+                        scope["query_string"] = b""
+                        if version != "1.1":
+                            scope["http_version"] = version
+                        answer = fast(scope)
+                        if answer is not None:
+                            keep_alive = version != "1.0" and self.parser.should_keep_alive()
+                            self._write_fast(scope["method"], keep_alive,
+                                             self.server_state.default_headers, *answer)
+                            self.on_response_complete()
+                            return
+            super().on_headers_complete()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             scope = cycle.scope
             if fast is not None and scope.get("method") in ("GET", "HEAD"):
                 answer = fast(scope)
                 if answer is not None:
-                    self._write_fast(cycle, *answer)
+                    cycle.response_started = cycle.response_complete = True
+                    self._write_fast(scope["method"], cycle.keep_alive, cycle.default_headers,
+                                     *answer)
+                    cycle.on_response()
                     return
             if self.transport.get_extra_info("sslcontext") is None:
                 scope["extensions"] = {**scope.get("extensions", {}), ZEROCOPY: {}}
                 cycle.send = _zerocopy_send(cycle, cycle.send, self.loop)
             super()._start_asgi_task(cycle, app)
 
-        def _write_fast(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]],
-                        body: bytes) -> None:
-            parts = [STATUS_LINE[status]]
-            for name, value in (*cycle.default_headers, *headers):
-                parts += (name, b": ", value, b"\r\n")
-            if not cycle.keep_alive:
-                parts.append(b"connection: close\r\n")
-            if status not in (204, 304):
-                parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
-            parts.append(b"\r\n")
-            if cycle.scope["method"] != "HEAD" and status not in (204, 304):
-                parts.append(body)
-            cycle.response_started = cycle.response_complete = True
-            self.transport.write(b"".join(parts))
-            if not cycle.keep_alive:
+        def _write_fast(self, method: str, keep_alive: bool, default_headers: Any, status: int,
+                        headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            head_only = method == "HEAD" or status in (204, 304)
+            # The status line and headers of a 200 are the same bytes until the page is
+            # re-rendered (a new headers list) or the date changes (uvicorn swaps
+            # default_headers once a second): built once, then reused. The cache holds the
+            # lists it compares by identity, so their ids cannot be reused meanwhile.
+            key = (id(headers), keep_alive, head_only)
+            hit = _HEADS.get(key) if status == 200 else None
+            if hit is not None and hit[0] is headers and hit[1] is default_headers \
+                    and hit[2] == len(body):
+                head = hit[3]
+            else:
+                parts = [STATUS_LINE[status]]
+                for name, value in (*default_headers, *headers):
+                    parts += (name, b": ", value, b"\r\n")
+                if not keep_alive:
+                    parts.append(b"connection: close\r\n")
+                if status not in (204, 304):
+                    parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+                parts.append(b"\r\n")
+                head = b"".join(parts)
+                if status == 200:
+                    if len(_HEADS) >= 4096:
+                        _HEADS.clear()
+                    _HEADS[key] = (headers, default_headers, len(body), head)
+            self.transport.write(head if head_only else head + body)
+            if not keep_alive:
                 self.transport.close()
-            cycle.on_response()
 
     Protocol.__name__ = Protocol.__qualname__ = "SpacyIndexHttpProtocol"
     return Protocol
