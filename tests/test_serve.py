@@ -15,6 +15,7 @@ import sys
 import tarfile
 import threading
 import zipfile
+from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -71,8 +72,8 @@ def tiny_wheel(name: str, version: str) -> bytes:
 class _LicensedHandler(http.server.BaseHTTPRequestHandler):
     """A Prodigy-like private find-links host: the licence key is the basic-auth username."""
 
-    files: dict[str, bytes] = {}
-    seen_auth: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    seen_auth: ClassVar[list[str]] = []
 
     def log_message(self, *args):
         pass
@@ -184,7 +185,7 @@ def test_negotiation_redirect_etag(world):
         etag = r.headers["etag"]
         assert c.get("/simple/en-core-web-sm/", headers={"Accept": PIP_ACCEPT, "If-None-Match": etag}).status_code == 304
         h = c.get("/simple/en-core-web-sm/", headers={"Accept": "text/html"})
-        (attrs, text), = parse_anchors(h.text).anchors
+        (attrs, _text), = parse_anchors(h.text).anchors
         assert attrs["href"].endswith("#sha256=" + world["sm"].sha256)
         assert attrs["data-core-metadata"] == attrs["data-dist-info-metadata"]
         assert c.get("/simple/en-core-web-sm/", headers={"Accept": "application/xml"}).status_code == 406

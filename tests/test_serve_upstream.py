@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import zipfile
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
     mode = "ok"
     wheel = small_wheel()
-    log: list[str] = []
+    log: ClassVar[list[str]] = []
 
     def log_message(self, *args):
         pass

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -133,6 +134,19 @@ def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] 
     return Protocol
 
 
+def _cork(transport: asyncio.BaseTransport, on: bool) -> bool:
+    """Set TCP_CORK (Linux) on the connection's socket; False where there is none."""
+    option = getattr(socket, "TCP_CORK", None)
+    sock = transport.get_extra_info("socket")
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1 if on else 0)
+    except OSError:
+        return False
+    return True
+
+
 def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractEventLoop):
     """Wrap ``cycle.send`` so it also understands ``http.response.zerocopysend``."""
 
@@ -163,7 +177,12 @@ def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractE
         else:
             cycle.expected_content_length -= count
         try:
+            # Full segments while the file goes out, flushed when uncorked: nginx's
+            # `tcp_nopush on` with sendfile (asyncio sets TCP_NODELAY on every connection).
+            corked = _cork(transport, True)
             await loop.sendfile(transport, file, offset, count)
+            if corked:
+                _cork(transport, False)
         except (OSError, RuntimeError) as e:
             # the client went away mid-file (EPIPE/ECONNRESET, or the transport closed)
             log.debug("sendfile stopped: %s", type(e).__name__)
