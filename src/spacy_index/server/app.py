@@ -146,10 +146,10 @@ class Server:
         self._routes: dict[str, Source] = {}
         self.located: dict[str, Located] = {}
         self._indexed: dict[str, Project] = {}
-        #: rendered pages: (name, content type) -> (project, metadata version, body, etag)
-        self.pages: dict[tuple[str, str], tuple[Project, int, bytes, str]] = {}
-        #: the raw headers (no content-length) of each rendered page's 200 answer
-        self._page_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        #: rendered pages: (name, content type) -> (project, metadata version, body, etag,
+        #: the raw headers of the 200 answer without content-length)
+        self.pages: dict[tuple[str, str], tuple[Project, int, bytes, str,
+                                                list[tuple[bytes, bytes]]]] = {}
         #: set by create_app: writes the access-log line of a request answered by fast_response
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
 
@@ -200,9 +200,9 @@ class Server:
         else:
             body = html.project_page(doc, project.display_name).encode()
         etag = _etag(body)
-        self.pages[key] = (project, self.metadata.version, body, etag)
-        self._page_headers[key] = [(k, v) for k, v in _page(None, body, ctype, etag=etag).raw_headers
-                                   if k != b"content-length"]
+        headers = [(k, v) for k, v in _page(None, body, ctype, etag=etag).raw_headers
+                   if k != b"content-length"]
+        self.pages[key] = (project, self.metadata.version, body, etag, headers)
         return body, etag
 
     def fast_response(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
@@ -228,15 +228,14 @@ class Server:
         cached = self.pages.get((name, ctype)) if ctype else None  # type: ignore[arg-type]
         if cached is None or cached[1] != self.metadata.version:
             return None
-        project = cached[0]
+        project, _version, body, etag, headers = cached
         if self._indexed.get(project.name) is not project or project.name != name:
             return None
         if self.source_for(project.name).peek(project.name) is not project:
             return None
-        body: bytes = cached[2]
-        status, headers = 200, self._page_headers[(name, ctype)]  # type: ignore[index]
-        if if_none_match is not None and _not_modified(if_none_match, cached[3]):
-            response = _page(if_none_match, body, ctype, etag=cached[3])  # type: ignore[arg-type]
+        status = 200
+        if if_none_match is not None and _not_modified(if_none_match, etag):
+            response = _page(if_none_match, body, ctype, etag=etag)  # type: ignore[arg-type]
             status, headers, body = 304, response.raw_headers, b""
         if self.log_fast is not None:
             self.log_fast(scope, status, len(body))
@@ -615,11 +614,15 @@ class AccessLog:
         self.fast: Callable[[dict[str, Any]], Any] | None = None
 
     @staticmethod
-    def log_fast(scope: dict[str, Any], status: int, sent: int) -> None:
+    def line(scope: Scope, status: int, sent: int, cache: str, seconds: float) -> None:
+        access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
+                    status, sent, cache, seconds)
+
+    @classmethod
+    def log_fast(cls, scope: dict[str, Any], status: int, sent: int) -> None:
         """The line for a request the protocol answered itself (no task, so no timing)."""
         if access.isEnabledFor(logging.INFO):
-            access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
-                        status, sent if scope["method"] != "HEAD" else 0, "-", 0.0)
+            cls.line(scope, status, sent if scope["method"] != "HEAD" else 0, "-", 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -641,9 +644,8 @@ class AccessLog:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            cache = scope["state"].get("cache", "-")
-            access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
-                        status or 499, sent, cache, time.perf_counter() - start)
+            self.line(scope, status or 499, sent, scope["state"].get("cache", "-"),
+                      time.perf_counter() - start)
 
 
 def build_server(
