@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import pytest
 import uvicorn
 
 from spacy_index.server.protocol import protocol_class
@@ -53,3 +56,31 @@ def write_simple_project(root: Path, name: str, files: dict[str, bytes], *, dirn
     (page_dir / "index.html").write_text(
         "<!DOCTYPE html><html><body>\n" + "\n".join(links) + "\n</body></html>\n"
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, *, attempts: int = 400) -> None:
+    """Poll ``base/health`` (a server started as a subprocess) until it answers 200."""
+    for _ in range(attempts):
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(base + "/health").status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{base} did not become healthy")
+
+
+def tls_files(folder: Path) -> tuple[str, str, str]:
+    """A throwaway CA and a 127.0.0.1 certificate (trustme): cert, key and CA files."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_pem, key_pem, ca_pem = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return str(cert_pem), str(key_pem), str(ca_pem)

@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,7 +31,7 @@ from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
 from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub
-from tests.servers import run_app, write_simple_project
+from tests.servers import free_port, run_app, wait_healthy, write_simple_project
 from tests.wheels import meta_archive
 
 # --------------------------------------------------------------------------- kill -9 publish
@@ -259,12 +258,6 @@ def test_build_at_debug_never_logs_or_writes_the_token(tmp_path, capsys, caplog)
 
 
 # --------------------------------------------------------------------------- soak
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -276,18 +269,14 @@ def _rss_kib(pid: int) -> int:
 def test_soak_32_clients_pages_and_files(small_world, tmp_path):
     seconds = float(os.environ.get("SPACY_INDEX_SOAK_SECONDS", "120"))
     gh, sm = small_world["gh"], small_world["sm"]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GITHUB_API_URL": gh.api_url, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "c")}
     proc = subprocess.Popen([sys.executable, "-m", "spacy_index", "serve", "--port", str(port),
                              "--upstream", "http://127.0.0.1:9/simple/", "--log-level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            time.sleep(0.05)
+        wait_healthy(base, attempts=200)
         httpx.get(f"{base}/files/{sm.wheel.name}", timeout=60)  # warm the file cache
         latencies: list[float] = []
         errors: list[str] = []

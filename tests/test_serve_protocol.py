@@ -3,7 +3,6 @@ give the same bytes and headers as uvicorn's stock protocol, over real HTTP on l
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -24,7 +23,7 @@ from spacy_index.server.config import load_config
 from spacy_index.server.logbuffer import BufferedStreamHandler
 from spacy_index.server.protocol import ZEROCOPY, protocol_class
 from tests.fakegithub import FakeGitHub
-from tests.servers import run_app
+from tests.servers import free_port, run_app, tls_files, wait_healthy
 from tests.wheels import meta_archive
 
 TOKEN = "fake-ghp-PROTOCOLtokenPROTOCOL0123456789"
@@ -224,7 +223,6 @@ def test_a_client_leaving_mid_file_does_not_hurt_the_next(world, tmp_path):
 
 
 def test_zero_copy_is_offered_on_plain_tcp_only(tmp_path):
-    trustme = pytest.importorskip("trustme")
     seen: list[bool] = []
 
     async def app(scope, receive, send):
@@ -237,29 +235,18 @@ def test_zero_copy_is_offered_on_plain_tcp_only(tmp_path):
     assert protocol_class() is not None  # httptools is a dependency: the real protocol runs
     with run_app(app) as url:
         httpx.get(url)
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_pem, key_pem, ca_pem = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_pem)
-    cert.private_key_pem.write_to_path(key_pem)
-    ca.cert_pem.write_to_path(ca_pem)
-    with run_app(app, ssl_certfile=str(cert_pem), ssl_keyfile=str(key_pem)) as url:
-        httpx.get(url, verify=ssl.create_default_context(cafile=str(ca_pem)))
+    cert, key, ca = tls_files(tmp_path)
+    with run_app(app, ssl_certfile=cert, ssl_keyfile=key) as url:
+        httpx.get(url, verify=ssl.create_default_context(cafile=ca))
     assert seen == [True, False]
 
 
 def test_tls_files_still_stream_correctly(world, tmp_path):
-    trustme = pytest.importorskip("trustme")
     _server, app = world["make"]()
     sm = world["sm"]
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_pem, key_pem, ca_pem = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(cert_pem)
-    cert.private_key_pem.write_to_path(key_pem)
-    ca.cert_pem.write_to_path(ca_pem)
-    with run_app(app, ssl_certfile=str(cert_pem), ssl_keyfile=str(key_pem)) as url, \
-            httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(ca_pem))) as c:
+    cert, key, ca = tls_files(tmp_path)
+    with run_app(app, ssl_certfile=cert, ssl_keyfile=key) as url, \
+            httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca)) as c:
         path = f"/files/{sm.wheel.name}"
         c.get(path)
         assert hashlib.sha256(c.get(path).content).hexdigest() == sm.sha256
@@ -293,9 +280,7 @@ def test_buffered_access_log_keeps_every_line_in_order():
 
 def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
     gh = world["gh"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GITHUB_API_URL": gh.api_url, "GITHUB_TOKEN": TOKEN,
            "SPACY_INDEX_CACHE_DIR": str(tmp_path / "cache")}
     log_path = tmp_path / "serve.log"
@@ -305,11 +290,7 @@ def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(400):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            time.sleep(0.05)
+        wait_healthy(base)
         for _ in range(5):  # the first is routed and rendered, the others answered by the protocol
             assert httpx.get(base + "/simple/en-core-web-sm/", headers={"Accept": JSON}).status_code == 200
         wanted = "GET /simple/en-core-web-sm/ 200 "

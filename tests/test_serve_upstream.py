@@ -22,7 +22,7 @@ import pytest
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from tests.fakegithub import FakeGitHub
-from tests.servers import run_app
+from tests.servers import run_app, tls_files
 
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
               "text/html; q=0.01")
@@ -181,13 +181,7 @@ def test_access_log_has_one_line_per_request(served, caplog):
 
 @pytest.mark.e2e
 def test_tls_lets_pip_use_its_cache(tmp_path, client_env):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
-    cert.private_key_pem.write_to_path(str(key_pem))
-    ca.cert_pem.write_to_path(str(ca_pem))
+    cert_pem, key_pem, ca_pem = tls_files(tmp_path)
     with FakeGitHub(load_fixture=False) as gh, upstream() as up:
         config = load_config(None, {}, upstream=up + "/simple/")
         server = build_server(config, cache_dir=tmp_path / "cache", api_url=gh.api_url, token=None)
