@@ -27,14 +27,11 @@ and .md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from html.parser import HTMLParser
@@ -42,7 +39,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table, median, write_results
+from common import (
+    REPO,
+    VENV_BIN,
+    fmt_bytes,
+    log,
+    md_table,
+    median,
+    run_measured,
+    write_results,
+)
 
 BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
 
@@ -269,20 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    reps = args.reps or (3 if args.quick else 5)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="build-", dir=args.work_dir))
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    try:
-        data = measure(reps, run_dir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    data.update(bench="build", quick=args.quick, reps=reps, started=started,
-                seconds=round(time.monotonic() - t0, 1), machine=machine_info(),
-                fixture="tests/data/spacy-models: 1,099 releases of explosion/spacy-models")
+    args.reps = reps = args.reps or (3 if args.quick else 5)
+    data = run_measured("build", args, lambda a, run_dir: measure(a.reps, run_dir))
+    data.update(fixture="tests/data/spacy-models: 1,099 releases of explosion/spacy-models")
     text = f"## Index build ({'quick' if args.quick else 'full'}, median of {reps})\n\n" + render(data)
     print(text)
     write_results("build", args.quick, data, text)
