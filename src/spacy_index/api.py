@@ -86,6 +86,7 @@ def fetch_catalog(
     retries: int = 4,
     client: httpx.Client | None = None,
     notify: Notify = _quiet,
+    ca_bundle: str | None = None,
 ) -> FetchResult:
     """Every distribution of ``repo``'s releases, with sha256 and requirements where known.
 
@@ -111,7 +112,8 @@ def fetch_catalog(
     store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None)
     own_client = client is None
     if client is None:
-        client = make_client(auth=OriginBearerAuth(token, api_url) if token else None)
+        client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,
+                             ca_bundle=ca_bundle)
     try:
         gh = GitHubReleases(
             repo, client=client, store=store, api_url=api_url, authenticated=bool(token),
@@ -228,6 +230,7 @@ def build_index(
     base_url: str | None = None,
     notify: Notify = _quiet,
     s3_endpoint_url: str | None = None,
+    ca_bundle: str | None = None,
 ) -> BuildResult:
     """Filter ``catalog`` and publish it to ``out`` atomically.
 
@@ -240,7 +243,7 @@ def build_index(
     if mirror_cache is not None:
         from spacy_index.mirror import mirror
 
-        mirrored = mirror(selected, mirror_cache, notify=notify)
+        mirrored = mirror(selected, mirror_cache, notify=notify, ca_bundle=ca_bundle)
         selected = mirrored.catalog
         extra = mirrored.files
         for warning in mirrored.warnings:
@@ -273,13 +276,15 @@ def snapshot_from_live(
     max_wait: float = 60.0,
     client: httpx.Client | None = None,
     notify: Notify = _quiet,
+    ca_bundle: str | None = None,
 ) -> tuple[snapshots.Snapshot, RequestStats]:
     """Read every release (and spacy-models' meta files) live into a new snapshot."""
     api_url = api_url.rstrip("/")
     store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None)
     own_client = client is None
     if client is None:
-        client = make_client(auth=OriginBearerAuth(token, api_url) if token else None)
+        client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,
+                             ca_bundle=ca_bundle)
     try:
         gh = GitHubReleases(
             repo, client=client, store=store, api_url=api_url, authenticated=bool(token),

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import httpx
 
 from spacy_index.errors import DigestMismatch, SpacyIndexError, UpstreamError
-from spacy_index.http import redact_url
+from spacy_index.http import describe_error, redact_url
 
 try:
     import fcntl
@@ -232,9 +232,7 @@ def _strerror(exc: OSError) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    text = _USERINFO.sub("***@", text)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return _USERINFO.sub("***@", describe_error(exc).splitlines()[0])
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:

@@ -73,12 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--pre", action="store_true", help="allow pre-release pipelines")
     i.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
     i.add_argument("--cache-dir", type=Path, metavar="DIR")
+    _tls_arg(i)
 
     ls = sub.add_parser("list", help="list pipelines, versions, sizes and compatible spaCy versions")
     ls.add_argument("--spacy", metavar="X.Y", help="only pipelines with a version for this spaCy")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
     ls.add_argument("--cache-dir", type=Path, metavar="DIR")
+    _tls_arg(ls)
 
     v = sub.add_parser(
         "serve",
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-cert", type=Path, metavar="FILE")
     v.add_argument("--tls-key", type=Path, metavar="FILE")
     v.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _tls_arg(v)
 
     s = sub.add_parser(
         "snapshot",
@@ -112,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repo", default="explosion/spacy-models", metavar="OWNER/NAME")
     s.add_argument("--max-wait", type=float, default=60.0, metavar="SECONDS")
     s.add_argument("--cache-dir", type=Path, help="where ETags are kept")
+    _tls_arg(s)
     return p
 
 
@@ -129,6 +133,13 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="where ETags are kept (default: the user cache folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    _tls_arg(p)
+
+
+def _tls_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-bundle", metavar="FILE|DIR",
+                   help="verify HTTPS against these CA certificates instead of the system trust "
+                   "store (SSL_CERT_FILE / SSL_CERT_DIR work too)")
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -215,6 +226,7 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
         state_dir=cache_dir,
         max_wait=args.max_wait,
         notify=notify,
+        ca_bundle=args.ca_bundle,
     )
     for warning in fetched.catalog.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
@@ -224,7 +236,7 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
         args.out, fetched.catalog, only=args.only, spacy=spacy_version,
         wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
         mirror_cache=cache_dir if args.mirror else None, base_url=args.base_url, notify=notify,
-        s3_endpoint_url=args.s3_endpoint_url,
+        s3_endpoint_url=args.s3_endpoint_url, ca_bundle=args.ca_bundle,
     )
     _summary(result, out)
     return 0
@@ -282,7 +294,8 @@ def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Cons
 
     def fetch():
         return fetch_catalog(api_url=settings.api_url, token=settings.token,
-                             state_dir=cache_dir / "github", max_wait=10, retries=1).catalog
+                             state_dir=cache_dir / "github", max_wait=10, retries=1,
+                             ca_bundle=args.ca_bundle).catalog
 
     catalog, how = cached_catalog(cache_dir, fetch=fetch, max_age=24 * 3600,
                                   refresh=args.refresh)
@@ -293,12 +306,14 @@ def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err
     import httpx
 
     from spacy_index import install as inst
+    from spacy_index.http import make_client
 
     environment = inst.probe(args.python)
     spacy = inst.resolve_spacy(args.spacy, environment)
     catalog, how, cache_dir = _install_catalog(args, env, err)
     if args.index:
-        with httpx.Client(follow_redirects=True, timeout=30) as client:
+        with make_client(timeout=httpx.Timeout(30.0, connect=10.0),
+                         ca_bundle=getattr(args, "ca_bundle", None)) as client:
             catalog = inst.catalog_from_index(args.index, args.models, catalog, client)
     choices = [inst.choose(catalog, m, spacy, pre=args.pre) for m in args.models]
     if args.dry_run:
@@ -310,7 +325,8 @@ def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err
         if environment.installed.get(d.project) == str(d.version):
             err.print(f"{d.filename}: already installed (spaCy {spacy}); nothing to do", markup=False)
             continue
-        path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal)
+        path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal,
+                                         ca_bundle=args.ca_bundle)
         err.print(f"{d.filename}: {'downloaded and verified' if downloaded else 'from the cache'} "
                   f"(sha256 {d.sha256[:12]}…, {how})", markup=False)
         inst.pip_install(c, path, environment, args.passthrough)
@@ -373,7 +389,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     settings, cache_dir = _settings(args, env)
-    config = load_config(args.config, env, upstream=args.upstream)
+    config = load_config(args.config, env, upstream=args.upstream, ca_bundle=args.ca_bundle)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
     server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
                           token=settings.token, s3_cache=args.cache,
@@ -420,7 +436,7 @@ def _snapshot(args: argparse.Namespace, env: Mapping[str, str], err: Console) ->
     settings, cache_dir = _settings(args, env)
     snap, stats = snapshot_from_live(
         args.repo, api_url=settings.api_url, token=settings.token, state_dir=cache_dir,
-        max_wait=args.max_wait, notify=_notifier(err, False),
+        max_wait=args.max_wait, notify=_notifier(err, False), ca_bundle=args.ca_bundle,
         date=datetime.now(timezone.utc).date().isoformat(),
     )
     from spacy_index.sources import snapshot as snapshots

@@ -1,20 +1,25 @@
-"""HTTP plumbing: one client factory, origin-bound auth, URL redaction, and a small
+"""HTTP plumbing: one client factory (system trust store, proxies), origin-bound auth, URL redaction, and a small
 sqlite store of ETags and bodies for conditional requests."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import sqlite3
+import ssl
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from spacy_index import __version__
+from spacy_index.errors import UsageError
 
 USER_AGENT = f"spacy-index/{__version__} (+https://github.com/spacy-index/spacy-index)"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -60,22 +65,131 @@ class OriginBearerAuth(httpx.Auth):
         yield request
 
 
+def ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """The TLS context every HTTPS client verifies with, the way pip does.
+
+    ``ca_bundle`` (a PEM file or a folder of hashed certificates) wins; then the standard
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; otherwise the operating system's trust store through
+    :mod:`truststore` (so a company's inspecting proxy, whose CA sits in the system store,
+    just works). One context per setting, made on first use, never at import.
+    """
+    env = os.environ
+    key = (str(ca_bundle) if ca_bundle else None, env.get("SSL_CERT_FILE") or None,
+           env.get("SSL_CERT_DIR") or None)
+    return _ssl_context(*key)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(ca_bundle: str | None, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    chosen = ca_bundle or cert_file or cert_dir
+    if chosen:
+        where = "ca_bundle" if ca_bundle else ("SSL_CERT_FILE" if cert_file else "SSL_CERT_DIR")
+        path = Path(chosen)
+        try:
+            if path.is_dir():
+                return ssl.create_default_context(capath=str(path))
+            return ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"cannot load the CA certificates in {where} {chosen!r}: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
+    try:
+        import truststore
+    except ImportError:  # pragma: no cover - truststore is a dependency
+        return ssl.create_default_context()
+    return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _client_kwargs(
+    *, auth: httpx.Auth | None, transport: Any, timeout: httpx.Timeout, follow_redirects: bool,
+    ca_bundle: str | None, proxy: str | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "auth": auth,
+        "timeout": timeout,
+        "follow_redirects": follow_redirects,
+        "headers": {"User-Agent": USER_AGENT},
+        # HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, as pip and uv; httpx reads no
+        # .netrc (credentials stay explicit: see ``credentials = "netrc"``)
+        "trust_env": True,
+    }
+    if transport is not None:
+        kwargs["transport"] = transport
+    else:
+        kwargs["verify"] = ssl_context(ca_bundle)
+        if proxy:
+            kwargs["proxy"] = proxy
+    return kwargs
+
+
 def make_client(
     *,
     auth: httpx.Auth | None = None,
     transport: httpx.BaseTransport | None = None,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     follow_redirects: bool = True,
+    ca_bundle: str | None = None,
+    proxy: str | None = None,
 ) -> httpx.Client:
-    """The one place HTTP clients are made; tests inject ``transport``."""
-    return httpx.Client(
-        auth=auth,
-        transport=transport,
-        timeout=timeout,
-        follow_redirects=follow_redirects,
-        headers={"User-Agent": USER_AGENT},
-        trust_env=True,
-    )
+    """The one place blocking HTTP clients are made; tests inject ``transport``."""
+    return httpx.Client(**_client_kwargs(
+        auth=auth, transport=transport, timeout=timeout, follow_redirects=follow_redirects,
+        ca_bundle=ca_bundle, proxy=proxy))
+
+
+def make_async_client(
+    *,
+    auth: httpx.Auth | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    follow_redirects: bool = True,
+    ca_bundle: str | None = None,
+    proxy: str | None = None,
+    limits: httpx.Limits | None = None,
+) -> httpx.AsyncClient:
+    """The one place async HTTP clients are made (serve's sources, the file cache, install,
+    mirror); the same trust store, proxies and User-Agent as :func:`make_client`."""
+    kwargs = _client_kwargs(auth=auth, transport=transport, timeout=timeout,
+                            follow_redirects=follow_redirects, ca_bundle=ca_bundle, proxy=proxy)
+    if limits is not None:
+        kwargs["limits"] = limits
+    return httpx.AsyncClient(**kwargs)
+
+
+def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> str:
+    """One line for a transport failure, naming the host and the cause.
+
+    A TLS failure says which certificate check failed and how to fix it
+    (``certificate verify failed: self-signed certificate in certificate chain for
+    pypi.org; set SSL_CERT_FILE or ca_bundle``), never a bare ``ConnectError``.
+    """
+    host = None
+    if url is not None:
+        with contextlib.suppress(Exception):
+            host = httpx.URL(str(url)).host
+    if host is None and isinstance(exc, httpx.RequestError):
+        with contextlib.suppress(RuntimeError):
+            host = exc.request.url.host
+    where = f" for {host}" if host else ""
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "certificate verify failed"
+            return (f"certificate verify failed: {reason}{where}; "
+                    "set SSL_CERT_FILE or ca_bundle (--ca-bundle) to the CA that signs it")
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error{where}: {cause.reason or cause}"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    text = str(exc).strip()
+    if isinstance(exc, httpx.ProxyError):
+        return f"proxy error{where}: {text or type(exc).__name__}; check HTTPS_PROXY / proxy"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"connection timed out{where}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out{where} ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect{where}: {text or 'connection failed'}"
+    return f"{type(exc).__name__}{where}" + (f": {text}" if text else "")
 
 
 @dataclass(frozen=True)

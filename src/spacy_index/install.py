@@ -30,6 +30,7 @@ from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import SpacyIndexError, UpstreamUnreachable, UsageError
+from spacy_index.http import describe_error, make_async_client, redact_url
 from spacy_index.model import Distribution, spacy_admits, split_requirement
 
 #: spaCy minor series a pipeline can target, for "which spaCy versions have one" messages.
@@ -215,7 +216,7 @@ def _project_page(index: str, name: NormalizedName, client: httpx.Client) -> tup
     try:
         resp = client.get(url, headers={"Accept": f"{json_type}, text/html;q=0.1"})
     except httpx.TransportError as e:
-        raise UpstreamUnreachable(f"the index {index}", type(e).__name__) from None
+        raise UpstreamUnreachable(f"the index {redact_url(index)}", describe_error(e, url)) from None
     if resp.status_code == 404:
         return None
     if resp.status_code != 200:
@@ -237,7 +238,8 @@ def _requires_from_metadata(url: str, client: httpx.Client) -> tuple[str, ...] |
 
 # --------------------------------------------------------------------------- download + install
 def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
-             transport: httpx.AsyncBaseTransport | None = None) -> tuple[Path, bool]:
+             transport: httpx.AsyncBaseTransport | None = None,
+             ca_bundle: str | None = None) -> tuple[Path, bool]:
     """The verified wheel in the user cache; ``(path, downloaded?)``."""
     from spacy_index.cache import FileCache, Upstream
 
@@ -259,7 +261,7 @@ def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
     up = Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size)
 
     async def run() -> tuple[Path, bool]:
-        async with httpx.AsyncClient(follow_redirects=True, transport=transport,
+        async with make_async_client(transport=transport, ca_bundle=ca_bundle,
                                      timeout=httpx.Timeout(60.0, connect=10.0)) as client:
             cache = FileCache(cache_dir, client)
             try:
@@ -280,7 +282,7 @@ def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
         return asyncio.run(run())
     except httpx.TransportError as e:
         raise UpstreamUnreachable(
-            f"the download of {d.filename}", type(e).__name__,
+            f"the download of {d.filename}", describe_error(e, d.url),
             "nothing is cached for it yet; check the network",
         ) from None
     except UpstreamFileError as e:

@@ -14,6 +14,7 @@ import httpx
 
 from spacy_index.cache import FileCache, Upstream
 from spacy_index.catalog import Catalog
+from spacy_index.http import make_async_client
 from spacy_index.metadata import metadata_from_wheel_file
 from spacy_index.model import Distribution
 
@@ -38,6 +39,7 @@ def mirror(
     concurrency: int = 4,
     notify: Notify = lambda _: None,
     transport: httpx.AsyncBaseTransport | None = None,
+    ca_bundle: str | None = None,
 ) -> MirrorResult:
     """Fetch every hashed file of ``catalog`` into the cache and lay out the mirror's files.
 
@@ -51,7 +53,7 @@ def mirror(
         sem = asyncio.Semaphore(concurrency)
         paths: dict[str, Path] = {}
         counts = {"downloaded": 0, "bytes": 0, "cached": 0}
-        async with httpx.AsyncClient(follow_redirects=True, transport=transport,
+        async with make_async_client(transport=transport, ca_bundle=ca_bundle,
                                      timeout=httpx.Timeout(60.0, connect=10.0)) as client:
             cache = FileCache(cache_dir, client)
 

@@ -45,6 +45,11 @@ def _anchor(file: dict[str, Any], text: str | None = None) -> str:
     if "yanked" in file:
         reason = file["yanked"] if isinstance(file["yanked"], str) else ""
         attrs.append(f'data-yanked="{escape(reason)}"')
+    if "upload-time" in file:
+        # not in PEP 503, but uv reads it (``--exclude-newer`` on HTML indexes)
+        attrs.append(f'data-upload-time="{escape(file["upload-time"])}"')
+    if file.get("provenance"):
+        attrs.append(f'data-provenance="{escape(file["provenance"])}"')
     return f"    <a {' '.join(attrs)}>{escape(text or file['filename'])}</a><br>\n"
 
 

@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from spacy_index.cache import FileCache, Upstream
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, SpacyIndexError
-from spacy_index.http import redact_url
+from spacy_index.http import describe_error, redact_url
 from spacy_index.metadata import MetadataError, metadata_from_remote_wheel, metadata_from_wheel_file
 from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.render import html, pep691
@@ -545,7 +545,7 @@ def create_app(server: Server) -> Starlette:
                 try:
                     data = await _fetch_metadata(server, found)
                 except (SpacyIndexError, httpx.HTTPError) as e:
-                    detail = str(e) if isinstance(e, SpacyIndexError) else type(e).__name__
+                    detail = str(e) if isinstance(e, SpacyIndexError) else describe_error(e, d.url)
                     return _error(502, f"cannot read the metadata of {filename!r}: {detail}")
                 store.put(d.sha256, data)
                 request.scope.setdefault("state", {})["cache"] = "miss"
@@ -681,7 +681,8 @@ def build_server(
         return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links")
 
     upstream = IndexSource(
-        SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream),
+        SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream,
+                     ca_bundle=config.ca_bundle, proxy=config.proxy),
         ttl=config.page_ttl,
     )
     return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,

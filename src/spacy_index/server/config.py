@@ -6,6 +6,8 @@ A TOML file (all keys optional)::
     upstream = "https://pypi.org/simple/"   # every name no source claims
     page_ttl = 60                            # seconds an upstream page is fresh
     spacy_models = true                      # route spaCy pipeline names (the default)
+    ca_bundle = "/etc/company-ca.pem"        # verify HTTPS with this CA (default: system store)
+    proxy = "http://proxy.internal:3128"     # default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY
 
     [[source]]
     name = "prodigy"
@@ -13,6 +15,9 @@ A TOML file (all keys optional)::
     url = "https://download.prodi.gy/"
     username = "${PRODIGY_KEY}" # from the environment; or credentials = "netrc" | "keyring"
     projects = ["prodigy", "prodigy-*"]
+    require_hashes = false     # true: refuse files the source lists without a sha256
+    ca_bundle = "…"            # per source; else [server].ca_bundle
+    proxy = "…"                # per source; else [server].proxy
 
 Sources are tried in file order; the first whose ``projects`` globs match a name answers it,
 alone: a routed name is never merged with the upstream. Globs compare normalized names.
@@ -25,7 +30,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +71,10 @@ class SourceConfig:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     credentials: Literal["none", "netrc", "keyring"] = "none"
+    #: refuse (502) files this source lists without a sha256, instead of serving them unverified
+    require_hashes: bool = False
+    ca_bundle: str | None = None
+    proxy: str | None = field(default=None, repr=False)
 
     @property
     def display_url(self) -> str | None:
@@ -81,6 +90,9 @@ class ServeConfig:
     upstream: str = DEFAULT_UPSTREAM
     page_ttl: float = 60.0
     refresh: float = 600.0
+    #: TLS and proxy settings for the upstream, and for sources that set none of their own
+    ca_bundle: str | None = None
+    proxy: str | None = field(default=None, repr=False)
 
     def route(self, name: str) -> SourceConfig | None:
         """The one source that answers ``name``, or ``None`` for the upstream."""
@@ -96,7 +108,8 @@ def default_spacy_models_source() -> SourceConfig:
 
 
 def load_config(
-    path: Path | None, env: Mapping[str, str], *, upstream: str | None = None
+    path: Path | None, env: Mapping[str, str], *, upstream: str | None = None,
+    ca_bundle: str | None = None,
 ) -> ServeConfig:
     """Read ``path`` (or build the default), expanding ``${VAR}`` from ``env``."""
     doc: dict[str, Any] = {}
@@ -111,12 +124,27 @@ def load_config(
     sources = [_source(i, raw, env) for i, raw in enumerate(doc.get("source", []))]
     if server.get("spacy_models", True) and not any(s.kind == "spacy-models" for s in sources):
         sources.append(default_spacy_models_source())
+    server_ca = ca_bundle or _opt_str(server, "ca_bundle", env, "[server]")
+    server_proxy = _opt_str(server, "proxy", env, "[server]")
+    sources = [replace(s, ca_bundle=s.ca_bundle or server_ca, proxy=s.proxy or server_proxy)
+               for s in sources]
     return ServeConfig(
         sources=tuple(sources),
         upstream=(upstream or server.get("upstream") or DEFAULT_UPSTREAM),
         page_ttl=float(server.get("page_ttl", 60)),
         refresh=float(server.get("refresh", 600)),
+        ca_bundle=server_ca,
+        proxy=server_proxy,
     )
+
+
+def _opt_str(raw: Mapping[str, Any], key: str, env: Mapping[str, str], where: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}: {key} must be a non-empty string")
+    return _expand(value, env, where)
 
 
 def _expand(value: str, env: Mapping[str, str], where: str) -> str:
@@ -169,4 +197,14 @@ def _source(index: int, raw: Mapping[str, Any], env: Mapping[str, str]) -> Sourc
         username=_expand(str(username), env, where) if username is not None else None,
         password=_expand(str(password), env, where) if password is not None else None,
         credentials=credentials,
+        require_hashes=_flag(raw, "require_hashes", where),
+        ca_bundle=_opt_str(raw, "ca_bundle", env, where),
+        proxy=_opt_str(raw, "proxy", env, where),
     )
+
+
+def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: {key} must be true or false")
+    return value

@@ -26,7 +26,7 @@ from packaging.utils import NormalizedName
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, SpacyIndexError, UpstreamError
-from spacy_index.http import USER_AGENT, origin, redact_url
+from spacy_index.http import describe_error, make_async_client, origin, redact_url
 from spacy_index.model import Distribution, Project, is_sha256, parse_filename, parse_timestamp
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import SourceConfig
@@ -76,7 +76,8 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
 
 
 def source_client(cfg_url: str | None, username: str | None, password: str | None,
-                  credentials: str = "none") -> tuple[httpx.AsyncClient, str | None]:
+                  credentials: str = "none", *, ca_bundle: str | None = None,
+                  proxy: str | None = None) -> tuple[httpx.AsyncClient, str | None]:
     """A client whose auth goes only to the source's origin; also returns the clean URL."""
     clean, url_user, url_pass = strip_userinfo(cfg_url) if cfg_url else (None, None, None)
     user, secret = username or url_user, password or url_pass
@@ -98,12 +99,11 @@ def source_client(cfg_url: str | None, username: str | None, password: str | Non
         if cred is not None:
             user, secret = cred.username, cred.password
     auth = OriginBasicAuth(user, secret or "", clean) if (clean and user) else None
-    client = httpx.AsyncClient(
+    client = make_async_client(
         auth=auth,
-        follow_redirects=True,
         timeout=httpx.Timeout(60.0, connect=10.0),
-        headers={"User-Agent": USER_AGENT},
-        trust_env=False,
+        ca_bundle=ca_bundle,
+        proxy=proxy,
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
     )
     return client, clean
@@ -332,7 +332,8 @@ class IndexSource:
         self.cfg = cfg
         self.flat = flat
         self.ttl = ttl
-        self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials)
+        self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
+                                           ca_bundle=cfg.ca_bundle, proxy=cfg.proxy)
         assert clean is not None
         self.base = clean if (flat or clean.endswith("/")) else clean + "/"
         self.display = redact_url(self.base)
@@ -389,10 +390,11 @@ class IndexSource:
             try:
                 fresh = await self._fetch(name)
             except (httpx.HTTPError, UpstreamError) as e:
-                detail = e if isinstance(e, UpstreamError) else f"{type(e).__name__}"
+                detail = e if isinstance(e, UpstreamError) else describe_error(e, self.base)
                 if cached is not None:
                     log.warning("%s: %s; serving the last good page", self.name, detail)
                     return cached.project
+                log.warning("%s: %s (%s)", self.name, detail, name)
                 raise UpstreamError(f"source {self.name!r} ({self.display}) failed: {detail}") from None
             self._pages[f"{key}|{name}"] = fresh
             self.upstream_files.update(fresh.files)

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 
 from spacy_index.errors import IncompleteListing, RateLimited, UpstreamError, UpstreamUnreachable
-from spacy_index.http import ConditionalStore, StoredResponse, origin, redact_url
+from spacy_index.http import ConditionalStore, StoredResponse, describe_error, origin, redact_url
 from spacy_index.model import Release, ReleaseAsset, parse_timestamp
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -162,11 +162,11 @@ class GitHubReleases:
                 resp = self.client.get(url, headers=headers)
             except httpx.TransportError as e:
                 if attempt <= self.retries:
-                    self._backoff(attempt, f"{what}: {type(e).__name__}")
+                    self._backoff(attempt, f"{what}: {describe_error(e, url)}")
                     continue
                 raise UpstreamUnreachable(
                     f"GitHub at {redact_url(self.api_url)}",
-                    f"{type(e).__name__} while fetching {what}",
+                    f"{describe_error(e, url)} while fetching {what}",
                     "check the network, or build from the bundled snapshot with --offline",
                 ) from e
             for hop in (*resp.history, resp):
