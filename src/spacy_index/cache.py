@@ -164,8 +164,17 @@ class Upstream:
 
     url: str  #: e.g. a GitHub ``browser_download_url`` (302s to a short-lived signed URL)
     filename: str
-    sha256: str  #: expected, lower hex
+    #: expected, lower hex; None for a file its index lists with no hash: it is then cached
+    #: *unverified*, under the sha256 of what arrived, and found again by its URL
+    sha256: str | None
     size: int | None = None  #: expected size, if known
+
+    @property
+    def key(self) -> str:
+        """The flight's key: the sha256, or for an unverified file ``u-`` + sha256(url)."""
+        if self.sha256 is not None:
+            return self.sha256
+        return "u-" + hashlib.sha256(self.url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _check_sha(sha: object) -> str:
@@ -264,6 +273,9 @@ def _validator(resp: httpx.Response) -> str | None:
 class _Flight:
     def __init__(self, up: Upstream, fd: int, partial: Path) -> None:
         self.up = up
+        self.key = up.key
+        #: the stored file's sha256: the expected one, or (unverified) what arrived
+        self.sha: str | None = up.sha256
         self.fd = fd  #: the writer's descriptor; readers dup it; closed when the flight ends
         self.partial = partial
         self.hasher = hashlib.sha256()
@@ -306,6 +318,8 @@ class CacheStream:
         self.hit = False
         self.size: int | None = None
         self.path: Path | None = None
+        #: the file had no expected sha256: it is served as it arrived (see Upstream.sha256)
+        self.unverified = up.sha256 is None
         self._fd: int | None = None
         self._flight: _Flight | None = None
         self._gen: AsyncIterator[bytes] | None = None
@@ -496,8 +510,28 @@ class FileCache:
                 _raise(exc)
             del self._failures[sha]
 
+    def _alias_path(self, up: Upstream) -> Path:
+        return self.root / "unverified" / up.key
+
+    def _alias(self, up: Upstream) -> str | None:
+        """The sha256 an unverified file was stored under, if it was."""
+        try:
+            sha = self._alias_path(up).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return sha if _SHA256.fullmatch(sha) else None
+
+    def _write_alias(self, up: Upstream, sha: str) -> None:
+        target = self._alias_path(up)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp.write_text(sha + "\n", "ascii")
+        os.replace(tmp, target)
+
     async def _lookup(self, up: Upstream) -> Path | _Flight:
         """A verified final path, or the flight that is (now) downloading the file."""
+        if up.sha256 is None:
+            return await self._lookup_unverified(up)
         sha = _check_sha(up.sha256)
         self._check_failures(sha)
         found: Path | _Flight | None = self._flights.get(sha) or self._quick(sha)
@@ -510,10 +544,23 @@ class FileCache:
                 found = self._quick(sha) or self._start(up)
         return found
 
+    async def _lookup_unverified(self, up: Upstream) -> Path | _Flight:
+        key = up.key
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight
+        sha = await _in_thread(self._alias, up)
+        if sha is not None:
+            found = self._quick(sha) or await self._acached(sha)
+            if found is not None:
+                return found
+        return self._flights.get(key) or self._start(up)
+
     # -- public API --------------------------------------------------------- #
     def open(self, up: Upstream) -> CacheStream:
         """A stream of the file's bytes, from the cache or from the (shared) download."""
-        _check_sha(up.sha256)
+        if up.sha256 is not None:
+            _check_sha(up.sha256)
         return CacheStream(self, up)
 
     async def ensure(self, up: Upstream) -> Path:
@@ -525,7 +572,8 @@ class FileCache:
             await found.changed()
         if found.error is not None:
             _raise(found.error)
-        return self.path(up.sha256)
+        assert found.sha is not None
+        return self.path(found.sha)
 
     async def wait_idle(self) -> None:
         """Wait until no download is running (their errors went to their consumers)."""
@@ -577,13 +625,12 @@ class FileCache:
         return fd, path
 
     def _start(self, up: Upstream) -> _Flight:
-        sha = up.sha256
         try:
-            fd, partial = self._open_partial(sha)
+            fd, partial = self._open_partial(up.key)
         except OSError as exc:
             raise CacheWriteError(self.root, _strerror(exc)) from None
         fl = _Flight(up, fd, partial)
-        self._flights[sha] = fl
+        self._flights[fl.key] = fl
         fl.task = asyncio.get_running_loop().create_task(
             self._fly(fl), name=f"spacy-index download {up.filename}"
         )
@@ -593,7 +640,7 @@ class FileCache:
 
     async def _fly(self, fl: _Flight) -> None:
         up = fl.up
-        sha = up.sha256
+        sha = fl.key
         try:
             self._say(f"downloading {up.filename}")
             await self._download(fl)
@@ -601,15 +648,18 @@ class FileCache:
             if up.size is not None and size != up.size:
                 raise SizeMismatch(up.filename, up.size, size)
             actual = fl.hasher.hexdigest()
-            if actual != sha:
-                raise DigestMismatch(up.filename, sha, actual)
-            final = self.path(sha)
+            if up.sha256 is not None and actual != up.sha256:
+                raise DigestMismatch(up.filename, up.sha256, actual)
+            final = self.path(actual)
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(fl.partial, final)
+                if up.sha256 is None:
+                    self._write_alias(up, actual)
             except OSError as exc:
                 raise CacheWriteError(self.root, _strerror(exc)) from None
-            self._verified[sha] = size
+            fl.sha = actual
+            self._verified[actual] = size
             fl.ok = True
             fl.published = size
             self._say(f"cached {up.filename} ({size} bytes, {fl.upstream_bytes} downloaded)")

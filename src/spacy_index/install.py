@@ -189,10 +189,13 @@ def catalog_from_index(index: str, names: Sequence[str], known: Catalog,
             continue
         body, ctype, page_url = page
         try:
-            found, extra = parse_page(body, ctype, page_url, name)
-        except ValueError as e:
+            parsed = parse_page(body, ctype, page_url, name)
+        except (ValueError, RecursionError) as e:
             raise SpacyIndexError(f"the index {index} sent an unreadable page for {name!r}") from e
-        for d in found:
+        extra = parsed.files
+        for d in parsed.dists:
+            if d.version is None:
+                continue
             reqs = by_filename[d.filename].requires_dist if d.filename in by_filename else None
             info = extra.get(d.filename)
             if reqs is None and info is not None and info.has_metadata:

@@ -27,9 +27,17 @@ from packaging.version import InvalidVersion, Version
 
 from spacy_index.errors import InvalidFilename
 
-Kind = Literal["wheel", "sdist"]
+#: ``other``: a file an upstream index lists that is neither a wheel nor an sdist with a PEP 440
+#: version (``.egg``, ``.exe``, ``.msi``, ``.rpm``, a legacy version): passed through, never
+#: chosen by pip or uv, never given PEP 658 metadata.
+Kind = Literal["wheel", "sdist", "other"]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SDIST_SUFFIXES = (".tar.gz", ".zip")
+#: every archive pip accepts as an sdist (``pip._internal.utils.filetypes``), for upstream pages
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar.lz",
+                     ".tlz", ".tar.lzma", ".tar", ".zip")
+#: what a legacy binary's version is followed by: ``foo-1.0.win32-py2.7.exe``
+_PLATFORM_MARKS = (".win", ".linux", ".macosx", ".cygwin", ".freebsd", ".darwin")
 
 
 def is_sha256(value: str) -> bool:
@@ -93,6 +101,74 @@ def _parse_sdist(filename: str, project: str | None) -> ParsedFilename:
     raise InvalidFilename(filename, "no valid name-version split")
 
 
+def unsafe_filename_reason(filename: str) -> str | None:
+    """Why ``filename`` cannot be a file name in a folder or URL path, or None when it can."""
+    if not filename or filename in {".", ".."} or filename.startswith("."):
+        return "is empty or starts with a dot"
+    if "/" in filename or "\\" in filename:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        return "contains a control character"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFilename:
+    """What an upstream listing's filename says, leniently: ``version`` is None when the
+    version is not PEP 440 (then ``version_text`` keeps the spelling), ``kind`` is ``other``
+    for formats pip does not install from an index (``.egg``, ``.exe``, ...)."""
+
+    version: Version | None
+    version_text: str
+    kind: Kind
+
+
+def parse_listed_filename(filename: str, project: str) -> ListedFilename:
+    """Parse a file an upstream index lists for ``project``, whatever its format.
+
+    Wheels and sdists go through :func:`parse_filename` (``packaging``'s rules); anything else
+    keeps what can be read of its version. Only names that are unsafe as a path raise
+    :class:`InvalidFilename`. (Release assets use the strict :func:`parse_filename`.)
+    """
+    reason = unsafe_filename_reason(filename)
+    if reason:
+        raise InvalidFilename(filename, reason)
+    try:
+        parsed = parse_filename(filename, project)
+        if parsed.kind == "sdist" or filename.endswith(".whl"):
+            return ListedFilename(parsed.version, str(parsed.version), parsed.kind)
+    except InvalidFilename:
+        pass
+    lower = filename.lower()
+    stem = filename
+    archive = next((s for s in _ARCHIVE_SUFFIXES if lower.endswith(s)), None)
+    if archive:
+        stem = filename[: -len(archive)]
+    elif "." in filename:
+        stem = filename.rsplit(".", 1)[0]
+    text = _version_after_name(stem, project)
+    if not archive:  # ``foo-1.0-py2.7.egg``, ``foo-1.0.win32-py2.7.exe``, ``foo-1.0_x-py2-none-any.whl``
+        low = text.lower()
+        cut = min((i for i in (low.find(m) for m in _PLATFORM_MARKS) if i > 0), default=-1)
+        text = (text[:cut] if cut > 0 else text).split("-", 1)[0]
+    try:
+        version: Version | None = Version(text)
+    except InvalidVersion:
+        version = None
+    kind: Kind = "sdist" if (archive and version is not None) else "other"
+    return ListedFilename(version, text, kind)
+
+
+def _version_after_name(stem: str, project: str) -> str:
+    """The part of ``stem`` after the project's name and a dash (names compared normalized,
+    as pip does); the whole stem when no prefix is the project's name."""
+    wanted = canonicalize_name(project)
+    for i, c in enumerate(stem):
+        if c == "-" and canonicalize_name(stem[:i]) == wanted:
+            return stem[i + 1 :]
+    return stem
+
+
 @dataclass(frozen=True, slots=True)
 class Distribution:
     """One downloadable file of one project version."""
@@ -100,7 +176,8 @@ class Distribution:
     project: NormalizedName
     filename: str
     url: str
-    version: Version
+    #: None only for files an upstream index lists with a non-PEP 440 version (kind "other")
+    version: Version | None
     kind: Kind
     sha256: str | None = None
     size: int | None = None
@@ -113,6 +190,10 @@ class Distribution:
     #: the index serves ``<url>.metadata`` even if its hash is not known yet (PEP 714 ``true``)
     has_core_metadata: bool = False
     yanked: str | None = None
+    #: PEP 740: the URL of the file's provenance, as the upstream index gives it
+    provenance: str | None = None
+    #: the version as written in the filename, where it is not PEP 440 (``version`` is None)
+    version_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and not is_sha256(self.sha256):
@@ -129,8 +210,13 @@ class Distribution:
                 return spec
         return None
 
+    @property
+    def release(self) -> str:
+        """The release this file belongs to, as a string (PyPI-style JSON keys)."""
+        return str(self.version) if self.version is not None else (self.version_text or "")
+
     def sort_key(self) -> tuple[Version, int, str]:
-        return (self.version, 0 if self.kind == "sdist" else 1, self.filename)
+        return (self.version or _NO_VERSION, 0 if self.kind == "sdist" else 1, self.filename)
 
 
 def split_requirement(line: str) -> tuple[NormalizedName, SpecifierSet | None]:
@@ -142,6 +228,9 @@ def split_requirement(line: str) -> tuple[NormalizedName, SpecifierSet | None]:
     except InvalidRequirement:
         return canonicalize_name(line.split(";")[0].strip()), None
     return canonicalize_name(req.name), req.specifier
+
+
+_NO_VERSION = Version("0.dev0")
 
 
 def upload_time_text(value: datetime) -> str:
@@ -166,10 +255,22 @@ class Project:
     name: NormalizedName
     display_name: str
     files: tuple[Distribution, ...] = field(default_factory=tuple)
+    #: the upstream index's own ``versions`` list (PEP 700), passed through as it is
+    listed_versions: tuple[str, ...] | None = None
+    #: PEP 792 ``(status, reason)`` as the upstream index gives it
+    status: tuple[str, str | None] | None = None
 
     @property
     def versions(self) -> list[Version]:
-        return sorted({d.version for d in self.files})
+        return sorted({d.version for d in self.files if d.version is not None})
+
+    def version_strings(self) -> list[str]:
+        """PEP 700 ``versions``: the upstream's list where it gave one, else every version of
+        the files (legacy spellings included), PEP 440 ones in order first."""
+        if self.listed_versions is not None:
+            return list(self.listed_versions)
+        legacy = sorted({d.version_text or "" for d in self.files if d.version is None} - {""})
+        return [str(v) for v in self.versions] + legacy
 
     def latest(self, *, prereleases: bool = False) -> Version | None:
         candidates = [v for v in self.versions if prereleases or not v.is_prerelease]

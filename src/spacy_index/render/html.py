@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 _HEAD = """<!DOCTYPE html>
 <html>
   <head>
-    <meta name="pypi:repository-version" content="{version}">
+    <meta name="pypi:repository-version" content="{version}">{extra}
     <title>{title}</title>
   </head>
   <body>
@@ -56,7 +56,14 @@ def _anchor(file: dict[str, Any], text: str | None = None) -> str:
 def project_page(doc: dict[str, Any], display_name: str | None = None) -> str:
     """The PEP 503 project page for one PEP 691 project dict."""
     title = f"Links for {display_name or doc['name']}"
-    parts = [_HEAD.format(version=escape(doc["meta"]["api-version"]), title=escape(title))]
+    extra = ""
+    status = doc.get("project-status")
+    if status:  # PEP 792
+        extra = f'\n    <meta name="pypi:project-status" content="{escape(status["status"])}">'
+        if status.get("reason"):
+            extra += f'\n    <meta name="pypi:project-status-reason" content="{escape(status["reason"])}">'
+    parts = [_HEAD.format(version=escape(doc["meta"]["api-version"]), title=escape(title),
+                          extra=extra)]
     parts.extend(_anchor(f) for f in doc["files"])
     parts.append(_TAIL)
     return "".join(parts)
@@ -64,7 +71,7 @@ def project_page(doc: dict[str, Any], display_name: str | None = None) -> str:
 
 def root_page(doc: dict[str, Any]) -> str:
     """The PEP 503 root page for one PEP 691 project-list dict."""
-    parts = [_HEAD.format(version=escape(doc["meta"]["api-version"]), title="Simple index")]
+    parts = [_HEAD.format(version=escape(doc["meta"]["api-version"]), title="Simple index", extra="")]
     for project in doc["projects"]:
         name = project["name"]
         parts.append(f'    <a href="{escape(canonicalize_name(name))}/">{escape(name)}</a><br>\n')
@@ -74,7 +81,7 @@ def root_page(doc: dict[str, Any]) -> str:
 
 def find_links_page(files: Iterable[dict[str, Any]], title: str = "spaCy pipelines") -> str:
     """A flat page of links (pip's ``--find-links``/``-f``), every link hashed where known."""
-    parts = [_HEAD.format(version="1.0", title=escape(title))]
+    parts = [_HEAD.format(version="1.0", title=escape(title), extra="")]
     parts.extend(_anchor(f) for f in files)
     parts.append(_TAIL)
     return "".join(parts)

@@ -23,16 +23,17 @@ def pypi_project_document(project: Project, url_for: UrlFor = _origin_url) -> di
     its URL. pip-tools drops *all* hashes of a document when one listed file lacks a sha256,
     so files without a known hash are left out (pip-tools then hashes just those itself).
     """
-    releases: dict[str, list[dict[str, Any]]] = {str(v): [] for v in project.versions}
+    releases: dict[str, list[dict[str, Any]]] = {v: [] for v in project.version_strings()}
     for d in project.files:
         if d.sha256:
             entry = _release_file(d, url_for)
-            releases[str(d.version)].append(entry)
-            releases[str(d.version)].append(
-                {**entry, "url": f"{entry['url'].split('#')[0]}#sha256={d.sha256}"}
-            )
+            # keyed by the file's own release: PyPI lists ``1.0`` and ``1.0.0`` apart, and legacy
+            # versions that are not PEP 440 at all
+            files = releases.setdefault(d.release, [])
+            files.append(entry)
+            files.append({**entry, "url": f"{entry['url'].split('#')[0]}#sha256={d.sha256}"})
     latest = project.latest() or project.latest(prereleases=True)
-    newest = [d for d in project.files if d.version == latest]
+    newest = [d for d in project.files if latest is not None and d.version == latest]
     info: dict[str, Any] = {
         "name": project.display_name,
         "version": str(latest) if latest else None,
@@ -46,12 +47,26 @@ def pypi_project_document(project: Project, url_for: UrlFor = _origin_url) -> di
     }
 
 
+_LEGACY_TYPES = ((".egg", "bdist_egg"), (".exe", "bdist_wininst"), (".msi", "bdist_msi"),
+                 (".rpm", "bdist_rpm"), (".dmg", "bdist_dmg"))
+
+
+def _packagetype(d: Distribution) -> str:
+    if d.kind == "wheel":
+        return "bdist_wheel"
+    if d.kind == "sdist":
+        return "sdist"
+    lower = d.filename.lower()
+    return next((t for suffix, t in _LEGACY_TYPES if lower.endswith(suffix)),
+                "bdist_wheel" if lower.endswith(".whl") else "sdist" if "." in lower else "bdist_dumb")
+
+
 def _release_file(d: Distribution, url_for: UrlFor) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "filename": d.filename,
         "url": url_for(d),
         "digests": {"sha256": d.sha256},
-        "packagetype": "bdist_wheel" if d.kind == "wheel" else "sdist",
+        "packagetype": _packagetype(d),
         "requires_python": d.requires_python,
         "yanked": d.yanked is not None,
         "yanked_reason": d.yanked or None,

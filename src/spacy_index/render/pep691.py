@@ -18,10 +18,16 @@ def _origin_url(dist: Distribution) -> str:
     return dist.url
 
 
-def api_version(files: Iterable[Distribution]) -> str:
+def api_version(files: Iterable[Distribution], *, status: bool = False) -> str:
     """``1.1`` (PEP 700) only when every file's size is known, since 1.1 makes ``size``
-    mandatory; otherwise ``1.0``. We never invent a size."""
-    return "1.1" if all(d.size is not None for d in files) else "1.0"
+    mandatory; otherwise ``1.0``. We never invent a size. With sizes, ``1.3`` when a file
+    carries a PEP 740 provenance and ``1.4`` with a PEP 792 project status."""
+    files = list(files)
+    if not all(d.size is not None for d in files):
+        return "1.0"
+    if status:
+        return "1.4"
+    return "1.3" if any(d.provenance for d in files) else "1.1"
 
 
 def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, Any]:
@@ -43,17 +49,23 @@ def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, An
         entry["size"] = dist.size
     if dist.upload_time is not None:
         entry["upload-time"] = upload_time_text(dist.upload_time)
+    if dist.provenance:
+        entry["provenance"] = dist.provenance
     return entry
 
 
 def project_dict(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
     """The PEP 691 project detail document."""
-    return {
-        "meta": {"api-version": api_version(project.files)},
+    doc: dict[str, Any] = {
+        "meta": {"api-version": api_version(project.files, status=project.status is not None)},
         "name": project.name,
-        "versions": [str(v) for v in project.versions],
+        "versions": project.version_strings(),
         "files": [file_dict(d, url_for) for d in project.files],
     }
+    if project.status is not None:
+        status, reason = project.status
+        doc["project-status"] = {"status": status, **({"reason": reason} if reason else {})}
+    return doc
 
 
 def root_dict(catalog: Catalog) -> dict[str, Any]:

@@ -246,10 +246,14 @@ class Server:
         if found is not None:
             return found
         try:
-            parsed = parse_filename(filename)
+            name = parse_filename(filename).name
         except InvalidFilename:
-            return None
-        await self.project(parsed.name)
+            # a legacy file (``.egg``, ``.exe``, a non-PEP 440 version): its name ends at the
+            # first dash, as setuptools wrote them
+            name = _valid_name(filename.split("-", 1)[0]) if "-" in filename else None
+            if name is None:
+                return None
+        await self.project(name)
         return self.located.get(filename)
 
     def local_view(self, project: Project) -> Project:
@@ -468,10 +472,14 @@ def create_app(server: Server) -> Starlette:
             request.scope.setdefault("state", {})["cache"] = "local"
             return file_response(request, Path(httpx.URL(d.url).path), f'"{d.sha256}"',
                                  media_type=_media_type(filename))
-        if not d.sha256:
-            return _error(502, f"{filename!r} has no known sha256 upstream, so it cannot be cached")
+        cfg = getattr(found.source, "cfg", None)
+        if not d.sha256 and cfg is not None and cfg.require_hashes:
+            return _error(502, f"{filename!r} is listed without a sha256 and source "
+                               f"{found.source.name!r} sets require_hashes")
         cache = server.cache_for(found.source)
         up = Upstream(url=d.url, filename=filename, sha256=d.sha256, size=d.size)
+        if not d.sha256:
+            return await _unverified_file(request, cache, up)
         etag = f'"{d.sha256}"'
         if server.s3_location is not None:
             # shared bucket: one download across all servers; the file is complete before
@@ -530,6 +538,23 @@ def create_app(server: Server) -> Starlette:
                 await stream.__aexit__(None, None, None)
 
         return StreamingResponse(body(), headers=headers, media_type=_media_type(filename))
+
+    async def _unverified_file(request: Request, cache: FileCache, up: Upstream) -> Response:
+        """A file its index lists with no hash: downloaded once, stored under the sha256 of
+        what arrived (found again by its URL), served whole, marked in the access log."""
+        state = request.scope.setdefault("state", {})
+        stream = cache.open(up)
+        try:
+            async with stream:
+                hit = stream.hit
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        try:
+            path = await cache.ensure(up)
+        except SpacyIndexError as e:
+            return _error(502, str(e))
+        state["cache"] = "hit-unverified" if hit else "miss-unverified"
+        return file_response(request, path, f'"{path.name}"', media_type=_media_type(up.filename))
 
     async def metadata(request: Request, filename: str) -> Response:
         try:

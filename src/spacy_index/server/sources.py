@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from packaging.utils import NormalizedName
@@ -27,7 +27,15 @@ from packaging.utils import NormalizedName
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, SpacyIndexError, UpstreamError
 from spacy_index.http import describe_error, make_async_client, origin, redact_url
-from spacy_index.model import Distribution, Project, is_sha256, parse_filename, parse_timestamp
+from spacy_index.model import (
+    Distribution,
+    ListedFilename,
+    Project,
+    is_sha256,
+    parse_filename,
+    parse_listed_filename,
+    parse_timestamp,
+)
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import SourceConfig
 
@@ -226,17 +234,22 @@ class _Anchors(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.links: list[dict[str, str | None]] = []
+        self.meta: dict[str, str] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             self.links.append(dict(attrs))
+        elif tag == "meta":
+            found = dict(attrs)
+            if found.get("name") and found.get("content") is not None:
+                self.meta[str(found["name"])] = str(found["content"])
 
 
 def _metadata_flag(value: Any) -> tuple[bool, str | None]:
     """PEP 658/714 ``core-metadata`` value → (available, sha256 or None)."""
     if isinstance(value, dict):
         sha = value.get("sha256")
-        return True, sha if isinstance(sha, str) and is_sha256(sha.lower()) else None
+        return True, sha.lower() if isinstance(sha, str) and is_sha256(sha.lower()) else None
     if isinstance(value, str):
         if value.startswith("sha256="):
             sha = value.removeprefix("sha256=").lower()
@@ -253,65 +266,128 @@ class UpstreamFile:
     metadata_sha256: str | None
 
 
+@dataclass(frozen=True)
+class ParsedPage:
+    """A project page (or flat page) from an upstream index, every listed file kept."""
+
+    dists: list[Distribution]
+    files: dict[str, UpstreamFile]
+    #: PEP 700 ``versions``, where the page gives them
+    versions: tuple[str, ...] | None = None
+    #: PEP 792 ``(status, reason)``, where the page gives one
+    status: tuple[str, str | None] | None = None
+    #: files left out because their names are unsafe as paths, with the reason
+    refused: tuple[str, ...] = ()
+
+
+def _json_entries(body: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        raise ValueError("not a PEP 691 project page")
+    entries = []
+    for f in doc["files"]:
+        if not isinstance(f, dict):
+            raise ValueError("a PEP 691 file entry is not an object")
+        hashes = f.get("hashes")
+        if not isinstance(hashes, dict):
+            raise ValueError("a PEP 691 file entry has no hashes object")
+        entries.append({
+            "filename": f.get("filename"), "url": f.get("url"),
+            "sha256": hashes.get("sha256"),
+            "requires_python": f.get("requires-python"),
+            "metadata": f.get("core-metadata", f.get("dist-info-metadata", False)),
+            "yanked": f.get("yanked"), "size": f.get("size"),
+            "upload_time": f.get("upload-time"), "provenance": f.get("provenance"),
+        })
+    return entries, doc
+
+
+def _html_entries(body: bytes) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    parser = _Anchors()
+    parser.feed(body.decode("utf-8", errors="replace"))
+    entries = []
+    for a in parser.links:
+        href = a.get("href") or ""
+        base, _, fragment = href.partition("#")
+        sha = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else None
+        yanked = a.get("data-yanked")
+        path = urlsplit(base).path
+        entries.append({
+            # the file is what the URL's path names (as pip reads it), unquoted, no query
+            "filename": unquote(path.rsplit("/", 1)[-1]), "url": base, "sha256": sha,
+            "requires_python": a.get("data-requires-python"),
+            "metadata": a.get("data-core-metadata", a.get("data-dist-info-metadata")) or False,
+            "yanked": (yanked or True) if yanked is not None else None,
+            "size": None, "upload_time": a.get("data-upload-time"),
+            "provenance": a.get("data-provenance"),
+        })
+    return entries, parser.meta
+
+
+def _status(value: Any, reason: Any) -> tuple[str, str | None] | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value, reason if isinstance(reason, str) else None
+
+
 def parse_page(
     body: bytes, content_type: str, page_url: str, project: NormalizedName | None
-) -> tuple[list[Distribution], dict[str, UpstreamFile]]:
+) -> ParsedPage:
     """Parse a PEP 691 JSON or PEP 503 HTML page (or a flat find-links page when ``project``
-    is None) into distributions. Files that don't parse as distributions are skipped."""
-    entries: list[dict[str, Any]] = []
+    is None) into distributions, in the upstream's order.
+
+    Every file the page lists is kept, whatever its format or version spelling (``.egg``,
+    ``.exe``, ``.tar.bz2``, legacy versions): pip and uv skip what they cannot use. Only names
+    that are unsafe as a path are refused. On a flat page (no project), only wheels and sdists
+    can say which project they belong to, so only those are kept.
+    """
+    versions = status = None
     if content_type.startswith("application/vnd.pypi.simple.v1+json"):
-        doc = json.loads(body)
-        if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
-            raise ValueError("not a PEP 691 project page")
-        for f in doc["files"]:
-            meta = f.get("core-metadata", f.get("dist-info-metadata", False))
-            entries.append({
-                "filename": f.get("filename"), "url": f.get("url"),
-                "sha256": (f.get("hashes") or {}).get("sha256"),
-                "requires_python": f.get("requires-python"), "metadata": meta,
-                "yanked": f.get("yanked"), "size": f.get("size"),
-                "upload_time": f.get("upload-time"),
-            })
+        entries, doc = _json_entries(body)
+        listed = doc.get("versions")
+        if isinstance(listed, list) and all(isinstance(v, str) for v in listed):
+            versions = tuple(listed)
+        ps = doc.get("project-status")
+        if isinstance(ps, dict):
+            status = _status(ps.get("status"), ps.get("reason"))
     else:
-        parser = _Anchors()
-        parser.feed(body.decode("utf-8", errors="replace"))
-        for a in parser.links:
-            href = a.get("href") or ""
-            base, _, fragment = href.partition("#")
-            sha = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else None
-            yanked = a.get("data-yanked")
-            entries.append({
-                "filename": base.rsplit("/", 1)[-1], "url": base, "sha256": sha,
-                "requires_python": a.get("data-requires-python"),
-                "metadata": a.get("data-core-metadata", a.get("data-dist-info-metadata")) or False,
-                "yanked": (yanked or True) if yanked is not None else None,
-                "size": None, "upload_time": None,
-            })
+        entries, meta = _html_entries(body)
+        status = _status(meta.get("pypi:project-status"), meta.get("pypi:project-status-reason"))
     dists: list[Distribution] = []
     extra: dict[str, UpstreamFile] = {}
+    refused: list[str] = []
     for e in entries:
         filename = e["filename"]
         if not isinstance(filename, str) or not isinstance(e["url"], str):
             continue
         try:
-            parsed = parse_filename(filename, project)
-        except InvalidFilename:
+            if project is None:
+                strict = parse_filename(filename)
+                name, listed_file = strict.name, ListedFilename(strict.version, str(strict.version), strict.kind)
+            else:
+                name, listed_file = project, parse_listed_filename(filename, project)
+        except InvalidFilename as exc:
+            if project is not None:
+                refused.append(f"{filename!r}: {exc.reason}")
             continue
         sha = e["sha256"].lower() if isinstance(e["sha256"], str) else None
         has_meta, meta_sha = _metadata_flag(e["metadata"])
-        size = e["size"] if isinstance(e["size"], int) and e["size"] >= 0 else None
+        size = e["size"] if isinstance(e["size"], int) and not isinstance(e["size"], bool) and e["size"] >= 0 else None
         yanked = e["yanked"]
         url = strip_userinfo(urljoin(page_url, e["url"]))[0]  # auth is per origin, never in URLs
+        provenance = e["provenance"] if isinstance(e["provenance"], str) and e["provenance"] else None
         dists.append(Distribution(
-            project=parsed.name, filename=filename, url=url,
-            version=parsed.version, kind=parsed.kind,
+            project=name, filename=filename, url=url,
+            version=listed_file.version, kind=listed_file.kind,
+            version_text=None if listed_file.version is not None else listed_file.version_text,
             sha256=sha if sha and is_sha256(sha) else None, size=size,
             upload_time=parse_timestamp(e["upload_time"]) if isinstance(e["upload_time"], str) else None,
             requires_python=e["requires_python"] if isinstance(e["requires_python"], str) else None,
             yanked=(yanked if isinstance(yanked, str) else "") if yanked not in (None, False) else None,
+            provenance=urljoin(page_url, provenance) if provenance else None,
         ))
-        extra[filename] = UpstreamFile(has_meta and parsed.kind == "wheel", meta_sha)
-    return dists, extra
+        extra[filename] = UpstreamFile(has_meta and listed_file.kind == "wheel", meta_sha)
+    return ParsedPage(dists, extra, versions, status, tuple(refused))
 
 
 @dataclass
@@ -358,17 +434,23 @@ class IndexSource:
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
         try:
-            dists, files = parse_page(resp.content, ctype, str(resp.url), None if self.flat else name)
-        except (ValueError, UnicodeDecodeError) as e:
+            page = parse_page(resp.content, ctype, str(resp.url), None if self.flat else name)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise UpstreamError(f"{self.display}: unreadable page for {name!r}") from e
+        for refused in page.refused:
+            log.warning("%s: left out of %s: %s", self.name, name, refused)
+        dists = page.dists
         if self.flat:
             dists = [d for d in dists if d.project == name]
         elif not dists and ctype != JSON_CONTENT_TYPE:
             raise UpstreamError(f"{self.display}: page for {name!r} lists no distributions")
         if not dists:
             return _Cached(time.monotonic(), None, {})
-        catalog = Catalog.from_distributions(dists)
-        return _Cached(time.monotonic(), catalog.projects[name], files)
+        display = Catalog.from_distributions(dists).projects[name].display_name
+        # the upstream's order, versions and status, as it gave them
+        project = Project(name=name, display_name=display, files=tuple(dists),
+                          listed_versions=page.versions, status=page.status)
+        return _Cached(time.monotonic(), project, page.files)
 
     def peek(self, name: NormalizedName) -> Project | None:
         """The project if its page is cached and within the TTL (no I/O), else None."""
