@@ -32,6 +32,7 @@ from spacy_index.errors import InvalidFilename
 #: chosen by pip or uv, never given PEP 658 metadata.
 Kind = Literal["wheel", "sdist", "other"]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SDIST_SUFFIXES = (".tar.gz", ".zip")
 #: every archive pip accepts as an sdist (``pip._internal.utils.filetypes``), for upstream pages
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar.lz",
@@ -107,7 +108,7 @@ def unsafe_filename_reason(filename: str) -> str | None:
         return "is empty or starts with a dot"
     if "/" in filename or "\\" in filename:
         return "contains a path separator"
-    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+    if _CONTROL.search(filename):
         return "contains a control character"
     return None
 

@@ -188,12 +188,40 @@ class Server:
             self._indexed[name] = project
         return source, project
 
+    def rendered(self, project: Project, ctype: str) -> tuple[bytes, str] | None:
+        """The cached page body and ETag, if still current (no work)."""
+        cached = self.pages.get((project.name, ctype))
+        if cached and cached[0] is project and cached[1] == self.metadata.version:
+            return cached[2], cached[3]
+        return None
+
+    async def render_async(self, project: Project, ctype: str) -> tuple[bytes, str]:
+        """:meth:`render`, in a worker thread for big projects (the loop only answers)."""
+        found = self.rendered(project, ctype)
+        if found is not None:
+            return found
+        if len(project.files) > 1000:
+            return await asyncio.to_thread(self.render, project, ctype)
+        return self.render(project, ctype)
+
+    def pypi_json(self, project: Project, base: str) -> tuple[bytes, str]:
+        """The PyPI-style JSON for ``base`` (the server's own URL), rendered once per change."""
+        key = (project.name, f"pypi-json {base}")
+        cached = self.pages.get(key)
+        if cached and cached[0] is project:
+            return cached[2], cached[3]
+        doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
+        body = dumps(doc).encode()
+        etag = _etag(body)
+        self.pages[key] = (project, 0, body, etag, [])
+        return body, etag
+
     def render(self, project: Project, ctype: str) -> tuple[bytes, str]:
         """The page body and its ETag, re-rendered only when the project or metadata changed."""
         key = (project.name, ctype)
-        cached = self.pages.get(key)
-        if cached and cached[0] is project and cached[1] == self.metadata.version:
-            return cached[2], cached[3]
+        found = self.rendered(project, ctype)
+        if found is not None:
+            return found
         doc = pep691.project_dict(self.local_view(project))
         if ctype == JSON_CONTENT_TYPE:
             body = dumps(doc).encode()
@@ -443,7 +471,7 @@ def create_app(server: Server) -> Starlette:
         project = await lookup(name)
         if isinstance(project, Response):
             return project
-        body, etag = server.render(project, ctype)
+        body, etag = await server.render_async(project, ctype)
         return _page(request, body, ctype, etag=etag)
 
     async def pypi_json(request: Request) -> Response:
@@ -454,8 +482,11 @@ def create_app(server: Server) -> Starlette:
         if isinstance(project, Response):
             return project
         base = str(request.base_url).rstrip("/")
-        doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
-        return _page(request, dumps(doc).encode(), "application/json", vary=False)
+        if len(project.files) > 1000:
+            body, etag = await asyncio.to_thread(server.pypi_json, project, base)
+        else:
+            body, etag = server.pypi_json(project, base)
+        return _page(request, body, "application/json", vary=False, etag=etag)
 
     async def files(request: Request) -> Response:
         filename = request.path_params["filename"]
@@ -703,12 +734,13 @@ def build_server(
             return CatalogSource(cfg, load=load, offline_fallback=fallback, refresh=config.refresh)
         if cfg.kind == "folder":
             return FolderSource(cfg)
-        return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links")
+        return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links",
+                           stale=config.stale_while_revalidate)
 
     upstream = IndexSource(
         SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream,
                      ca_bundle=config.ca_bundle, proxy=config.proxy),
-        ttl=config.page_ttl,
+        ttl=config.page_ttl, stale=config.stale_while_revalidate,
     )
     return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,
                   s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url)

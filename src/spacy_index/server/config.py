@@ -5,6 +5,7 @@ A TOML file (all keys optional)::
     [server]
     upstream = "https://pypi.org/simple/"   # every name no source claims
     page_ttl = 60                            # seconds an upstream page is fresh
+    stale_while_revalidate = 300             # then answered at once, refreshed behind
     spacy_models = true                      # route spaCy pipeline names (the default)
     ca_bundle = "/etc/company-ca.pem"        # verify HTTPS with this CA (default: system store)
     proxy = "http://proxy.internal:3128"     # default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY
@@ -90,6 +91,7 @@ class ServeConfig:
     upstream: str = DEFAULT_UPSTREAM
     page_ttl: float = 60.0
     refresh: float = 600.0
+    stale_while_revalidate: float = 300.0
     #: TLS and proxy settings for the upstream, and for sources that set none of their own
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
@@ -132,6 +134,7 @@ def load_config(
         sources=tuple(sources),
         upstream=(upstream or server.get("upstream") or DEFAULT_UPSTREAM),
         page_ttl=float(server.get("page_ttl", 60)),
+        stale_while_revalidate=float(server.get("stale_while_revalidate", 300)),
         refresh=float(server.get("refresh", 600)),
         ca_bundle=server_ca,
         proxy=server_proxy,

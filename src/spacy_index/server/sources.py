@@ -8,6 +8,7 @@ through the cache, so clients never see an upstream URL or its credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -77,6 +78,8 @@ class OriginBasicAuth(httpx.Auth):
 
 def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
     """``(url without userinfo, username, password)``; Prodigy puts its key in the username."""
+    if "@" not in urlsplit(url).netloc:  # the common case, without httpx's full URL parse
+        return url, None, None
     u = httpx.URL(url)
     user = u.username or None
     password = u.password or None
@@ -374,7 +377,8 @@ def parse_page(
         has_meta, meta_sha = _metadata_flag(e["metadata"])
         size = e["size"] if isinstance(e["size"], int) and not isinstance(e["size"], bool) and e["size"] >= 0 else None
         yanked = e["yanked"]
-        url = strip_userinfo(urljoin(page_url, e["url"]))[0]  # auth is per origin, never in URLs
+        url = e["url"] if e["url"].startswith(("https://", "http://")) else urljoin(page_url, e["url"])
+        url = strip_userinfo(url)[0]  # auth is per origin, never in URLs
         provenance = e["provenance"] if isinstance(e["provenance"], str) and e["provenance"] else None
         dists.append(Distribution(
             project=name, filename=filename, url=url,
@@ -395,19 +399,34 @@ class _Cached:
     fetched: float
     project: Project | None
     files: dict[str, UpstreamFile]
+    #: sha256 of the upstream body the project was parsed from: an unchanged body keeps the
+    #: same Project object, so pages rendered from it stay cached (rendered once per change)
+    digest: str = ""
+
+
+#: bodies larger than this are parsed in a worker thread, never on the event loop
+_PARSE_IN_THREAD = 256 * 1024
 
 
 class IndexSource:
     """An existing simple index (``simple``: one page per project) or a flat
-    ``find-links`` page, possibly private. Pages are cached for ``ttl`` seconds; when the
-    upstream fails the last good page is served. Error pages, redirects to other hosts and
-    pages with no valid distribution (captive portals) are never cached as project pages."""
+    ``find-links`` page, possibly private.
 
-    def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False) -> None:
+    Pages are fresh for ``ttl`` seconds. After that, for ``stale`` more seconds, the cached
+    page is answered at once and refreshed in the background (stale-while-revalidate); older
+    pages are fetched before answering. When the upstream fails, the last good page is served
+    whatever its age. An unchanged upstream body (same sha256) keeps the parsed project, so
+    nothing is parsed or rendered again. Error pages, redirects to other hosts and pages with no
+    valid distribution (captive portals) are never cached as project pages.
+    """
+
+    def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False,
+                 stale: float = 300.0) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.flat = flat
         self.ttl = ttl
+        self.stale = stale
         self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
                                            ca_bundle=cfg.ca_bundle, proxy=cfg.proxy)
         assert clean is not None
@@ -415,12 +434,16 @@ class IndexSource:
         self.display = redact_url(self.base)
         self._pages: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refreshing: dict[str, asyncio.Task[Project | None]] = {}
         self.upstream_files: dict[str, UpstreamFile] = {}
 
     def _page_url(self, name: NormalizedName) -> str:
         return self.base if self.flat else urljoin(self.base, f"{name}/")
 
-    async def _fetch(self, name: NormalizedName) -> _Cached:
+    def _key(self, name: NormalizedName) -> str:
+        return f"{'' if self.flat else name}|{name}"
+
+    async def _fetch(self, name: NormalizedName, previous: _Cached | None) -> _Cached:
         url = self._page_url(name)
         headers = {"Accept": f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.1, text/html;q=0.01"}
         resp = await self.client.get(url, headers=headers)
@@ -433,8 +456,19 @@ class IndexSource:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
+        body = resp.content
+        digest = hashlib.sha256(body).hexdigest()
+        if previous is not None and previous.digest == digest:
+            return _Cached(time.monotonic(), previous.project, previous.files, digest)
+        if len(body) > _PARSE_IN_THREAD:
+            parsed = await asyncio.to_thread(self._parse, body, ctype, str(resp.url), name)
+        else:
+            parsed = self._parse(body, ctype, str(resp.url), name)
+        return replace(parsed, digest=digest)
+
+    def _parse(self, body: bytes, ctype: str, page_url: str, name: NormalizedName) -> _Cached:
         try:
-            page = parse_page(resp.content, ctype, str(resp.url), None if self.flat else name)
+            page = parse_page(body, ctype, page_url, None if self.flat else name)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise UpstreamError(f"{self.display}: unreadable page for {name!r}") from e
         for refused in page.refused:
@@ -452,25 +486,57 @@ class IndexSource:
                           listed_versions=page.versions, status=page.status)
         return _Cached(time.monotonic(), project, page.files)
 
+    def _answer(self, name: NormalizedName) -> tuple[bool, Project | None]:
+        """(answered, project) from the cache without I/O; a stale page starts a refresh."""
+        cached = self._pages.get(self._key(name))
+        if cached is None:
+            return False, None
+        age = time.monotonic() - cached.fetched
+        if age < self.ttl:
+            return True, cached.project
+        if age < self.ttl + self.stale:
+            self._refresh_in_background(name)
+            return True, cached.project
+        return False, None
+
     def peek(self, name: NormalizedName) -> Project | None:
-        """The project if its page is cached and within the TTL (no I/O), else None."""
-        cached = self._pages.get(f"{'' if self.flat else name}|{name}")
-        if cached is None or time.monotonic() - cached.fetched >= self.ttl:
-            return None
-        return cached.project
+        """The project if its page is cached and fresh, or stale within ``stale`` (then a
+        background refresh starts); no I/O. None otherwise."""
+        return self._answer(name)[1]
+
+    def _refresh_in_background(self, name: NormalizedName) -> None:
+        if name in self._refreshing:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: the next request refreshes
+            task = asyncio.get_running_loop().create_task(self._refresh(name, force=True))
+            self._refreshing[name] = task
+            task.add_done_callback(lambda t: self._refreshed(name, t))
+
+    def _refreshed(self, name: NormalizedName, task: asyncio.Task[Project | None]) -> None:
+        if self._refreshing.get(name) is task:
+            del self._refreshing[name]
+        if not task.cancelled():
+            task.exception()  # logged by _refresh; retrieved so asyncio does not complain
 
     async def project(self, name: NormalizedName) -> Project | None:
-        key = "" if self.flat else name
-        cached = self._pages.get(f"{key}|{name}")
-        if cached and time.monotonic() - cached.fetched < self.ttl:
-            return cached.project
+        answered, project = self._answer(name)
+        if answered:
+            return project
+        return await self._refresh(name)
+
+    async def _refresh(self, name: NormalizedName, *, force: bool = False) -> Project | None:
+        key = self._key(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            cached = self._pages.get(f"{key}|{name}")
+            cached = self._pages.get(key)
             if cached and time.monotonic() - cached.fetched < self.ttl:
                 return cached.project
+            if not force:
+                answered, project = self._answer(name)
+                if answered:
+                    return project
             try:
-                fresh = await self._fetch(name)
+                fresh = await self._fetch(name, cached)
             except (httpx.HTTPError, UpstreamError) as e:
                 detail = e if isinstance(e, UpstreamError) else describe_error(e, self.base)
                 if cached is not None:
@@ -478,7 +544,7 @@ class IndexSource:
                     return cached.project
                 log.warning("%s: %s (%s)", self.name, detail, name)
                 raise UpstreamError(f"source {self.name!r} ({self.display}) failed: {detail}") from None
-            self._pages[f"{key}|{name}"] = fresh
+            self._pages[key] = fresh
             self.upstream_files.update(fresh.files)
             return fresh.project
 
@@ -486,6 +552,9 @@ class IndexSource:
         return []
 
     async def aclose(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
         await self.client.aclose()
 
 
