@@ -205,15 +205,16 @@ class Server:
         return self.render(project, ctype)
 
     def pypi_json(self, project: Project, base: str) -> tuple[bytes, str]:
-        """The PyPI-style JSON for ``base`` (the server's own URL), rendered once per change."""
-        key = (project.name, f"pypi-json {base}")
+        """The PyPI-style JSON for ``base`` (the server's own URL), rendered once per change;
+        one entry per project (for the last base seen), so Host headers cannot grow the map."""
+        key = (project.name, "pypi-json")
         cached = self.pages.get(key)
-        if cached and cached[0] is project:
+        if cached and cached[0] is project and cached[4] == [(b"base", base.encode())]:
             return cached[2], cached[3]
         doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
         body = dumps(doc).encode()
         etag = _etag(body)
-        self.pages[key] = (project, 0, body, etag, [])
+        self.pages[key] = (project, 0, body, etag, [(b"base", base.encode())])
         return body, etag
 
     def render(self, project: Project, ctype: str) -> tuple[bytes, str]:

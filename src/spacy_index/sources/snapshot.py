@@ -5,6 +5,14 @@ with no network and an online build needs only a small delta. A snapshot records
 origin and repository it describes and is never applied to any other: its URLs and hashes are
 facts about that host only. Values it does not know (e.g. sizes) are stored as null, never
 guessed.
+
+Dates: each release records its ``date`` (when it was published; the bundled snapshot has the
+tag dates of the recorded inventory), and each asset its own ``upload_time`` where known. An
+asset's ``upload_time`` of null means "its release's date": that is what offline builds give as
+the file's PEP 700 ``upload-time``. A snapshot written live (``spacy-index snapshot``) knows
+every asset's own upload time (GitHub's ``created_at``), so offline builds from it show the same
+upload times as a live build. Both keys are optional: snapshots written before they existed
+load unchanged (their files simply have no upload time).
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,24 @@ class Snapshot:
     metas: Mapping[str, ModelMeta] = field(default_factory=dict)
     #: Release tags the metas were last checked against (so warm runs skip the archive).
     note: str = ""
+    #: tag -> the release's date (when it was published). A release missing here is dated by
+    #: the earliest upload time of its assets, if any.
+    release_dates: Mapping[str, datetime] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # every asset with no upload time of its own carries its release's date, so whatever
+        # assembles these releases (offline builds, snapshot + delta) gives each file one
+        object.__setattr__(
+            self, "releases", tuple(_dated(r, self.release_date(r)) for r in self.releases)
+        )
+
+    def release_date(self, release: Release) -> datetime | None:
+        """The release's date: as recorded, else the earliest upload time of its assets."""
+        recorded = self.release_dates.get(release.tag)
+        if recorded is not None:
+            return recorded
+        times = [a.upload_time for a in release.assets if a.upload_time is not None]
+        return min(times) if times else None
 
     def applies_to(self, api_url: str, repo: str) -> bool:
         return (
@@ -52,12 +79,26 @@ class Snapshot:
         )
 
 
-def _asset_to_json(a: ReleaseAsset) -> dict[str, Any]:
+def _dated(release: Release, date: datetime | None) -> Release:
+    if date is None or all(a.upload_time is not None for a in release.assets):
+        return release
+    assets = tuple(
+        a if a.upload_time is not None else replace(a, upload_time=date) for a in release.assets
+    )
+    return replace(release, assets=assets)
+
+
+def _time_text(value: datetime | None) -> str | None:
+    return upload_time_text(value) if value is not None else None
+
+
+def _asset_to_json(a: ReleaseAsset, release_date: datetime | None) -> dict[str, Any]:
     return {
         "name": a.name,
         "url": a.url,
         "size": a.size,
-        "upload_time": upload_time_text(a.upload_time) if a.upload_time else None,
+        # null: the release's date (so a snapshot that knows only release dates stays small)
+        "upload_time": None if a.upload_time == release_date else _time_text(a.upload_time),
         "digest_sha256": a.digest_sha256,
     }
 
@@ -87,7 +128,8 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
                 "tag": r.tag,
                 "id": r.release_id,
                 "prerelease": r.prerelease,
-                "assets": [_asset_to_json(a) for a in r.assets],
+                "date": _time_text(snap.release_date(r)),
+                "assets": [_asset_to_json(a, snap.release_date(r)) for a in r.assets],
             }
             for r in sorted(snap.releases, key=lambda r: r.tag)
         ],
@@ -117,6 +159,11 @@ def from_json(doc: Mapping[str, Any]) -> Snapshot:
             )
             for r in doc["releases"]
         )
+        release_dates = {
+            r["tag"]: date
+            for r in doc["releases"]
+            if (date := parse_timestamp(r.get("date"))) is not None
+        }
         metas = {
             tag: ModelMeta(
                 tag=tag,
@@ -133,9 +180,9 @@ def from_json(doc: Mapping[str, Any]) -> Snapshot:
         }
         return Snapshot(
             api_url=doc["api_url"], repo=doc["repo"], date=doc["date"], releases=releases,
-            metas=metas, note=doc.get("note", ""),
+            metas=metas, note=doc.get("note", ""), release_dates=release_dates,
         )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise SnapshotError(f"the snapshot is malformed ({e!r}); regenerate it") from e
 
 

@@ -1,0 +1,352 @@
+"""serve against upstream indexes as they really are: every listed file passed through, files
+without a hash, stale-while-revalidate, the system trust store, private CAs and proxies.
+
+The upstream here is a scriptable index on 127.0.0.1 (the real PyPI is exercised by
+tests/test_pypi_conformance.py and tests/test_real_pypi_clients.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import ClassVar
+
+import httpx
+import pytest
+
+from spacy_index.http import describe_error, make_client, ssl_context
+from spacy_index.server.app import build_server, create_app
+from spacy_index.server.config import load_config
+from spacy_index.server.sources import parse_page
+from tests.servers import run_app, tls_files
+
+JSON = "application/vnd.pypi.simple.v1+json"
+SHA = {n: hashlib.sha256(n.encode()).hexdigest() for n in ("a", "b", "c", "d", "e", "f")}
+
+
+def _file(filename: str, sha: str | None, **extra: object) -> dict[str, object]:
+    return {"filename": filename, "url": f"/packages/{filename}",
+            "hashes": {"sha256": sha} if sha else {}, **extra}
+
+
+#: a page with everything a real PyPI page can hold (the shapes seen on pypi.org)
+PAGE = {
+    "meta": {"api-version": "1.4", "_last-serial": 1},
+    "name": "oldpkg",
+    "versions": ["0.9b", "1.0", "1.0.0", "2004b", "1.0.dev-r123"],
+    "project-status": {"status": "archived", "reason": "superseded by newpkg"},
+    "files": [
+        _file("oldpkg-0.9b-py2.4.egg", SHA["a"], size=10, **{"upload-time": "2006-01-01T00:00:00Z"}),
+        _file("oldpkg-1.0.win32-py2.7.exe", SHA["b"], size=11, yanked="broken installer"),
+        _file("oldpkg-1.0.tar.bz2", SHA["c"], size=12, **{"requires-python": ">=2.4"}),
+        _file("oldpkg-1.0.0.tar.gz", SHA["d"], size=13),
+        _file("oldpkg-1.0.dev-r123.tar.gz", SHA["e"], size=14),
+        _file("oldpkg-2004b-py3-none-any.whl", SHA["f"], size=15,
+              provenance="https://up.example/integrity/oldpkg/2004b/oldpkg-2004b-py3-none-any.whl/provenance",
+              **{"core-metadata": {"sha256": SHA["a"]}}),
+        _file("../escape.tar.gz", SHA["a"], size=1),
+        _file("bad\x01name-1.0.tar.gz", SHA["a"], size=1),
+    ],
+}
+SAFE = [f["filename"] for f in PAGE["files"]][:6]
+
+
+class Index(http.server.BaseHTTPRequestHandler):
+    """``routes``: path -> (status, content type, body); every request is logged."""
+
+    routes: ClassVar[dict[str, tuple[int, str, bytes]]] = {}
+    log: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, ctype, body = self.routes.get(self.path, (404, "text/plain", b"not found"))
+        self.log.append(self.path)  # after the answer was chosen: tests wait on the log
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def index_server(tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    Index.log = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(10)
+
+
+@contextlib.contextmanager
+def serving(tmp_path, upstream: str, config_text: str = "", env=None, **changes) -> Iterator[str]:
+    path = None
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if config_text:
+        path = tmp_path / "serve.toml"
+        path.write_text(config_text)
+    config = load_config(path, env or {}, upstream=upstream)
+    config = replace(config, **changes)
+    server = build_server(config, cache_dir=tmp_path / "cache", api_url="http://127.0.0.1:9",
+                          token=None)
+    with run_app(create_app(server)) as url:
+        yield url
+
+
+def _get(url: str, **kwargs: object) -> httpx.Response:
+    """A request to serve that never takes a proxy from the environment (the proxy test
+    sets one for serve's upstream)."""
+    return httpx.get(url, trust_env=False, timeout=30, **kwargs)
+
+
+def _json(url: str, path: str) -> httpx.Response:
+    return _get(url + path, headers={"Accept": JSON})
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- parsing
+def test_parse_page_keeps_every_file_in_order_and_refuses_only_unsafe_names():
+    page = parse_page(json.dumps(PAGE).encode(), JSON, "https://up.example/simple/oldpkg/", "oldpkg")
+    assert [d.filename for d in page.dists] == SAFE
+    assert len(page.refused) == 2 and all("escape" in r or "bad" in r for r in page.refused)
+    kinds = {d.filename: (d.kind, d.release) for d in page.dists}
+    assert kinds["oldpkg-0.9b-py2.4.egg"] == ("other", "0.9b0")
+    assert kinds["oldpkg-1.0.tar.bz2"] == ("sdist", "1.0")
+    assert kinds["oldpkg-1.0.dev-r123.tar.gz"] == ("other", "1.0.dev-r123")
+    assert page.versions == tuple(PAGE["versions"])
+    assert page.status == ("archived", "superseded by newpkg")
+
+
+def test_html_links_are_unquoted_and_their_query_is_not_part_of_the_filename():
+    body = (b'<a href="../../p/name-1.0%2Blocal-py3-none-any.whl#sha256=' + SHA["a"].encode()
+            + b'">x</a><a href="/p/name-1.0.tar.gz?token=abc">y</a>'
+            b'<meta name="pypi:project-status" content="deprecated">')
+    page = parse_page(body, "text/html", "https://up.example/simple/name/", "name")
+    assert [d.filename for d in page.dists] == ["name-1.0+local-py3-none-any.whl", "name-1.0.tar.gz"]
+    assert page.dists[1].url == "https://up.example/p/name-1.0.tar.gz?token=abc"
+    assert page.status == ("deprecated", None)
+
+
+# --------------------------------------------------------------------------- pass-through
+def test_serve_passes_every_listed_file_through_with_all_its_fields(tmp_path):
+    Index.routes = {"/simple/oldpkg/": (200, JSON, json.dumps(PAGE).encode())}
+    with index_server() as up, serving(tmp_path, up + "/simple/") as url:
+        doc = _json(url, "/simple/oldpkg/").json()
+        html = _get(url + "/simple/oldpkg/", headers={"Accept": "text/html"}).text
+        pypi = _get(url + "/pypi/oldpkg/json")
+    assert [f["filename"] for f in doc["files"]] == SAFE
+    by_name = {f["filename"]: f for f in doc["files"]}
+    upstream = {f["filename"]: f for f in PAGE["files"]}
+    for name in SAFE:
+        got, want = by_name[name], upstream[name]
+        assert got["hashes"] == want["hashes"] and got["size"] == want["size"]
+        for key in ("requires-python", "yanked", "provenance", "upload-time"):
+            assert (key in got) == (key in want) and got.get(key, "").rstrip("Z").rstrip("0.") \
+                == want.get(key, "").rstrip("Z").rstrip("0."), (name, key)
+    assert doc["versions"] == PAGE["versions"]
+    assert doc["project-status"] == PAGE["project-status"]
+    assert doc["meta"]["api-version"] == "1.4"
+    assert 'name="pypi:project-status" content="archived"' in html
+    assert 'data-provenance="https://up.example/integrity/' in html
+    assert all(f">{name}</a>" in html for name in SAFE)
+    assert pypi.status_code == 200
+    releases = pypi.json()["releases"]
+    assert {"1.0", "1.0.0", "1.0.dev-r123", "0.9b0", "2004b0"} <= set(releases)
+    listed = {f["filename"] for files in releases.values() for f in files}
+    assert listed == set(SAFE)
+
+
+def test_a_file_listed_without_a_hash_is_served_unverified_once(tmp_path, caplog):
+    data = b"prodigy wheel bytes" * 1000
+    page = {"meta": {"api-version": "1.0"}, "name": "nohash",
+            "files": [_file("nohash-1.0-py3-none-any.whl", None)]}
+    Index.routes = {"/simple/nohash/": (200, JSON, json.dumps(page).encode()),
+                    "/packages/nohash-1.0-py3-none-any.whl": (200, "application/zip", data)}
+    with caplog.at_level(logging.INFO, logger="spacy_index.access"), index_server() as up, \
+            serving(tmp_path, up + "/simple/") as url:
+        doc = _json(url, "/simple/nohash/").json()
+        assert doc["files"][0]["hashes"] == {}
+        answers = [_get(url + "/files/nohash-1.0-py3-none-any.whl") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert all(r.content == data for r in answers)
+    assert answers[0].headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert Index.log.count("/packages/nohash-1.0-py3-none-any.whl") == 1
+    lines = [r.getMessage() for r in caplog.records if "/files/nohash" in r.getMessage()]
+    assert "miss-unverified" in lines[0] and all("hit-unverified" in x for x in lines[1:])
+
+
+def test_require_hashes_refuses_a_file_listed_without_a_hash(tmp_path):
+    page = {"meta": {"api-version": "1.0"}, "name": "acme-tool",
+            "files": [_file("acme_tool-1.0-py3-none-any.whl", None)]}
+    Index.routes = {"/private/acme-tool/": (200, JSON, json.dumps(page).encode())}
+    with index_server() as up:
+        config = (f'[[source]]\nname = "private"\nkind = "simple"\nurl = "{up}/private/"\n'
+                  'projects = ["acme-*"]\nrequire_hashes = true\n')
+        with serving(tmp_path, up + "/simple/", config) as url:
+            assert _json(url, "/simple/acme-tool/").status_code == 200
+            r = _get(url + "/files/acme_tool-1.0-py3-none-any.whl")
+    assert r.status_code == 502 and "require_hashes" in r.text
+    assert "/packages/acme_tool-1.0-py3-none-any.whl" not in Index.log
+
+
+def test_stale_page_is_answered_at_once_and_refreshed_behind(tmp_path):
+    def page(files):
+        return (200, JSON, json.dumps({"meta": {"api-version": "1.0"}, "name": "swr",
+                                       "files": files}).encode())
+
+    Index.routes = {"/simple/swr/": page([_file("swr-1.0.tar.gz", SHA["a"])])}
+    with index_server() as up, serving(tmp_path, up + "/simple/", page_ttl=0.3,
+                                       stale_while_revalidate=60.0) as url:
+        first = _json(url, "/simple/swr/")
+        time.sleep(0.4)
+        same = _json(url, "/simple/swr/")  # stale, unchanged upstream: the same page
+        assert same.headers["etag"] == first.headers["etag"]
+        _wait_for(lambda: Index.log.count("/simple/swr/") == 2)  # the background refresh
+        time.sleep(0.1)  # its answer is parsed and stored
+        Index.routes = {"/simple/swr/": page([_file("swr-1.0.tar.gz", SHA["a"]),
+                                               _file("swr-2.0.tar.gz", SHA["b"])])}
+        time.sleep(0.4)
+        stale = _json(url, "/simple/swr/")  # answered from the cache, refresh started
+        assert [f["filename"] for f in stale.json()["files"]] == ["swr-1.0.tar.gz"]
+        for _ in range(100):
+            fresh = _json(url, "/simple/swr/")
+            if len(fresh.json()["files"]) == 2:
+                break
+            time.sleep(0.05)
+    assert [f["filename"] for f in fresh.json()["files"]] == ["swr-1.0.tar.gz", "swr-2.0.tar.gz"]
+
+
+# --------------------------------------------------------------------------- TLS and proxies
+@pytest.fixture
+def tls_upstream(tmp_path):
+    cert, key, ca = tls_files(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    Index.routes = {"/simple/demo/": (200, JSON, json.dumps(
+        {"meta": {"api-version": "1.0"}, "name": "demo",
+         "files": [_file("demo-1.0.tar.gz", SHA["a"])]}).encode())}
+    with index_server(ctx) as up:
+        yield up, ca
+
+
+def test_an_untrusted_certificate_is_one_clear_line_in_the_502_and_the_log(tmp_path, tls_upstream, caplog):
+    up, _ca = tls_upstream
+    with caplog.at_level(logging.WARNING, logger="spacy_index.server"), \
+            serving(tmp_path, up + "/simple/") as url:
+        r = _json(url, "/simple/demo/")
+    assert r.status_code == 502
+    assert "certificate verify failed" in r.text and "for 127.0.0.1" in r.text
+    assert "SSL_CERT_FILE or ca_bundle" in r.text and "ConnectError" not in r.text
+    assert any("certificate verify failed" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_private_ca_from_the_config_or_ssl_cert_file_is_trusted(tmp_path, tls_upstream, monkeypatch):
+    up, ca = tls_upstream
+    config = f'[server]\nca_bundle = "{ca}"\n'
+    with serving(tmp_path / "a", up + "/simple/", config) as url:
+        assert _json(url, "/simple/demo/").status_code == 200
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    with serving(tmp_path / "b", up + "/simple/") as url:
+        assert _json(url, "/simple/demo/").status_code == 200
+    with make_client() as client:  # the build/install client, same rule
+        assert client.get(up + "/simple/demo/").status_code == 200
+
+
+def test_the_default_context_is_the_system_trust_store(monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    import truststore
+
+    assert isinstance(ssl_context(), truststore.SSLContext)
+
+
+def test_a_missing_ca_bundle_is_a_usage_error():
+    from spacy_index.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot load the CA certificates in ca_bundle"):
+        ssl_context("/nonexistent/ca.pem")
+
+
+def test_describe_error_names_host_and_cause():
+    request = httpx.Request("GET", "https://pypi.org/simple/x/")
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    cause.verify_message = "self-signed certificate in certificate chain"
+    exc = httpx.ConnectError("[SSL] ...", request=request)
+    exc.__cause__ = cause
+    assert describe_error(exc) == (
+        "certificate verify failed: self-signed certificate in certificate chain for pypi.org; "
+        "set SSL_CERT_FILE or ca_bundle (--ca-bundle) to the CA that signs it")
+    assert describe_error(httpx.ConnectTimeout("t", request=request)) == "connection timed out for pypi.org"
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    """A forward proxy for plain HTTP that answers every absolute URL from ``Index.routes``."""
+
+    seen: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        status, ctype, body = Index.routes.get(httpx.URL(self.path).path, (404, "text/plain", b"no"))
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def proxy_server() -> Iterator[str]:
+    Proxy.seen = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(10)
+
+
+@pytest.mark.parametrize("how", ["environment", "config"])
+def test_proxies_from_the_environment_or_the_config(tmp_path, monkeypatch, how):
+    Index.routes = {"/simple/demo/": (200, JSON, json.dumps(
+        {"meta": {"api-version": "1.0"}, "name": "demo",
+         "files": [_file("demo-1.0.tar.gz", SHA["a"])]}).encode())}
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with proxy_server() as proxy:
+        config = ""
+        if how == "environment":
+            monkeypatch.setenv("HTTP_PROXY", proxy)
+        else:
+            config = f'[server]\nproxy = "{proxy}"\n'
+        # a host that does not resolve: only the proxy can answer for it
+        with serving(tmp_path, "http://pypi.invalid/simple/", config) as url:
+            r = _json(url, "/simple/demo/")
+    assert r.status_code == 200 and r.json()["files"][0]["filename"] == "demo-1.0.tar.gz"
+    assert Proxy.seen == ["http://pypi.invalid/simple/demo/"]
