@@ -27,13 +27,17 @@ Secrets are only ever taken from the environment, netrc or keyring, never from t
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
 
 from spacy_index.errors import UsageError
 from spacy_index.http import redact_url
@@ -109,45 +113,140 @@ def default_spacy_models_source() -> SourceConfig:
                         repo="explosion/spacy-models")
 
 
+class _ServerTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    upstream: str | None = None
+    page_ttl: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    stale_while_revalidate: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    refresh: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    spacy_models: bool = True
+    ca_bundle: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    proxy: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+
+
+class _SourceTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    kind: Kind
+    name: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    projects: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
+    url: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    repo: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] | None = None
+    path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    username: str | None = None
+    password: str | None = None
+    credentials: Literal["none", "netrc", "keyring"] = "none"
+    require_hashes: bool = False
+    ca_bundle: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    proxy: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+
+
+class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: _ServerTable = msgspec.field(default_factory=_ServerTable)
+    source: list[_SourceTable] = msgspec.field(default_factory=list)
+
+
+_FIELDS = {
+    "$": [f.name for f in msgspec.structs.fields(_ConfigFile)],
+    "server": [f.name for f in msgspec.structs.fields(_ServerTable)],
+    "source": [f.name for f in msgspec.structs.fields(_SourceTable)],
+}
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `(.*)`)?$")
+_AT = re.compile(r"^(.*) - at `(.*)`$")
+
+
+def _where(path: str) -> str:
+    """``$.source[1].kind`` → ``[[source]] #2, key 'kind'``."""
+    m = re.fullmatch(r"\$(?:\.(server|source)(?:\[(\d+)\])?)?(?:\.(\w+))?", path)
+    if not m:
+        return path
+    table, index, key = m.groups()
+    where = "the top level" if table is None else (
+        "[server]" if table == "server" else f"[[source]] #{int(index or 0) + 1}")
+    return f"{where}, key {key!r}" if key else where
+
+
+def _line_of(text: str, key: str, after: int = 0) -> int | None:
+    """The first line (1-based) at or after ``after`` where ``key`` is set or opened."""
+    pattern = re.compile(rf"^\s*(\[\[?\s*{re.escape(key)}\s*\]\]?|{re.escape(key)}\s*=)")
+    for number, line in enumerate(text.splitlines(), 1):
+        if number >= after and pattern.match(line):
+            return number
+    return None
+
+
+def _schema_error(e: msgspec.ValidationError, text: str, origin: str) -> UsageError:
+    message = str(e)
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        key, at = unknown.group(1), unknown.group(2) or "$"
+        table = "server" if at.startswith("$.server") else "source" if at.startswith("$.source") else "$"
+        known = _FIELDS[table]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+        what = f"unknown table [{key}]" if table == "$" else f"unknown key {key!r} in {_where(at)}"
+        line = _line_of(text, key)
+        return UsageError(f"{origin}{f', line {line}' if line else ''}: {what}{hint} "
+                          "(nothing was started: a mistyped key could send names to the wrong index)")
+    found = _AT.match(message)
+    detail, at = (found.group(1), found.group(2)) if found else (message, "$")
+    key = at.rsplit(".", 1)[-1] if "." in at else ""
+    key = re.sub(r"\[\d+\]$", "", key)
+    line = _line_of(text, key) if key else None
+    choices = {"kind": KINDS, "credentials": ("none", "netrc", "keyring")}.get(key)
+    if choices and detail.startswith("Invalid enum value"):
+        detail = f"{key} must be one of {', '.join(choices)}, got {detail.split(' ', 3)[-1]}"
+    return UsageError(f"{origin}{f', line {line}' if line else ''}: {_where(at)}: {detail}")
+
+
 def load_config(
     path: Path | None, env: Mapping[str, str], *, upstream: str | None = None,
     ca_bundle: str | None = None,
 ) -> ServeConfig:
-    """Read ``path`` (or build the default), expanding ``${VAR}`` from ``env``."""
-    doc: dict[str, Any] = {}
+    """Read ``path`` (or build the default), expanding ``${VAR}`` from ``env``.
+
+    The file is checked against a strict schema: an unknown table or key (``upstrem``,
+    ``[[sources]]``, ``projcts``) is an error naming its line with a did-you-mean, never
+    ignored, because an ignored routing key quietly sends private names to the upstream.
+    Types and ranges are checked, folders must exist, and a literal credential in any URL is
+    refused (use ``${ENV}``, netrc or keyring).
+    """
+    table = _ConfigFile()
     if path is not None:
+        origin = f"config {str(path)!r}"
         try:
-            doc = tomllib.loads(Path(path).read_text())
+            text = Path(path).read_text()
         except OSError as e:
             raise UsageError(f"cannot read config {str(path)!r}: {e.strerror or e}") from e
+        except UnicodeDecodeError:
+            raise UsageError(f"{origin} is not UTF-8 text") from None
+        try:
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"config {str(path)!r} is not valid TOML: {e}") from e
-    server = doc.get("server", {})
-    sources = [_source(i, raw, env) for i, raw in enumerate(doc.get("source", []))]
-    if server.get("spacy_models", True) and not any(s.kind == "spacy-models" for s in sources):
+            raise UsageError(f"{origin} is not valid TOML: {e}") from e
+        try:
+            table = msgspec.convert(doc, _ConfigFile)
+        except msgspec.ValidationError as e:
+            raise _schema_error(e, text, origin) from None
+    server = table.server
+    sources = [_source(i, raw, env) for i, raw in enumerate(table.source)]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"two [[source]] tables are named {dup!r}; give each its own name")
+    if server.spacy_models and not any(s.kind == "spacy-models" for s in sources):
         sources.append(default_spacy_models_source())
-    server_ca = ca_bundle or _opt_str(server, "ca_bundle", env, "[server]")
-    server_proxy = _opt_str(server, "proxy", env, "[server]")
+    server_ca = ca_bundle or (_expand(server.ca_bundle, env, "[server]") if server.ca_bundle else None)
+    server_proxy = _url_setting(server.proxy, env, "[server] proxy", secrets_ok=True)
     sources = [replace(s, ca_bundle=s.ca_bundle or server_ca, proxy=s.proxy or server_proxy)
                for s in sources]
+    chosen = upstream or _url_setting(server.upstream, env, "[server] upstream", secrets_ok=True)
     return ServeConfig(
         sources=tuple(sources),
-        upstream=(upstream or server.get("upstream") or DEFAULT_UPSTREAM),
-        page_ttl=float(server.get("page_ttl", 60)),
-        stale_while_revalidate=float(server.get("stale_while_revalidate", 300)),
-        refresh=float(server.get("refresh", 600)),
+        upstream=chosen or DEFAULT_UPSTREAM,
+        page_ttl=server.page_ttl,
+        refresh=server.refresh,
+        stale_while_revalidate=server.stale_while_revalidate,
         ca_bundle=server_ca,
         proxy=server_proxy,
     )
-
-
-def _opt_str(raw: Mapping[str, Any], key: str, env: Mapping[str, str], where: str) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"{where}: {key} must be a non-empty string")
-    return _expand(value, env, where)
 
 
 def _expand(value: str, env: Mapping[str, str], where: str) -> str:
@@ -159,55 +258,63 @@ def _expand(value: str, env: Mapping[str, str], where: str) -> str:
     return _ENV.sub(sub, value)
 
 
-def _source(index: int, raw: Mapping[str, Any], env: Mapping[str, str]) -> SourceConfig:
-    name = str(raw.get("name") or f"source-{index + 1}")
+def _url_setting(raw: str | None, env: Mapping[str, str], where: str, *,
+                 secrets_ok: bool = False) -> str | None:
+    """An http(s) URL from the config: ``${VAR}`` expanded; userinfo only from ``${VAR}``."""
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"{where}: {redact_url(raw)!r} is not an http:// or https:// URL")
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo and not _ENV.fullmatch(userinfo.split(":")[0]) and not all(
+            _ENV.fullmatch(part) for part in userinfo.split(":") if part):
+        raise UsageError(f"{where}: the URL carries a literal credential ({redact_url(raw)}); "
+                         "use ${ENV} in its place, credentials = \"netrc\" or \"keyring\"")
+    del secrets_ok
+    return _expand(raw, env, where)
+
+
+def _source(index: int, raw: _SourceTable, env: Mapping[str, str]) -> SourceConfig:
+    name = raw.name or f"source-{index + 1}"
     where = f"source {name!r}"
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        raise UsageError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    projects = raw.get("projects")
+    kind = raw.kind
+    projects = raw.projects
     if kind == "spacy-models" and projects is None:
         projects = list(PIPELINE_GLOBS)
-    if not isinstance(projects, Sequence) or isinstance(projects, str) or not projects:
+    if not projects:
         raise UsageError(f"{where}: projects must be a non-empty list of name globs")
-    url = raw.get("url")
-    if kind in ("simple", "find-links") and not url:
+    if kind in ("simple", "find-links") and not raw.url:
         raise UsageError(f"{where}: kind {kind!r} needs url")
-    repo = raw.get("repo") or ("explosion/spacy-models" if kind == "spacy-models" else None)
+    if kind not in ("simple", "find-links") and raw.url:
+        raise UsageError(f"{where}: url is for kinds 'simple' and 'find-links', not {kind!r}")
+    repo = raw.repo or ("explosion/spacy-models" if kind == "spacy-models" else None)
     if kind == "github" and not repo:
         raise UsageError(f"{where}: kind 'github' needs repo = \"OWNER/NAME\"")
-    path = raw.get("path")
-    if kind == "folder" and not path:
+    if kind == "folder" and not raw.path:
         raise UsageError(f"{where}: kind 'folder' needs path")
-    username = raw.get("username")
-    password = raw.get("password")
-    for key, value in (("username", username), ("password", password)):
-        if value is not None and not _ENV.search(str(value)):
+    for key, value in (("username", raw.username), ("password", raw.password)):
+        if value is not None and not _ENV.search(value):
             raise UsageError(
                 f"{where}: {key} must come from the environment, e.g. {key} = \"${{MY_SECRET}}\"; "
                 "don't write secrets into the config file"
             )
-    credentials = raw.get("credentials", "none")
-    if credentials not in ("none", "netrc", "keyring"):
-        raise UsageError(f"{where}: credentials must be none, netrc or keyring")
+    folder = None
+    if raw.path:
+        folder = Path(os.path.expanduser(_expand(raw.path, env, where)))
+        if not folder.is_dir():
+            raise UsageError(f"{where}: path {str(folder)!r} is not a folder")
     return SourceConfig(
         name=name,
         kind=kind,
-        projects=tuple(str(p) for p in projects),
-        url=_expand(str(url), env, where) if url else None,
-        repo=str(repo) if repo else None,
-        path=Path(os.path.expanduser(_expand(str(path), env, where))) if path else None,
-        username=_expand(str(username), env, where) if username is not None else None,
-        password=_expand(str(password), env, where) if password is not None else None,
-        credentials=credentials,
-        require_hashes=_flag(raw, "require_hashes", where),
-        ca_bundle=_opt_str(raw, "ca_bundle", env, where),
-        proxy=_opt_str(raw, "proxy", env, where),
+        projects=tuple(projects),
+        url=_url_setting(raw.url, env, f"{where} url") if raw.url else None,
+        repo=repo,
+        path=folder,
+        username=_expand(raw.username, env, where) if raw.username is not None else None,
+        password=_expand(raw.password, env, where) if raw.password is not None else None,
+        credentials=raw.credentials,
+        require_hashes=raw.require_hashes,
+        ca_bundle=_expand(raw.ca_bundle, env, where) if raw.ca_bundle else None,
+        proxy=_url_setting(raw.proxy, env, f"{where} proxy"),
     )
-
-
-def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise UsageError(f"{where}: {key} must be true or false")
-    return value

@@ -6,13 +6,14 @@ origin and repository it describes and is never applied to any other: its URLs a
 facts about that host only. Values it does not know (e.g. sizes) are stored as null, never
 guessed.
 
-Dates: each release records its ``date`` (when it was published; the bundled snapshot has the
-tag dates of the recorded inventory), and each asset its own ``upload_time`` where known. An
-asset's ``upload_time`` of null means "its release's date": that is what offline builds give as
-the file's PEP 700 ``upload-time``. A snapshot written live (``spacy-index snapshot``) knows
-every asset's own upload time (GitHub's ``created_at``), so offline builds from it show the same
-upload times as a live build. Both keys are optional: snapshots written before they existed
-load unchanged (their files simply have no upload time).
+Dates: each release records its ``date`` and each asset its own ``upload_time`` where known.
+An asset's ``upload_time`` of null means "its release's date", and that is what offline builds
+give as the file's PEP 700 ``upload-time``. The bundled snapshot knows only release dates (the
+tag dates of the recorded inventory), so its files are dated by their release. A snapshot
+written live (``spacy-index snapshot``) knows every asset's own upload time (GitHub's
+``created_at``), so offline builds from it show the same upload times as a live build; its
+release ``date`` is the earliest of them. Both keys are optional: snapshots written before they
+existed load unchanged (their files simply have no upload time), and the format stays 1.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class Snapshot:
     metas: Mapping[str, ModelMeta] = field(default_factory=dict)
     #: Release tags the metas were last checked against (so warm runs skip the archive).
     note: str = ""
-    #: tag -> the release's date (when it was published). A release missing here is dated by
-    #: the earliest upload time of its assets, if any.
+    #: tag -> the release's date (the bundled snapshot: its tag date). A release missing here
+    #: is dated by the earliest upload time of its assets, if any.
     release_dates: Mapping[str, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
