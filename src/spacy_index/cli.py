@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from spacy_index import __version__
 from spacy_index.errors import SpacyIndexError, UsageError
@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         description="spaCy pipelines as ordinary, lockable, hashed Python packages.",
     )
     p.add_argument("--version", action="version", version=f"spacy-index {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser(
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--config", type=Path, metavar="FILE", help="TOML config (see docs/serve.md)")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8765)
+    v.add_argument("--port", type=_port, default=8765)
     v.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="file and metadata cache (default: the user cache folder)")
     v.add_argument("--cache", metavar="s3://BUCKET/PREFIX",
@@ -117,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", type=Path, help="where ETags are kept")
     _tls_arg(s)
     return p
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
+    return port
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -148,8 +160,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from spacy_index.http import install_log_redaction
 
     install_log_redaction()
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
+    # markup off: no message may be read as rich markup ("spacy-index[s3]" stays as it is)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    out = Console(highlight=False, soft_wrap=True, markup=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
     if "--" in argv:
@@ -173,11 +186,44 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _list(args, env, out, err)
         raise UsageError(f"unknown command {args.command!r}")
     except SpacyIndexError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        _error_line(err, str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted; the previous output is unchanged")
+        err.print(_INTERRUPTED.get(args.command, "interrupted"), markup=False, highlight=False)
         return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        _error_line(err, f"{e.strerror or e}{where}; check the path and its permissions "
+                         "(SPACY_INDEX_CACHE_DIR or --cache-dir moves the cache)")
+        return 1
+    except Exception as e:  # an unexpected error: one line, the traceback only with --debug
+        if args.debug:
+            raise
+        _error_line(err, f"unexpected {type(e).__name__}: {e}; rerun with --debug for the "
+                         "traceback and report it")
+        return 70
+
+
+#: what Ctrl-C leaves behind, per command
+_INTERRUPTED = {
+    "build": "interrupted; the previous output is unchanged",
+    "snapshot": "interrupted; no snapshot was written",
+    "install": "interrupted; verified downloads stay in the cache and a partial one resumes "
+               "next time; nothing was installed unless pip had finished",
+    "list": "interrupted",
+    "serve": "stopped",
+}
+
+
+def _error_line(err: Console, message: str) -> None:
+    """``error: <message>`` on stderr; the message is plain text, never rich markup."""
+    from rich.text import Text
+
+    line = Text("error: ", style="bold red")
+    line.append(message)
+    err.print(line, highlight=False)
 
 
 def run() -> None:
@@ -273,7 +319,9 @@ def _summary(result, out: Console) -> None:
         rows.append(("tags without release", f"{len(fetched.catalog.tags_without_release):,}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        out.print(f"[bold]{key.ljust(width)}[/]  {escape(value)}")
+        line = Text(key.ljust(width), style="bold")
+        line.append(f"  {value}")
+        out.print(line)
     if not isinstance(pub.path, Path):
         out.print(f"\nServe {pub.path} over HTTP (see docs/static-hosting.md) and use "
                   "--index-url https://HOST/PREFIX/simple/", markup=False)
@@ -381,6 +429,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
 
     import uvicorn
 
+    from spacy_index.http import redact_url
     from spacy_index.server.app import build_server, create_app
     from spacy_index.server.config import load_config
     from spacy_index.server.logbuffer import BufferedStreamHandler
@@ -388,45 +437,65 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{flag} {str(path)!r}: no such file")
     settings, cache_dir = _settings(args, env)
     config = load_config(args.config, env, upstream=args.upstream, ca_bundle=args.ca_bundle)
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
-    server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
-                          token=settings.token, s3_cache=args.cache,
-                          s3_endpoint_url=args.s3_endpoint_url)
-    app = create_app(server)
-    scheme = "https" if args.tls_cert else "http"
-    err.print(f"spacy-index serve: {scheme}://{args.host}:{args.port}/simple/  "
-              f"(cache {cache_dir}; upstream {config.upstream})", markup=False)
-    for source in config.sources:
-        where = source.display_url or source.repo or (str(source.path) if source.path else "")
-        err.print(f"  {source.name}: {source.kind} {where} <- {', '.join(source.projects[:4])}"
-                  + (" …" if len(source.projects) > 4 else ""), markup=False)
+    level = args.log_level.upper()
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # one access-log line per request: the HTTP libraries' own request lines only at debug
+    for noisy in ("httpx", "httpcore", "hpack", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     uv_config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        None, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
         ssl_keyfile=str(args.tls_key) if args.tls_key else None,
-        timeout_graceful_shutdown=10, backlog=1024,
+        timeout_graceful_shutdown=10, backlog=1024, loop="asyncio",
+    )
+    try:
+        sock = uv_config.bind_socket()  # listen before saying so: a busy port is one line
+    except (OSError, SystemExit) as e:
+        detail = getattr(e, "strerror", None) or "the address is in use or not available"
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {detail}; "
+                         "choose another --port or --host") from None
+    try:
+        server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
+                              token=settings.token, s3_cache=args.cache,
+                              s3_endpoint_url=args.s3_endpoint_url)
+        app = create_app(server)
+        uv_config.app = app
         # httptools with zero-copy files and task-free cached pages (server/protocol.py);
         # uvicorn's default when that protocol is unavailable. The plain asyncio loop, because
         # zero-copy needs its loop.sendfile.
-        http=protocol_class(app.fast) or "auto", loop="asyncio",
-    )
-    # After uvicorn.Config, which re-configures logging (closing existing handlers): the access
-    # log is written in batches, at most 1 s late, not one write(2) per request.
-    access_handler = BufferedStreamHandler(sys.stderr, interval=1.0)
-    access_handler.setFormatter(logging.Formatter("%(message)s"))
-    access_logger = logging.getLogger("spacy_index.access")
-    access_logger.addHandler(access_handler)
-    access_logger.propagate = False
-    # Log records need only their message: skip the caller lookup and thread/process fields
-    # (the logging HOWTO's "Optimization" settings), which cost more than the line itself.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    try:
-        uvicorn.Server(uv_config).run()
-    except OSError as e:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        uv_config.http = protocol_class(app.fast) or "auto"
+        try:
+            uv_config.load()
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise UsageError(f"cannot use the TLS certificate or key: {getattr(e, 'strerror', None) or e}") from None
+        scheme = "https" if args.tls_cert else "http"
+        err.print(f"spacy-index serve: {scheme}://{args.host}:{sock.getsockname()[1]}/simple/  "
+                  f"(cache {cache_dir}; upstream {redact_url(config.upstream)})")
+        for source in config.sources:
+            where = source.display_url or source.repo or (str(source.path) if source.path else "")
+            err.print(f"  {source.name}: {source.kind} {where} <- {', '.join(source.projects[:4])}"
+                      + (" …" if len(source.projects) > 4 else ""))
+        # After uvicorn.Config.load, which re-configures logging (closing existing handlers):
+        # the access log is written in batches, at most 1 s late, not one write(2) per request.
+        access_handler = BufferedStreamHandler(sys.stderr, interval=1.0)
+        access_handler.setFormatter(logging.Formatter("%(message)s"))
+        access_logger = logging.getLogger("spacy_index.access")
+        access_logger.addHandler(access_handler)
+        access_logger.propagate = False
+        for name in ("uvicorn", "uvicorn.error"):  # "Started server process" and the like
+            logging.getLogger(name).setLevel(logging.WARNING if level == "INFO" else level)
+        # Log records need only their message: skip the caller lookup and thread/process
+        # fields (the logging HOWTO's "Optimization" settings).
+        logging._srcfile = None  # type: ignore[attr-defined]
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+        uvicorn.Server(uv_config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -69,6 +70,7 @@ from spacy_index.server.sources import (
 log = logging.getLogger("spacy_index.server")
 access = logging.getLogger("spacy_index.access")
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 PAGE_MAX_AGE = 60
 FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 CHUNK = 1 << 20
@@ -672,8 +674,9 @@ class AccessLog:
 
     @staticmethod
     def line(scope: Scope, status: int, sent: int, cache: str, seconds: float) -> None:
-        access.info("%s %s %s %dB %s %.3fs", scope["method"], redact_url(scope["path"]),
-                    status, sent, cache, seconds)
+        # control characters escaped: a ``%0a`` in a path cannot forge a log line
+        path = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", redact_url(scope["path"]))
+        access.info("%s %s %s %dB %s %.3fs", scope["method"], path, status, sent, cache, seconds)
 
     @classmethod
     def log_fast(cls, scope: dict[str, Any], status: int, sent: int) -> None:
@@ -696,6 +699,8 @@ class AccessLog:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == ZEROCOPY:  # the bytes sendfile(2) will send
+                sent += int(message.get("count") or 0)
             await send(message)
 
         try:
