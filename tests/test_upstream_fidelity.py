@@ -350,3 +350,45 @@ def test_proxies_from_the_environment_or_the_config(tmp_path, monkeypatch, how):
             r = _json(url, "/simple/demo/")
     assert r.status_code == 200 and r.json()["files"][0]["filename"] == "demo-1.0.tar.gz"
     assert Proxy.seen == ["http://pypi.invalid/simple/demo/"]
+
+
+class Conditional(Index):
+    """Answers 304 to a matching If-None-Match."""
+
+    def do_GET(self) -> None:
+        if self.headers.get("If-None-Match") == '"v1"':
+            self.log.append("304 " + self.path)
+            self.send_response(304)
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            return
+        status, ctype, body = self.routes.get(self.path, (404, "text/plain", b"not found"))
+        self.log.append(self.path)
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("ETag", '"v1"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_pages_are_revalidated_with_the_upstreams_etag(tmp_path):
+    Index.routes = {"/simple/etag/": (200, JSON, json.dumps(
+        {"meta": {"api-version": "1.0"}, "name": "etag",
+         "files": [_file("etag-1.0.tar.gz", SHA["a"])]}).encode())}
+    Index.log = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Conditional)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        up = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with serving(tmp_path, up + "/simple/", page_ttl=0.0, stale_while_revalidate=0.0) as url:
+            first = _json(url, "/simple/etag/")
+            second = _json(url, "/simple/etag/")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(10)
+    assert first.status_code == second.status_code == 200
+    assert second.json() == first.json()
+    assert Index.log == ["/simple/etag/", "304 /simple/etag/"]

@@ -402,6 +402,10 @@ class _Cached:
     #: sha256 of the upstream body the project was parsed from: an unchanged body keeps the
     #: same Project object, so pages rendered from it stay cached (rendered once per change)
     digest: str = ""
+    #: the upstream's validators, sent back as If-None-Match / If-Modified-Since (some
+    #: networks' proxies strip them: the digest above works without them)
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 #: bodies larger than this are parsed in a worker thread, never on the event loop
@@ -446,7 +450,14 @@ class IndexSource:
     async def _fetch(self, name: NormalizedName, previous: _Cached | None) -> _Cached:
         url = self._page_url(name)
         headers = {"Accept": f"{JSON_CONTENT_TYPE}, {HTML_CONTENT_TYPE};q=0.1, text/html;q=0.01"}
+        if previous is not None and previous.project is not None:
+            if previous.etag:
+                headers["If-None-Match"] = previous.etag
+            if previous.last_modified:
+                headers["If-Modified-Since"] = previous.last_modified
         resp = await self.client.get(url, headers=headers)
+        if resp.status_code == 304 and previous is not None and previous.project is not None:
+            return replace(previous, fetched=time.monotonic())
         if resp.status_code == 404 and not self.flat:
             return _Cached(time.monotonic(), None, {})
         if resp.status_code != 200:
@@ -458,13 +469,15 @@ class IndexSource:
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
         body = resp.content
         digest = hashlib.sha256(body).hexdigest()
+        validators = {"etag": resp.headers.get("etag"),
+                      "last_modified": resp.headers.get("last-modified")}
         if previous is not None and previous.digest == digest:
-            return _Cached(time.monotonic(), previous.project, previous.files, digest)
+            return replace(previous, fetched=time.monotonic(), **validators)
         if len(body) > _PARSE_IN_THREAD:
             parsed = await asyncio.to_thread(self._parse, body, ctype, str(resp.url), name)
         else:
             parsed = self._parse(body, ctype, str(resp.url), name)
-        return replace(parsed, digest=digest)
+        return replace(parsed, digest=digest, **validators)
 
     def _parse(self, body: bytes, ctype: str, page_url: str, name: NormalizedName) -> _Cached:
         try:
