@@ -278,6 +278,7 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
         err.print(f"warning: {warning}", markup=False, highlight=False)
     if args.base_url and not args.mirror:
         raise UsageError("--base-url goes with --mirror")
+    _check_selection(fetched.catalog, args.only, spacy_version, args.wheels_only)
     result = build_index(
         args.out, fetched.catalog, only=args.only, spacy=spacy_version,
         wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
@@ -288,14 +289,36 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
     return 0
 
 
+def _check_selection(catalog, only, spacy_version, wheels_only) -> None:
+    """A filter that keeps nothing is a mistake, said before anything is written."""
+    import difflib
+
+    from spacy_index.model import normalize_glob
+
+    if not catalog.projects or catalog.filter(only=only, spacy=spacy_version,
+                                              wheels_only=wheels_only).projects:
+        return
+    names = sorted(catalog.projects)
+    if only and not catalog.filter(only=only).projects:
+        stems = [normalize_glob(g).replace("*", "").replace("?", "") for g in only]
+        close = sorted({m for s in stems for m in difflib.get_close_matches(s, names, n=2, cutoff=0.5)})
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; names look like {names[0]}"
+        raise UsageError(f"--only {' '.join(only)} matched no project{hint} (nothing was written)")
+    what = f"spaCy {spacy_version}" if spacy_version else "the filters"
+    raise UsageError(f"no file of the selected projects fits {what} (nothing was written)")
+
+
 def _summary(result, out: Console) -> None:
     projects, files, hashed = result.catalog.counts()
     fetched = result.fetch
     stats = fetched.stats
     pub = result.publish
-    state = f"updated, {pub.files_changed} files changed" if pub.changed else (
-        "unchanged, nothing rewritten"
-    )
+    if getattr(pub, "created", False):
+        state = f"created, {pub.files_changed} files"
+    elif pub.changed:
+        state = f"updated, {pub.files_changed} files changed"
+    else:
+        state = "unchanged, nothing rewritten"
     rows = [("output", f"{pub.path} ({state})"), ("source", f"{fetched.catalog.source} [{fetched.mode}]")]
     if result.catalog.snapshot_date:
         rows.append(("snapshot", f"catalog snapshot dated {result.catalog.snapshot_date}"))
@@ -327,11 +350,15 @@ def _summary(result, out: Console) -> None:
                   "--index-url https://HOST/PREFIX/simple/", markup=False)
         return
     simple = pub.path.as_uri() + "/simple/"
-    out.print("\nUse it (or serve the folder over HTTP and use http://HOST/simple/):", markup=False)
-    out.print(f"  pip install --index-url {simple} en_core_web_sm", markup=False)
-    out.print(f"  uv pip install --index-url {simple} en_core_web_sm", markup=False)
+    projects_built = result.catalog.projects
+    example = "en_core_web_sm" if "en-core-web-sm" in projects_built else (
+        next(iter(projects_built.values())).display_name if projects_built else "en_core_web_sm")
+    out.print("\nUse it (or serve the folder over HTTP and use http://HOST/simple/); the index "
+              "holds only pipelines, so install spaCy from PyPI first:")
+    out.print(f"  pip install 'spacy>=3.8,<3.9' && pip install --index-url {simple} {example}")
+    out.print(f"  uv pip install 'spacy>=3.8,<3.9' && uv pip install --index-url {simple} {example}")
     out.print(f"  pip install --no-index --find-links {pub.path.as_uri()}/find-links.html "
-              "en_core_web_sm   # the flat page", markup=False)
+              f"{example}   # the flat page")
 
 
 def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Console):
@@ -346,7 +373,7 @@ def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Cons
                              ca_bundle=args.ca_bundle).catalog
 
     catalog, how = cached_catalog(cache_dir, fetch=fetch, max_age=24 * 3600,
-                                  refresh=args.refresh)
+                                  refresh=args.refresh, api_url=settings.api_url)
     return catalog, how, cache_dir
 
 
@@ -409,6 +436,13 @@ def _list(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: C
             "spacy": str(newest.spacy_requirement) if newest.spacy_requirement else None,
             "sha256": newest.sha256,
         })
+    if not rows and spacy is not None:
+        from spacy_index.install import _minor_series
+
+        wheels = [d for p in catalog.projects.values() for d in p.files if d.kind == "wheel"]
+        have = _minor_series(wheels)
+        raise UsageError(f"no pipeline runs on spaCy {spacy}; pipelines exist for spaCy "
+                         f"{', '.join(have) if have else 'no known version'}")
     if args.json:
         out.print_json(_json.dumps(rows))
         return 0

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import ssl
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> st
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out{where} ({type(exc).__name__})"
     if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect{where}: {text or 'connection failed'}"
+        return f"cannot connect to {host or 'the server'}: {text or 'connection failed'}"
     return f"{type(exc).__name__}{where}" + (f": {text}" if text else "")
 
 
@@ -208,20 +208,39 @@ class ConditionalStore:
     transactions, so a killed run never leaves a half-written entry.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, notify: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as e:
+            # it is a cache: a corrupt or foreign file is discarded and rebuilt, once, loudly
+            assert path is not None
+            for extra in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{path}{extra}").unlink()
+            if notify is not None:
+                notify(f"warning: the ETag cache {str(path)!r} was unreadable ({e}); "
+                       "discarded it, the next run is a full one")
+            self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: Path | None) -> sqlite3.Connection:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
-        )
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
+        db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False,
+                             isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS responses ("
                 " key TEXT PRIMARY KEY, etag TEXT NOT NULL, body BLOB NOT NULL, link TEXT NOT NULL)"
             )
+            db.execute("SELECT key, etag, body, link FROM responses LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     @staticmethod
     def key(url: str, authenticated: bool) -> str:

@@ -36,6 +36,8 @@ class PublishReport:
     files_written: int
     bytes_written: int
     files_changed: int
+    #: the folder did not exist before this publish
+    created: bool = False
 
 
 def check_relative_path(path: str) -> PurePosixPath:
@@ -96,10 +98,11 @@ def read_tree(root: Path) -> dict[str, bytes]:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock beside ``out``: a second build fails fast."""
+    """An exclusive, non-blocking lock on ``out``'s parent folder itself (``flock`` works on
+    a directory's descriptor): a second build there fails fast, and no lock file is left
+    behind in the user's working folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,7 +193,8 @@ def _publish_locked(files: Mapping[str, Content], out: Path, *, allow_shrink: bo
                 _link_or_copy(data, target)
                 written += target.stat().st_size
         os.chmod(staging, 0o755)
-        if not out.exists():
+        created = not out.exists()
+        if created:
             os.rename(staging, out)
         elif _exchange(staging, out):
             shutil.rmtree(staging)
@@ -204,7 +208,7 @@ def _publish_locked(files: Mapping[str, Content], out: Path, *, allow_shrink: bo
         raise
     return PublishReport(
         out, changed=True, files_written=len(files), bytes_written=written,
-        files_changed=len(changed),
+        files_changed=len(changed), created=created,
     )
 
 

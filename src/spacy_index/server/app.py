@@ -57,6 +57,7 @@ from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.render import html, pep691
 from spacy_index.render.json_api import dumps, pypi_project_document
 from spacy_index.render.pep691 import JSON_CONTENT_TYPE
+from spacy_index.server.catalogue import catalogue_routes
 from spacy_index.server.config import ServeConfig, SourceConfig
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.protocol import ZEROCOPY
@@ -66,6 +67,7 @@ from spacy_index.server.sources import (
     IndexSource,
     Source,
 )
+from spacy_index.server.stats import CacheStats, CountCache
 
 log = logging.getLogger("spacy_index.server")
 access = logging.getLogger("spacy_index.access")
@@ -154,6 +156,8 @@ class Server:
                                                 list[tuple[bytes, bytes]]]] = {}
         #: set by create_app: writes the access-log line of a request answered by fast_response
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
+        #: file/metadata cache hits and misses since start (the catalogue page shows them)
+        self.cache_stats = CacheStats()
 
     def source_for(self, name: NormalizedName) -> Source:
         source = self._routes.get(name)
@@ -622,6 +626,7 @@ def create_app(server: Server) -> Starlette:
         Route("/pypi/{project}/json", pypi_json),
         Route("/files/{filename}", files, methods=["GET", "HEAD"]),
         Route("/{project}/json", pypi_json),
+        *catalogue_routes(server),  # /, /index.html, /catalogue/<name>.html, .js, .css
     ]
 
     @contextlib.asynccontextmanager
@@ -630,7 +635,7 @@ def create_app(server: Server) -> Starlette:
         await server.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    logged = AccessLog(app)
+    logged = AccessLog(CountCache(app, server.cache_stats))
     server.log_fast = logged.log_fast
     #: for the server protocol (``protocol.protocol_class``): pages answered without a task
     logged.fast = server.fast_response
@@ -710,6 +715,16 @@ class AccessLog:
                       time.perf_counter() - start)
 
 
+def _snapshot_applies(api_url: str, repo: str) -> bool:
+    """The bundled snapshot stands in only for its own host and repository."""
+    from spacy_index.sources import snapshot as snapshots
+
+    try:
+        return snapshots.load(None).applies_to(api_url.rstrip("/"), repo)
+    except SpacyIndexError:
+        return False
+
+
 def build_server(
     config: ServeConfig,
     *,
@@ -729,11 +744,12 @@ def build_server(
             repo = cfg.repo
 
             def load() -> Catalog:
-                return fetch_catalog(repo, api_url=api_url, token=token,
+                # bounded: one retry, short waits; the source's circuit breaker does the rest
+                return fetch_catalog(repo, api_url=api_url, token=token, retries=1, max_wait=10,
                                      state_dir=cache_dir / "github").catalog
 
             fallback = None
-            if offline_snapshot and cfg.kind == "spacy-models":
+            if offline_snapshot and cfg.kind == "spacy-models" and _snapshot_applies(api_url, repo):
                 def fallback() -> Catalog:
                     return fetch_catalog(repo, api_url=api_url, offline=True).catalog
 

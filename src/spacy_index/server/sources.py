@@ -140,6 +140,9 @@ class CatalogSource:
         self._catalog: Catalog | None = None
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
+        #: circuit breaker: after a failed first load, the same error for ``retry_after`` s
+        self.retry_after = 30.0
+        self._failed: tuple[float, SpacyIndexError] | None = None
         self.client, _ = source_client(None, None, None)
 
     async def catalog(self) -> Catalog:
@@ -150,8 +153,11 @@ class CatalogSource:
         async with self._lock:
             if self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh:
                 return self._catalog
+            if self._failed is not None and time.monotonic() < self._failed[0]:
+                raise self._failed[1]  # fail fast: the source was unreachable moments ago
             try:
                 self._catalog = await asyncio.to_thread(self._load)
+                self._failed = None
             except SpacyIndexError as e:
                 if self._catalog is not None:
                     log.warning("%s: refresh failed, keeping the last catalog: %s", self.name, e)
@@ -159,6 +165,8 @@ class CatalogSource:
                     log.warning("%s: %s; using the bundled snapshot", self.name, e)
                     self._catalog = await asyncio.to_thread(self._fallback)
                 else:
+                    log.warning("%s: %s", self.name, e)
+                    self._failed = (time.monotonic() + self.retry_after, e)
                     raise
             self._loaded_at = time.monotonic()
             return self._catalog

@@ -167,7 +167,8 @@ class GitHubReleases:
                 raise UpstreamUnreachable(
                     f"GitHub at {redact_url(self.api_url)}",
                     f"{describe_error(e, url)} while fetching {what}",
-                    "check the network, or build from the bundled snapshot with --offline",
+                    "check the network and GITHUB_API_URL (the bundled snapshot, used by "
+                    "build --offline and as a fallback, covers github.com only)",
                 ) from e
             for hop in (*resp.history, resp):
                 self.stats.add(hop.status_code, api=origin(hop.url) == self._api_origin)
