@@ -213,6 +213,12 @@ class ConditionalStore:
         self._lock = threading.Lock()
         try:
             self._db = self._open(path)
+        except (sqlite3.OperationalError, OSError) as e:
+            # cannot open or create it (a read-only or missing cache folder): work in memory
+            if notify is not None:
+                notify(f"warning: cannot use the ETag cache {str(path)!r} "
+                       f"({getattr(e, 'strerror', None) or e}); this run keeps ETags in memory")
+            self._db = self._open(None)
         except sqlite3.DatabaseError as e:
             # it is a cache: a corrupt or foreign file is discarded and rebuilt, once, loudly
             assert path is not None

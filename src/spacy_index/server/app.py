@@ -48,9 +48,9 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spacy_index.cache import FileCache, Upstream
+from spacy_index.cache import CacheWriteError, FileCache, Upstream
 from spacy_index.catalog import Catalog
-from spacy_index.errors import InvalidFilename, SpacyIndexError
+from spacy_index.errors import DigestMismatch, InvalidFilename, SpacyIndexError
 from spacy_index.http import describe_error, redact_url
 from spacy_index.metadata import MetadataError, metadata_from_remote_wheel, metadata_from_wheel_file
 from spacy_index.model import Distribution, Project, parse_filename
@@ -86,12 +86,21 @@ class Located:
 
 
 class MetadataStore:
-    """``root/<wheel sha256>.metadata``, written atomically; remembers metadata sha256s."""
+    """``root/<wheel sha256>.metadata``, written atomically; remembers metadata sha256s.
+
+    It heals: a file or the whole folder removed while serving is fetched and written again
+    (the folder recreated); when the folder cannot be written, the metadata is kept in
+    memory instead (one warning), so reading never needs writing.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            root.mkdir(parents=True, exist_ok=True)
         self._digests: dict[str, str] = {}
+        #: metadata that could not be written to disk (a read-only or full cache)
+        self.in_memory: dict[str, bytes] = {}
+        self._warned = False
         self._locks: dict[str, asyncio.Lock] = {}
         #: bumped whenever a metadata file is stored, so cached pages know to re-render
         self.version = 0
@@ -100,20 +109,36 @@ class MetadataStore:
         return self.root / f"{wheel_sha}.metadata"
 
     def digest(self, wheel_sha: str) -> str | None:
+        """The metadata's sha256 if it is at hand (on disk, or in memory), else None."""
         known = self._digests.get(wheel_sha)
-        if known is None:
-            try:
-                data = self.path(wheel_sha).read_bytes()
-            except OSError:
+        if known is not None and (wheel_sha in self.in_memory or self.path(wheel_sha).exists()):
+            return known
+        try:
+            data = self.path(wheel_sha).read_bytes()
+        except OSError:
+            self._digests.pop(wheel_sha, None)
+            data = self.in_memory.get(wheel_sha)
+            if data is None:
                 return None
-            known = self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
+        known = self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
         return known
 
     def put(self, wheel_sha: str, data: bytes) -> None:
         target = self.path(wheel_sha)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            self.in_memory.pop(wheel_sha, None)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot write metadata to %s (%s); keeping it in memory",
+                            self.root, e.strerror or e)
+            self.in_memory[wheel_sha] = data
         self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
         self.version += 1
 
@@ -431,6 +456,16 @@ def file_response(request: Request, path: Path, etag: str, *, media_type: str) -
                             media_type=media_type)
 
 
+def _bytes_response(request: Request, data: bytes, etag: str, *, media_type: str) -> Response:
+    headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(data))
+        return Response(status_code=200, headers=headers, media_type=media_type)
+    return Response(data, headers=headers, media_type=media_type)
+
+
 def _media_type(filename: str) -> str:
     return "application/zip" if filename.endswith((".whl", ".zip")) else "application/gzip"
 
@@ -538,6 +573,8 @@ def create_app(server: Server) -> Starlette:
         stream = cache.open(up)
         try:
             await stream.__aenter__()
+        except CacheWriteError as e:
+            return await _pass_through(request, found.source.client, up, e)
         except SpacyIndexError as e:
             return _error(502, str(e))
         request.scope.setdefault("state", {})["cache"] = "hit" if stream.hit else "miss"
@@ -615,7 +652,14 @@ def create_app(server: Server) -> Starlette:
             else:
                 request.scope.setdefault("state", {})["cache"] = "hit"
         meta_sha = store.digest(d.sha256)
-        return file_response(request, store.path(d.sha256), f'"{meta_sha}"', media_type="text/plain")
+        kept = store.in_memory.get(d.sha256)
+        if kept is not None:
+            return _bytes_response(request, kept, f'"{meta_sha}"', media_type="text/plain")
+        try:
+            return file_response(request, store.path(d.sha256), f'"{meta_sha}"',
+                                 media_type="text/plain")
+        except FileNotFoundError:  # removed between the check and the answer: heal next time
+            return _error(503, "the metadata was removed while being served; retry")
 
     routes = [
         Route("/health", health),
@@ -640,6 +684,50 @@ def create_app(server: Server) -> Starlette:
     #: for the server protocol (``protocol.protocol_class``): pages answered without a task
     logged.fast = server.fast_response
     return logged  # type: ignore[return-value]
+
+
+_PASS_THROUGH_WARNED: set[str] = set()
+
+
+async def _pass_through(request: Request, client: httpx.AsyncClient, up: Upstream,
+                        why: SpacyIndexError) -> Response:
+    """The cache cannot be written: stream the file from upstream as it comes (hashing it;
+    a mismatch cuts the connection before the last byte), one warning per cache folder."""
+    key = str(getattr(why, "root", ""))
+    if key not in _PASS_THROUGH_WARNED:
+        _PASS_THROUGH_WARNED.add(key)
+        log.warning("%s; passing files through uncached", why)
+    request.scope.setdefault("state", {})["cache"] = "pass-through"
+    try:
+        upstream = await client.send(client.build_request("GET", up.url), stream=True)
+    except httpx.HTTPError as e:
+        return _error(502, f"cannot download {up.filename!r}: {describe_error(e, up.url)}")
+    if upstream.status_code != 200:
+        await upstream.aclose()
+        return _error(502, f"cannot download {up.filename!r}: HTTP {upstream.status_code} upstream")
+    headers = {"Cache-Control": "no-store"}
+    if upstream.headers.get("content-length"):
+        headers["Content-Length"] = upstream.headers["content-length"]
+
+    async def body() -> AsyncIterator[bytes]:
+        digest = hashlib.sha256()
+        held = b""
+        try:
+            async for chunk in upstream.aiter_raw():
+                digest.update(chunk)
+                if held:
+                    yield held
+                held = chunk
+            if up.sha256 is not None and digest.hexdigest() != up.sha256:
+                log.error("%s: sha256 mismatch (%s, expected %s); cut", up.filename,
+                          digest.hexdigest(), up.sha256)
+                raise DigestMismatch(up.filename, up.sha256, digest.hexdigest())
+            if held:
+                yield held
+        finally:
+            await upstream.aclose()
+
+    return StreamingResponse(body(), headers=headers, media_type=_media_type(up.filename))
 
 
 async def _fetch_metadata(server: Server, found: Located) -> bytes:
