@@ -487,12 +487,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
         ssl_keyfile=str(args.tls_key) if args.tls_key else None,
         timeout_graceful_shutdown=10, backlog=1024, loop="asyncio",
     )
-    try:
-        sock = uv_config.bind_socket()  # listen before saying so: a busy port is one line
-    except (OSError, SystemExit) as e:
-        detail = getattr(e, "strerror", None) or "the address is in use or not available"
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {detail}; "
-                         "choose another --port or --host") from None
+    sock = _listen(args.host, args.port)  # before saying so: a busy port is one line
     try:
         server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
                               token=settings.token, s3_cache=args.cache,
@@ -531,6 +526,28 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     finally:
         sock.close()
     return 0
+
+
+def _listen(host: str, port: int):
+    """A listening socket on ``host:port`` (as uvicorn binds it), or one clear error."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}; check --host") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.set_inheritable(True)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
+                         "choose another --port or --host") from None
+    return sock
 
 
 def _snapshot(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:

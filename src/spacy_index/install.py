@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import hashlib
 import json
 import os
 import shutil
@@ -140,8 +141,24 @@ def _minor_series(dists: Sequence[Distribution]) -> list[str]:
     return have
 
 
+def split_model(text: str) -> tuple[str, SpecifierSet | None]:
+    """``en_core_web_sm`` → (name, None); ``en_core_web_sm==3.8.0`` (any PEP 440 specifier,
+    as in a requirement) → (name, specifier)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not any(c in text for c in "=<>!~ "):
+        return text, None
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        raise UsageError(f"{text!r} is not a pipeline name or NAME==VERSION") from None
+    return req.name, (req.specifier if str(req.specifier) else None)
+
+
 def choose(catalog: Catalog, name: str, spacy: SpacyTarget, *, pre: bool = False) -> Choice:
-    """The newest hashed wheel of ``name`` whose spaCy requirement admits ``spacy``."""
+    """The newest hashed wheel of ``name`` whose spaCy requirement admits ``spacy``;
+    ``name`` may pin versions (``en_core_web_sm==3.8.0``)."""
+    name, pinned = split_model(name)
     norm = canonicalize_name(name)
     project = catalog.projects.get(norm)
     if project is None:
@@ -149,9 +166,18 @@ def choose(catalog: Catalog, name: str, spacy: SpacyTarget, *, pre: bool = False
         close = difflib.get_close_matches(name.replace("-", "_"), names, n=3, cutoff=0.6)
         raise NoSuchModel(name, close)
     wheels = [d for d in project.files if d.kind == "wheel" and d.sha256]
+    if pinned is not None:
+        have = sorted({d.version for d in wheels})
+        wheels = [d for d in wheels if pinned.contains(d.version, prereleases=True)]
+        if not wheels:
+            versions = ", ".join(str(v) for v in have) or "none"
+            raise SpacyIndexError(f"no hashed wheel of {project.display_name} matches "
+                                  f"{pinned}; versions with one: {versions}")
+        pre = pre or all(d.version.is_prerelease for d in wheels)
     candidates = [d for d in wheels if spacy.admits(d) and (pre or not d.version.is_prerelease)]
     if not candidates:
-        raise NoCompatibleVersion(project.display_name, spacy, _minor_series(wheels))
+        label = project.display_name + (str(pinned) if pinned is not None else "")
+        raise NoCompatibleVersion(label, spacy, _minor_series(wheels))
     return Choice(max(candidates, key=Distribution.sort_key), spacy)
 
 
@@ -183,7 +209,7 @@ def catalog_from_index(index: str, names: Sequence[str], known: Catalog,
     by_filename = {d.filename: d for d in known.files}
     dists: list[Distribution] = []
     for raw in names:
-        name = canonicalize_name(raw)
+        name = canonicalize_name(split_model(raw)[0])
         page = _project_page(index, name, client)
         if page is None:
             continue
@@ -208,6 +234,9 @@ def _project_page(index: str, name: NormalizedName, client: httpx.Client) -> tup
     json_type = "application/vnd.pypi.simple.v1+json"
     if "://" not in index or index.startswith("file://"):
         root = Path(index.removeprefix("file://"))
+        if not root.is_dir():
+            raise UsageError(f"--index {index}: no such folder (give a folder made by "
+                             "`spacy-index build`, a file:// URL or an http(s):// index)")
         for folder in (root / "simple" / name, root / name):
             if (folder / "index.json").is_file():
                 return (folder / "index.json").read_bytes(), json_type, folder.as_uri() + "/"
@@ -370,12 +399,15 @@ def _run(cmd: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------- catalog cache
 def cached_catalog(cache_dir: Path, *, fetch: Callable[[], Catalog], max_age: float,
-                   refresh: bool) -> tuple[Catalog, str]:
+                   refresh: bool, api_url: str = "https://api.github.com") -> tuple[Catalog, str]:
     """The catalog for install/list: a cached copy if fresh, else ``fetch()`` (stored), else
-    the last cached copy or the bundled snapshot when offline."""
+    the last cached copy, or when offline the bundled snapshot, which (one rule for every
+    command) only stands in for github.com, never for another ``GITHUB_API_URL``."""
     from spacy_index.sources import snapshot as snapshots
 
-    path = cache_dir / "catalog.json"
+    default = api_url.rstrip("/") == "https://api.github.com"
+    suffix = "" if default else "-" + hashlib.sha256(api_url.encode()).hexdigest()[:12]
+    path = cache_dir / f"catalog{suffix}.json"
     if not refresh and path.is_file() and time.time() - path.stat().st_mtime < max_age:
         try:
             return snapshots.catalog_from_json(json.loads(path.read_text())), "cached catalog"
@@ -386,6 +418,8 @@ def cached_catalog(cache_dir: Path, *, fetch: Callable[[], Catalog], max_age: fl
     except UpstreamUnreachable:
         if path.is_file():
             return snapshots.catalog_from_json(json.loads(path.read_text())), "cached catalog (offline)"
+        if not default:
+            raise
         from spacy_index.api import fetch_catalog
 
         return fetch_catalog(offline=True).catalog, "bundled snapshot (offline)"

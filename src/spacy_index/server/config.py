@@ -267,8 +267,11 @@ def _url_setting(raw: str | None, env: Mapping[str, str], where: str, *,
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"{where}: {redact_url(raw)!r} is not an http:// or https:// URL")
     userinfo = parts.netloc.rpartition("@")[0]
-    if userinfo and not _ENV.fullmatch(userinfo.split(":")[0]) and not all(
-            _ENV.fullmatch(part) for part in userinfo.split(":") if part):
+    user, _, password = userinfo.partition(":")
+    # the secret part must come from ${VAR}: the password, or the username when it stands
+    # alone (Prodigy's key); a literal user name before a ${VAR} password is fine
+    secret = password or user
+    if userinfo and not _ENV.fullmatch(secret):
         raise UsageError(f"{where}: the URL carries a literal credential ({redact_url(raw)}); "
                          "use ${ENV} in its place, credentials = \"netrc\" or \"keyring\"")
     del secrets_ok

@@ -161,7 +161,9 @@ class GitHubReleases:
             try:
                 resp = self.client.get(url, headers=headers)
             except httpx.TransportError as e:
-                if attempt <= self.retries:
+                # a refused or unresolvable connection is retried once, not with full backoff
+                limit = min(self.retries, 1) if isinstance(e, httpx.ConnectError) else self.retries
+                if attempt <= limit:
                     self._backoff(attempt, f"{what}: {describe_error(e, url)}")
                     continue
                 raise UpstreamUnreachable(

@@ -195,13 +195,12 @@ def dumps(snap: Snapshot) -> bytes:
 
 def load(path: Path | None = None) -> Snapshot:
     """Load ``path``, or the snapshot bundled with the package when ``path`` is None."""
+    where = "the bundled snapshot" if path is None else str(path)
     try:
         if path is None:
             data = importlib.resources.files("spacy_index").joinpath("data", BUNDLED).read_bytes()
-            where = "the bundled snapshot"
         else:
             data = Path(path).read_bytes()
-            where = str(path)
     except OSError as e:
         raise SnapshotError(f"cannot read snapshot {where}: {e.strerror or e}") from e
     try:
