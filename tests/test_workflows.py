@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -604,6 +605,17 @@ def test_makefile_lock_and_sync(world, tmp_path, env, matrix):
     matrix.findings["makefile"] = {"make lock sync check": "ok", "second make sync bytes": 0}
 
 
+def test_makefile_lock_on_a_fresh_checkout_makes_the_venv_first(tmp_path):
+    """`make lock` with no .venv yet: the venv (with pip-tools) is made before pip-compile."""
+    for name in ("Makefile", "requirements.in"):
+        shutil.copy(EXAMPLES / "makefile" / name, tmp_path / name)
+    for target in ("lock", "upgrade"):
+        plan = subprocess.run(["make", "-n", target, "INDEX_URL=http://i.example/simple/"],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        assert "-m venv .venv" in plan and "pip-compile" in plan
+        assert plan.index("-m venv .venv") < plan.index("pip-compile")
+
+
 def test_dockerfile_uses_a_cache_mount_and_one_index():
     text = (EXAMPLES / "docker" / "Dockerfile").read_text()
     assert text.startswith("# syntax=docker/dockerfile:1")
@@ -641,7 +653,14 @@ def test_github_actions_workflow(tmp_path):
     assert uses[:2] == ["actions/checkout", "actions/setup-python"]
     assert "actions/upload-pages-artifact" in uses
     runs = [s["run"] for s in build["steps"] if "run" in s]
-    assert any(re.search(r"pip install (--\S+ )*spacy-index\b", r) for r in runs)
+    # installed from the checkout, never by a bare name on PyPI (not published: squattable)
+    (install,) = [r for r in runs if "pip install" in r]
+    assert install.strip() == "python -m pip install ."
+    assert not any(re.search(r"pip install\s+(--\S+\s+)*['\"]?spacy-index\b", r) for r in runs)
+    probe = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                            "--no-build-isolation", "--quiet", "."], cwd=EXAMPLES.parent,
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
     (cmd,) = [r for r in runs if "spacy-index build" in r]
     (upload,) = [s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages")]
     argv = shlex.split(cmd)

@@ -451,7 +451,7 @@ class FileCache:
         with self._lock_for(sha):
             try:
                 st = path.stat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 self._verified.pop(sha, None)
                 return None
             known = self._verified.get(sha)
@@ -483,7 +483,7 @@ class FileCache:
         path = self.path(sha)
         try:
             return path if path.stat().st_size == known else None
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     async def _acached(self, sha: str) -> Path | None:

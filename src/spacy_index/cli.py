@@ -211,7 +211,7 @@ _INTERRUPTED = {
     "build": "interrupted; the previous output is unchanged",
     "snapshot": "interrupted; no snapshot was written",
     "install": "interrupted; verified downloads stay in the cache and a partial one resumes "
-               "next time; nothing was installed unless pip had finished",
+               "next time; if the installer had started, run the same command again to finish",
     "list": "interrupted",
     "serve": "stopped",
 }

@@ -392,7 +392,19 @@ def _satisfied(requirement: str, env: Environment) -> bool:
 
 
 def _run(cmd: Sequence[str]) -> None:
-    proc = subprocess.run(list(cmd))
+    """Run the installer in its own session, so Ctrl-C reaches only us: we stop it quietly
+    (no pip traceback) and say what is left, once."""
+    proc = subprocess.Popen(list(cmd), start_new_session=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if proc.returncode != 0:
         raise SpacyIndexError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed (exit {proc.returncode})")
 

@@ -753,9 +753,30 @@ async def _fetch_metadata(server: Server, found: Located) -> bytes:
             found.source.client, d.url, filename=d.filename, size=d.size, tail=METADATA_TAIL
         )
     except MetadataError:
-        path = await cache.ensure(Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size))
+        up = Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size)
+        try:
+            path = await cache.ensure(up)
+        except CacheWriteError:  # the cache cannot be written: a temporary file, then gone
+            return await _metadata_via_temp_file(found.source.client, up)
         return await asyncio.to_thread(metadata_from_wheel_file, path, d.filename)
     return result.metadata
+
+
+async def _metadata_via_temp_file(client: httpx.AsyncClient, up: Upstream) -> bytes:
+    import tempfile
+
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(suffix=".whl") as tmp:
+        async with client.stream("GET", up.url) as resp:
+            if resp.status_code != 200:
+                raise MetadataError(f"cannot download {up.filename!r}: HTTP {resp.status_code}")
+            async for chunk in resp.aiter_raw():
+                digest.update(chunk)
+                await asyncio.to_thread(tmp.write, chunk)
+        await asyncio.to_thread(tmp.flush)
+        if up.sha256 is not None and digest.hexdigest() != up.sha256:
+            raise DigestMismatch(up.filename, up.sha256, digest.hexdigest())
+        return await asyncio.to_thread(metadata_from_wheel_file, Path(tmp.name), up.filename)
 
 
 class AccessLog:
