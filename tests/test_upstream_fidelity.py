@@ -392,3 +392,23 @@ def test_pages_are_revalidated_with_the_upstreams_etag(tmp_path):
     assert first.status_code == second.status_code == 200
     assert second.json() == first.json()
     assert Index.log == ["/simple/etag/", "304 /simple/etag/"]
+
+
+def test_access_log_counts_zero_copy_bytes_and_escapes_control_characters(tmp_path, caplog):
+    data = b"w" * 300_000
+    page = {"meta": {"api-version": "1.0"}, "name": "zc",
+            "files": [_file("zc-1.0-py3-none-any.whl", hashlib.sha256(data).hexdigest())]}
+    Index.routes = {"/simple/zc/": (200, JSON, json.dumps(page).encode()),
+                    "/packages/zc-1.0-py3-none-any.whl": (200, "application/zip", data)}
+    with caplog.at_level(logging.INFO, logger="spacy_index.access"), index_server() as up, \
+            serving(tmp_path, up + "/simple/") as url:
+        _json(url, "/simple/zc/")
+        for _ in range(2):  # a miss (streamed), then a hit (sendfile)
+            assert _get(url + "/files/zc-1.0-py3-none-any.whl").content == data
+        _get(url + "/simple/a%0aGET%20/forged%1b[31m/")
+    lines = [r.getMessage() for r in caplog.records if r.name == "spacy_index.access"]
+    files = [x for x in lines if "/files/zc-1.0" in x]
+    assert len(files) == 2 and all(f" 200 {len(data)}B " in x for x in files), files
+    assert "hit" in files[1]
+    (forged,) = [x for x in lines if "forged" in x]
+    assert "\n" not in forged and "\x1b" not in forged and "a\\x0aGET /forged\\x1b[31m" in forged

@@ -855,7 +855,10 @@ def build_server(
             def load() -> Catalog:
                 # bounded: one retry, short waits; the source's circuit breaker does the rest
                 return fetch_catalog(repo, api_url=api_url, token=token, retries=1, max_wait=10,
-                                     state_dir=cache_dir / "github").catalog
+                                     state_dir=cache_dir / "github", notify=say).catalog
+
+            def say(message: str, name: str = cfg.name) -> None:
+                log.warning("%s: %s", name, message.removeprefix("warning: "))
 
             fallback = None
             if offline_snapshot and cfg.kind == "spacy-models" and _snapshot_applies(api_url, repo):
