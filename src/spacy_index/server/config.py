@@ -90,6 +90,50 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """``[cache]``: the file cache's bound and what is never evicted."""
+
+    #: bytes; None = unbounded. Least recently used files and metadata go first.
+    max_size: int | None = None
+    #: project-name globs whose files are never evicted (``spacy-index cache warm`` fills them)
+    pin: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: optional client authentication (off when nothing is set)."""
+
+    #: an htpasswd file of bcrypt hashes (``htpasswd -B``)
+    htpasswd: Path | None = None
+    #: a file with one bearer token per line
+    tokens_file: Path | None = None
+    #: bearer tokens from the environment (resolved at load; never printed)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    realm: str = "spacy-index"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.htpasswd or self.tokens_file or self.tokens)
+
+
+def parse_size(text: str | int, where: str = "size") -> int:
+    """``"50GB"``, ``"500 MiB"``, ``"1.5T"`` or a number of bytes → bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise UsageError(f"{where} must be positive, got {text}")
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)b?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise UsageError(f"{where}: {text!r} is not a size such as 50GB, 500MiB or 1e9 bytes")
+    number, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    power = " kmgtp".index(unit) if unit else 0
+    value = int(number * (1024 if binary else 1000) ** power)
+    if value <= 0:
+        raise UsageError(f"{where} must be positive, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     sources: tuple[SourceConfig, ...]
     upstream: str = DEFAULT_UPSTREAM
@@ -99,6 +143,8 @@ class ServeConfig:
     #: TLS and proxy settings for the upstream, and for sources that set none of their own
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig())
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
 
     def route(self, name: str) -> SourceConfig | None:
         """The one source that answers ``name``, or ``None`` for the upstream."""
@@ -138,15 +184,32 @@ class _SourceTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     proxy: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
 
+class _CacheTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_size: int | str | None = None
+    pin: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
+
+
+class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    htpasswd: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    tokens_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    #: the NAME of an environment variable holding comma-separated bearer tokens
+    tokens_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    realm: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "spacy-index"
+
+
 class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: _ServerTable = msgspec.field(default_factory=_ServerTable)
     source: list[_SourceTable] = msgspec.field(default_factory=list)
+    cache: _CacheTable = msgspec.field(default_factory=_CacheTable)
+    auth: _AuthTable = msgspec.field(default_factory=_AuthTable)
 
 
 _FIELDS = {
     "$": [f.name for f in msgspec.structs.fields(_ConfigFile)],
     "server": [f.name for f in msgspec.structs.fields(_ServerTable)],
     "source": [f.name for f in msgspec.structs.fields(_SourceTable)],
+    "cache": [f.name for f in msgspec.structs.fields(_CacheTable)],
+    "auth": [f.name for f in msgspec.structs.fields(_AuthTable)],
 }
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `(.*)`)?$")
 _AT = re.compile(r"^(.*) - at `(.*)`$")
@@ -154,12 +217,12 @@ _AT = re.compile(r"^(.*) - at `(.*)`$")
 
 def _where(path: str) -> str:
     """``$.source[1].kind`` → ``[[source]] #2, key 'kind'``."""
-    m = re.fullmatch(r"\$(?:\.(server|source)(?:\[(\d+)\])?)?(?:\.(\w+))?", path)
+    m = re.fullmatch(r"\$(?:\.(server|source|cache|auth)(?:\[(\d+)\])?)?(?:\.(\w+))?", path)
     if not m:
         return path
     table, index, key = m.groups()
     where = "the top level" if table is None else (
-        "[server]" if table == "server" else f"[[source]] #{int(index or 0) + 1}")
+        f"[[source]] #{int(index or 0) + 1}" if table == "source" else f"[{table}]")
     return f"{where}, key {key!r}" if key else where
 
 
@@ -177,7 +240,7 @@ def _schema_error(e: msgspec.ValidationError, text: str, origin: str) -> UsageEr
     unknown = _UNKNOWN.match(message)
     if unknown:
         key, at = unknown.group(1), unknown.group(2) or "$"
-        table = "server" if at.startswith("$.server") else "source" if at.startswith("$.source") else "$"
+        table = next((t for t in ("server", "source", "cache", "auth") if at.startswith(f"$.{t}")), "$")
         known = _FIELDS[table]
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
@@ -246,7 +309,33 @@ def load_config(
         stale_while_revalidate=server.stale_while_revalidate,
         ca_bundle=server_ca,
         proxy=server_proxy,
+        cache=CacheConfig(
+            max_size=parse_size(table.cache.max_size, "[cache] max_size")
+            if table.cache.max_size is not None else None,
+            pin=tuple(table.cache.pin)),
+        auth=_auth(table.auth, env),
     )
+
+
+def _auth(raw: _AuthTable, env: Mapping[str, str]) -> AuthConfig:
+    files = {}
+    for key in ("htpasswd", "tokens_file"):
+        value = getattr(raw, key)
+        if value is not None:
+            path = Path(os.path.expanduser(_expand(value, env, "[auth]")))
+            if not path.is_file():
+                raise UsageError(f"[auth] {key}: {str(path)!r} is not a file")
+            files[key] = path
+    tokens: tuple[str, ...] = ()
+    if raw.tokens_env is not None:
+        if raw.tokens_env not in env:
+            raise UsageError(f"[auth] tokens_env needs the environment variable {raw.tokens_env}, "
+                             "which is not set")
+        tokens = tuple(t.strip() for t in env[raw.tokens_env].split(",") if t.strip())
+        if not tokens:
+            raise UsageError(f"[auth] the environment variable {raw.tokens_env} holds no token")
+    return AuthConfig(htpasswd=files.get("htpasswd"), tokens_file=files.get("tokens_file"),
+                      tokens=tokens, realm=raw.realm)
 
 
 def _expand(value: str, env: Mapping[str, str], where: str) -> str:
