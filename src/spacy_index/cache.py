@@ -323,6 +323,7 @@ class CacheStream:
         self._fd: int | None = None
         self._flight: _Flight | None = None
         self._gen: AsyncIterator[bytes] | None = None
+        self._sha: str | None = None
 
     async def __aenter__(self) -> CacheStream:
         for _ in range(3):
@@ -351,6 +352,8 @@ class CacheStream:
             except OSError as exc:
                 raise CacheError(f"cannot read {str(found)!r}: {_strerror(exc)}") from None
             self.hit, self.path, self.size = True, found, os.fstat(self._fd).st_size
+            self._sha = found.name
+            self._cache._reading[found.name] = self._cache._reading.get(found.name, 0) + 1
             return self
         raise CacheError(f"cache entry for {self.up.filename!r} keeps disappearing")
 
@@ -366,6 +369,13 @@ class CacheStream:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+        sha, self._sha = self._sha, None
+        if sha is not None:
+            left = self._cache._reading.get(sha, 1) - 1
+            if left > 0:
+                self._cache._reading[sha] = left
+            else:
+                self._cache._reading.pop(sha, None)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._fd is None:
@@ -430,6 +440,12 @@ class FileCache:
         self._failures: dict[str, tuple[float, BaseException]] = {}
         self._checks: dict[str, asyncio.Future[Path | None]] = {}
         self._verified: dict[str, int] = {}  # sha → size when fully hashed in this process
+        #: sha → consumers reading the final file now (never evicted while read, see in_use)
+        self._reading: dict[str, int] = {}
+        #: called with (upstream, sha256, size) when a file was stored, and (upstream, sha256)
+        #: on every hit: the cache index (cache_index.py) counts and bounds with them
+        self.on_stored: Callable[[Upstream, str, int], None] | None = None
+        self.on_hit: Callable[[Upstream, str], None] | None = None
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -528,8 +544,21 @@ class FileCache:
         tmp.write_text(sha + "\n", "ascii")
         os.replace(tmp, target)
 
+    def in_use(self, sha: str) -> bool:
+        """Being downloaded or read by this process right now."""
+        return sha in self._flights or self._reading.get(sha, 0) > 0
+
+    def _hit(self, up: Upstream, found: Path | _Flight) -> Path | _Flight:
+        if isinstance(found, Path) and self.on_hit is not None:
+            with contextlib.suppress(Exception):
+                self.on_hit(up, found.name)
+        return found
+
     async def _lookup(self, up: Upstream) -> Path | _Flight:
         """A verified final path, or the flight that is (now) downloading the file."""
+        return self._hit(up, await self._find(up))
+
+    async def _find(self, up: Upstream) -> Path | _Flight:
         if up.sha256 is None:
             return await self._lookup_unverified(up)
         sha = _check_sha(up.sha256)
@@ -660,6 +689,9 @@ class FileCache:
                 raise CacheWriteError(self.root, _strerror(exc)) from None
             fl.sha = actual
             self._verified[actual] = size
+            if self.on_stored is not None:
+                with contextlib.suppress(Exception):
+                    self.on_stored(up, actual, size)
             fl.ok = True
             fl.published = size
             self._say(f"cached {up.filename} ({size} bytes, {fl.upstream_bytes} downloaded)")

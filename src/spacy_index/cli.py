@@ -105,7 +105,27 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-cert", type=Path, metavar="FILE")
     v.add_argument("--tls-key", type=Path, metavar="FILE")
     v.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    v.add_argument("--cache-max-size", metavar="SIZE",
+                   help="bound the file cache (e.g. 50GB, 500MiB): least recently used files and "
+                   "metadata are evicted, never [cache] pin projects' (overrides [cache] max_size)")
     _tls_arg(v)
+
+    c = sub.add_parser(
+        "cache",
+        help="show and manage the file cache that serve, install and --mirror share",
+        description="stats: sizes, hit counts, last use; prune: evict least recently used "
+        "entries down to --max-size (or [cache] max_size); verify: re-hash every file and "
+        "remove wrong ones; rm NAME: remove a project's files; warm NAME[==VER]: download "
+        "pipelines now (e.g. before a CI burst). Safe while serve runs.",
+    )
+    c.add_argument("action", choices=["stats", "prune", "verify", "rm", "warm"])
+    c.add_argument("names", nargs="*", metavar="NAME", help="for rm and warm")
+    c.add_argument("--cache-dir", type=Path, metavar="DIR")
+    c.add_argument("--config", type=Path, metavar="FILE", help="serve config ([cache] max_size, pin)")
+    c.add_argument("--max-size", metavar="SIZE", help="for prune")
+    c.add_argument("--spacy", metavar="X.Y", help="for warm: the newest pipeline for this spaCy")
+    c.add_argument("--json", action="store_true", help="for stats")
+    _tls_arg(c)
 
     s = sub.add_parser(
         "snapshot",
@@ -184,6 +204,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _install(args, env, out, err)
         if args.command == "list":
             return _list(args, env, out, err)
+        if args.command == "cache":
+            from spacy_index.cache_cli import run_cache
+
+            return run_cache(args, env, out, err)
         raise UsageError(f"unknown command {args.command!r}")
     except SpacyIndexError as e:
         _error_line(err, str(e))
@@ -214,6 +238,7 @@ _INTERRUPTED = {
                "next time; if the installer had started, run the same command again to finish",
     "list": "interrupted",
     "serve": "stopped",
+    "cache": "interrupted; the cache is consistent (a partial download resumes next time)",
 }
 
 
@@ -476,6 +501,13 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
             raise UsageError(f"{flag} {str(path)!r}: no such file")
     settings, cache_dir = _settings(args, env)
     config = load_config(args.config, env, upstream=args.upstream, ca_bundle=args.ca_bundle)
+    if args.cache_max_size:
+        from dataclasses import replace
+
+        from spacy_index.server.config import parse_size
+
+        config = replace(config, cache=replace(
+            config.cache, max_size=parse_size(args.cache_max_size, "--cache-max-size")))
     level = args.log_level.upper()
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     # one access-log line per request: the HTTP libraries' own request lines only at debug

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -49,6 +50,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spacy_index.cache import CacheWriteError, FileCache, Upstream
+from spacy_index.cache_index import FILES, METADATA, CacheIndex
 from spacy_index.catalog import Catalog
 from spacy_index.errors import DigestMismatch, InvalidFilename, SpacyIndexError
 from spacy_index.http import describe_error, redact_url
@@ -146,6 +148,63 @@ class MetadataStore:
         return self._locks.setdefault(wheel_sha, asyncio.Lock())
 
 
+class CacheBound:
+    """The cache index (:mod:`spacy_index.cache_index`) as the server uses it: hits and new
+    entries are recorded off the event loop, and when the cache grows past ``max_size`` the
+    least recently used entries are evicted (never a pinned project's, never one being read
+    or downloaded). Without a usable cache folder it does nothing."""
+
+    def __init__(self, root: Path, max_size: int | None, pin: tuple[str, ...],
+                 in_use: Callable[[str], bool]) -> None:
+        self.max_size, self.pin, self.in_use = max_size, pin, in_use
+        self.evicted = 0
+        self._evicting = False
+        try:
+            self.index: CacheIndex | None = CacheIndex(root)
+        except (OSError, sqlite3.Error) as e:
+            log.warning("the cache index in %s is not usable (%s); no hit counts or bound",
+                        root, getattr(e, "strerror", None) or e)
+            self.index = None
+        if self.index is not None and max_size is not None:
+            self.index.scan()
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.index is None:
+            return
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._safely, fn, *args)
+        except RuntimeError:  # no loop (a test calling directly): now
+            self._safely(fn, *args)
+
+    @staticmethod
+    def _safely(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except (OSError, sqlite3.Error) as e:
+            log.warning("cache index: %s", getattr(e, "strerror", None) or e)
+
+    def used(self, kind: str, sha: str, filename: str, project: str) -> None:
+        if self.index is not None:
+            self._later(self.index.used, kind, sha, filename, project)
+
+    def stored(self, kind: str, sha: str, filename: str, project: str, size: int) -> None:
+        if self.index is not None:
+            self._later(self._stored, kind, sha, filename, project, size)
+
+    def _stored(self, kind: str, sha: str, filename: str, project: str, size: int) -> None:
+        assert self.index is not None
+        self.index.stored(kind, sha, filename, project, size)
+        if self.max_size is not None and not self._evicting and self.index.total() > self.max_size:
+            self._evicting = True
+            try:
+                for entry in self.index.evict(self.max_size, pin=self.pin, in_use=self.in_use):
+                    self.evicted += 1
+                    log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
+                             entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
+            finally:
+                self._evicting = False
+
+
 class Server:
     """State shared by the routes: routing, sources, caches. Built by :func:`create_app`."""
 
@@ -183,6 +242,8 @@ class Server:
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
         #: file/metadata cache hits and misses since start (the catalogue page shows them)
         self.cache_stats = CacheStats()
+        #: the cache index: hit counts, last use, and the [cache] max_size bound (LRU)
+        self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
 
     def source_for(self, name: NormalizedName) -> Source:
         source = self._routes.get(name)
@@ -197,7 +258,18 @@ class Server:
         cache = self._caches.get(source.name)
         if cache is None:
             cache = self._caches[source.name] = FileCache(self.cache_dir, source.client)
+            cache.on_stored = lambda up, sha, size: self.bound.stored(
+                FILES, sha, up.filename, self._project_of(up.filename), size)
+            cache.on_hit = lambda up, sha: self.bound.used(FILES, sha, up.filename,
+                                                          self._project_of(up.filename))
         return cache
+
+    def _project_of(self, filename: str) -> str:
+        found = self.located.get(filename)
+        return found.dist.project if found is not None else ""
+
+    def in_use(self, sha: str) -> bool:
+        return any(cache.in_use(sha) for cache in self._caches.values())
 
     def s3_store_for(self, source: Source) -> Any:
         """The shared-bucket cache layer for ``source`` (only with ``--cache s3://``)."""
@@ -648,9 +720,11 @@ def create_app(server: Server) -> Starlette:
                     detail = str(e) if isinstance(e, SpacyIndexError) else describe_error(e, d.url)
                     return _error(502, f"cannot read the metadata of {filename!r}: {detail}")
                 store.put(d.sha256, data)
+                server.bound.stored(METADATA, d.sha256, d.filename, d.project, len(data))
                 request.scope.setdefault("state", {})["cache"] = "miss"
             else:
                 request.scope.setdefault("state", {})["cache"] = "hit"
+                server.bound.used(METADATA, d.sha256, d.filename, d.project)
         meta_sha = store.digest(d.sha256)
         kept = store.in_memory.get(d.sha256)
         if kept is not None:
