@@ -59,8 +59,10 @@ from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.render import html, pep691
 from spacy_index.render.json_api import dumps, pypi_project_document
 from spacy_index.render.pep691 import JSON_CONTENT_TYPE
+from spacy_index.server.auth import Authenticator, AuthMiddleware
 from spacy_index.server.catalogue import catalogue_routes
 from spacy_index.server.config import ServeConfig, SourceConfig
+from spacy_index.server.metrics import Metrics, observability_routes
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.protocol import ZEROCOPY
 from spacy_index.server.sources import (
@@ -242,6 +244,13 @@ class Server:
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
         #: file/metadata cache hits and misses since start (the catalogue page shows them)
         self.cache_stats = CacheStats()
+        #: Prometheus metrics (server/metrics.py): its own registry; every source's client metered
+        self.metrics = Metrics(self)
+        for source in (*self.sources.values(), self.upstream):
+            self.metrics.instrument(source)
+        #: client authentication ([auth], server/auth.py); None when off
+        self.auth = Authenticator(config.auth, metrics=self.metrics) if config.auth.enabled else None
+        self.auth_enabled = self.auth is not None
         #: the cache index: hit counts, last use, and the [cache] max_size bound (LRU)
         self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
 
@@ -344,8 +353,11 @@ class Server:
         None, and the request takes the normal route, unless the page is rendered and still
         current: the routed source's data is fresh, it is the project object the page was
         rendered from, and no metadata arrived since. The answer is the same bytes and headers
-        the route would send (``_page``).
+        the route would send (``_page``). Never with client authentication on: every request
+        then goes through the app's auth middleware.
         """
+        if self.auth_enabled:
+            return None
         path = scope["path"]
         if not path.startswith("/simple/") or not path.endswith("/") or scope["query_string"]:
             return None
@@ -433,7 +445,19 @@ def _page(request: Request | str | None, body: bytes, media_type: str, *, vary: 
     return Response(body, media_type=media_type, headers=headers)
 
 
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>()]+", re.IGNORECASE)
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/-])/(?:[^\s'\"/<>]+/)+[^\s'\"/<>]*")
+
+
+def public_message(message: str) -> str:
+    """An error for clients: what failed, without upstream URLs (a private index's address,
+    a signed link) or the server's own paths (the full text goes to the log)."""
+    return _PATH_IN_TEXT.sub("<path>", _URL_IN_TEXT.sub("<upstream>", message))
+
+
 def _error(status: int, message: str) -> PlainTextResponse:
+    if status >= 500:
+        message = public_message(message)
     return PlainTextResponse(message + "\n", status_code=status, headers={
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
@@ -452,6 +476,9 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
         return None
     spec = header[6:].strip()
     first, _, last = spec.partition("-")
+    if not (first.isascii() and last.isascii()) or not (first.isdigit() or first == "") \
+            or not (last.isdigit() or last == "") or (first == last == ""):
+        return None  # invalid syntax (``1_0``, ``+10``, ``٣``) is ignored: the whole file
     try:
         if first == "":
             n = int(last)
@@ -543,7 +570,10 @@ def _media_type(filename: str) -> str:
 
 
 # --------------------------------------------------------------------------- routes
-def create_app(server: Server) -> Starlette:
+def create_app(server: Server, *, metrics: bool = True) -> Starlette:
+    """The ASGI app of ``server``. ``metrics=False``: nothing is counted and there is no
+    ``/metrics`` (the metrics benchmark's baseline)."""
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "sources": sorted(server.sources)})
 
@@ -737,6 +767,7 @@ def create_app(server: Server) -> Starlette:
 
     routes = [
         Route("/health", health),
+        *observability_routes(server, metrics=metrics),  # /ready, /metrics
         Route("/simple/", root),
         Route("/simple/pypi/{project}/json", pypi_json),
         Route("/simple/{project}/", project_page),
@@ -753,10 +784,14 @@ def create_app(server: Server) -> Starlette:
         await server.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    logged = AccessLog(CountCache(app, server.cache_stats))
+    inner: ASGIApp = CountCache(app, server.cache_stats)
+    if server.auth is not None:
+        inner = AuthMiddleware(inner, server.auth)
+    logged = AccessLog(inner, metrics=server.metrics if metrics else None)
     server.log_fast = logged.log_fast
     #: for the server protocol (``protocol.protocol_class``): pages answered without a task
-    logged.fast = server.fast_response
+    #: (none with client authentication on: see Server.fast_response)
+    logged.fast = server.fast_response if server.auth is None else None
     return logged  # type: ignore[return-value]
 
 
@@ -856,9 +891,11 @@ async def _metadata_via_temp_file(client: httpx.AsyncClient, up: Upstream) -> by
 class AccessLog:
     """One line per request: method, path, status, bytes, cache hit/miss, duration."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
         self.fast: Callable[[dict[str, Any]], Any] | None = None
+        #: counts every request (server/metrics.py); None: nothing counted
+        self.metrics = metrics
 
     @staticmethod
     def line(scope: Scope, status: int, sent: int, cache: str, seconds: float) -> None:
@@ -866,11 +903,14 @@ class AccessLog:
         path = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", redact_url(scope["path"]))
         access.info("%s %s %s %dB %s %.3fs", scope["method"], path, status, sent, cache, seconds)
 
-    @classmethod
-    def log_fast(cls, scope: dict[str, Any], status: int, sent: int) -> None:
+    def log_fast(self, scope: dict[str, Any], status: int, sent: int) -> None:
         """The line for a request the protocol answered itself (no task, so no timing)."""
+        if scope["method"] == "HEAD":
+            sent = 0
+        if self.metrics is not None:
+            self.metrics.count_fast(scope["method"], status, sent)
         if access.isEnabledFor(logging.INFO):
-            cls.line(scope, status, sent if scope["method"] != "HEAD" else 0, "-", 0.0)
+            self.line(scope, status, sent, "-", 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -880,11 +920,15 @@ class AccessLog:
         status = 0
         sent = 0
         scope.setdefault("state", {})
+        metrics = self.metrics
+        flight = False  # a miss streaming from a running download (single flight)
 
         async def wrapped(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, flight
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if metrics is not None:
+                    flight = metrics.response_started(scope)
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             elif message["type"] == ZEROCOPY:  # the bytes sendfile(2) will send
@@ -894,8 +938,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            self.line(scope, status or 499, sent, scope["state"].get("cache", "-"),
-                      time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.line(scope, status or 499, sent, scope["state"].get("cache", "-"), seconds)
+            if metrics is not None:
+                if flight:
+                    metrics.response_ended()
+                metrics.count(scope, status or 499, sent, seconds)
 
 
 def _snapshot_applies(api_url: str, repo: str) -> bool:
