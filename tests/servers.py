@@ -25,7 +25,8 @@ def run_app(app, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = N
     http = protocol or protocol_class(getattr(app, "fast", None)) or "auto"
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
                             lifespan="on", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                            backlog=512, timeout_graceful_shutdown=5, http=http, loop="asyncio")
+                            backlog=512, timeout_graceful_shutdown=5, http=http, loop="asyncio",
+                            proxy_headers=False)  # as `spacy-index serve` runs by default
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tls-cert", type=Path, metavar="FILE")
     v.add_argument("--tls-key", type=Path, metavar="FILE")
     v.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    v.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="trust X-Forwarded-Proto/-For from these proxy addresses (comma-separated, "
+                   "or *); by default forwarded headers are ignored")
     v.add_argument("--cache-max-size", metavar="SIZE",
                    help="bound the file cache (e.g. 50GB, 500MiB): least recently used files and "
                    "metadata are evicted, never [cache] pin projects' (overrides [cache] max_size)")
@@ -518,6 +521,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
         ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
         ssl_keyfile=str(args.tls_key) if args.tls_key else None,
         timeout_graceful_shutdown=10, backlog=1024, loop="asyncio",
+        # forwarded headers only from proxies the operator named (a shared cache in front
+        # could otherwise be poisoned with https://evil.example/ links)
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips or "",
     )
     sock = _listen(args.host, args.port)  # before saying so: a busy port is one line
     try:

@@ -143,6 +143,7 @@ class ServeConfig:
     #: TLS and proxy settings for the upstream, and for sources that set none of their own
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
+    public_url: str | None = None
     cache: CacheConfig = field(default_factory=lambda: CacheConfig())
     auth: AuthConfig = field(default_factory=lambda: AuthConfig())
 
@@ -167,6 +168,9 @@ class _ServerTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     spacy_models: bool = True
     ca_bundle: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     proxy: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    #: the URL clients reach this server at (absolute links in the PyPI-style JSON); without
+    #: it they are built from the request's Host header
+    public_url: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
 
 class _SourceTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -309,6 +313,8 @@ def load_config(
         stale_while_revalidate=server.stale_while_revalidate,
         ca_bundle=server_ca,
         proxy=server_proxy,
+        public_url=(_url_setting(server.public_url, env, "[server] public_url") or "").rstrip("/")
+        or None,
         cache=CacheConfig(
             max_size=parse_size(table.cache.max_size, "[cache] max_size")
             if table.cache.max_size is not None else None,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
+from cachetools import LRUCache
 from packaging.utils import NormalizedName
 
 from spacy_index.catalog import Catalog
@@ -439,15 +440,21 @@ class IndexSource:
         self.flat = flat
         self.ttl = ttl
         self.stale = stale
+        #: seconds an upstream error for a name is answered from memory
+        self.error_ttl = 5.0
         self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
                                            ca_bundle=cfg.ca_bundle, proxy=cfg.proxy)
         assert clean is not None
         self.base = clean if (flat or clean.endswith("/")) else clean + "/"
         self.display = redact_url(self.base)
-        self._pages: dict[str, _Cached] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: bounded by files listed (a 200k-link page weighs 200k), LRU
+        self._pages: LRUCache[str, _Cached] = LRUCache(
+            maxsize=2_000_000, getsizeof=lambda c: 1 + (len(c.project.files) if c.project else 0))
+        self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
+        #: recent failures per name: the same error for a few seconds, not one request each
+        self._errors: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=10_000)
         self._refreshing: dict[str, asyncio.Task[Project | None]] = {}
-        self.upstream_files: dict[str, UpstreamFile] = {}
+        self.upstream_files: LRUCache[str, UpstreamFile] = LRUCache(maxsize=400_000)
 
     def _page_url(self, name: NormalizedName) -> str:
         return self.base if self.flat else urljoin(self.base, f"{name}/")
@@ -543,6 +550,9 @@ class IndexSource:
         answered, project = self._answer(name)
         if answered:
             return project
+        failed = self._errors.get(name)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise UpstreamError(failed[1])  # failed moments ago: the same answer, no request
         return await self._refresh(name)
 
     async def _refresh(self, name: NormalizedName, *, force: bool = False) -> Project | None:
@@ -564,7 +574,10 @@ class IndexSource:
                     log.warning("%s: %s; serving the last good page", self.name, detail)
                     return cached.project
                 log.warning("%s: %s (%s)", self.name, detail, name)
-                raise UpstreamError(f"source {self.name!r} ({self.display}) failed: {detail}") from None
+                error = UpstreamError(f"source {self.name!r} ({self.display}) failed: {detail}")
+                self._errors[name] = (time.monotonic() + self.error_ttl, str(error))
+                raise error from None
+            self._errors.pop(name, None)
             self._pages[key] = fresh
             self.upstream_files.update(fresh.files)
             return fresh.project

@@ -1,0 +1,119 @@
+"""serve under abuse and hostile upstreams (loopback only; bounded in count and time).
+
+Each test plays one row of the red-team table (issue 14) and asserts the limit in force.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from spacy_index.server.app import build_server, create_app
+from spacy_index.server.config import load_config
+from tests.servers import run_app
+from tests.test_upstream_fidelity import JSON, SHA, Index, _file, index_server
+
+
+def _server(tmp_path, up: str):
+    config = load_config(None, {}, upstream=up + "/simple/")
+    return build_server(config, cache_dir=tmp_path / "cache", api_url="http://127.0.0.1:9",
+                        token=None)
+
+
+def test_row9_an_upstream_error_is_remembered_briefly(tmp_path):
+    """20 requests for a name whose upstream answers 500: one upstream request."""
+    Index.routes = {"/simple/broken/": (500, "text/plain", b"oops")}
+    with index_server() as up, run_app(create_app(_server(tmp_path, up))) as url:
+        answers = [httpx.get(url + "/simple/broken/", headers={"Accept": JSON}) for _ in range(20)]
+    assert {r.status_code for r in answers} == {502}
+    assert Index.log.count("/simple/broken/") == 1
+
+
+def test_row14_a_502_names_what_failed_without_internal_urls_or_paths(tmp_path):
+    Index.routes = {"/simple/private-pkg/": (503, "text/plain", b"down")}
+    with index_server() as up, run_app(create_app(_server(tmp_path, up))) as url:
+        r = httpx.get(url + "/simple/private-pkg/", headers={"Accept": JSON})
+    assert r.status_code == 502 and "HTTP 503" in r.text
+    assert up not in r.text and "127.0.0.1:" not in r.text and str(tmp_path) not in r.text
+
+
+def test_row15_invalid_range_syntax_is_ignored(tmp_path):
+    data = b"0123456789" * 100
+    import hashlib
+
+    page = {"meta": {"api-version": "1.0"}, "name": "rng",
+            "files": [_file("rng-1.0.tar.gz", hashlib.sha256(data).hexdigest())]}
+    Index.routes = {"/simple/rng/": (200, JSON, json.dumps(page).encode()),
+                    "/packages/rng-1.0.tar.gz": (200, "application/gzip", data)}
+    with index_server() as up, run_app(create_app(_server(tmp_path, up))) as url:
+        httpx.get(url + "/simple/rng/", headers={"Accept": JSON})
+        assert httpx.get(url + "/files/rng-1.0.tar.gz").content == data  # cached now
+        for bad in ("bytes=1_0-2_0", "bytes=+10-20", "bytes=-", "bytes=٣-٤"):
+            r = httpx.get(url + "/files/rng-1.0.tar.gz", headers={"Range": bad.encode()})
+            assert r.status_code == 200 and r.content == data, bad
+        good = httpx.get(url + "/files/rng-1.0.tar.gz", headers={"Range": "bytes=10-19"})
+        assert good.status_code == 206 and good.content == data[10:20]
+
+
+def test_row7_malformed_upstream_json_is_an_upstream_error_and_the_last_page_stays(tmp_path):
+    good = {"meta": {"api-version": "1.0"}, "name": "mal", "files": [_file("mal-1.0.tar.gz", SHA["a"])]}
+    Index.routes = {"/simple/mal/": (200, JSON, json.dumps(good).encode())}
+    with index_server() as up:
+        server = _server(tmp_path, up)
+        server.upstream.ttl = server.upstream.stale = 0.0
+        with run_app(create_app(server)) as url:
+            first = httpx.get(url + "/simple/mal/", headers={"Accept": JSON})
+            for body in (b'{"files": [1]}', b'{"files": [{"filename": "x", "hashes": []}]}',
+                         b"[" * 100_000 + b"]" * 100_000, b"{not json"):
+                Index.routes = {"/simple/mal/": (200, JSON, body)}
+                r = httpx.get(url + "/simple/mal/", headers={"Accept": JSON})
+                assert r.status_code == 200 and r.json() == first.json()
+            fresh = _server(tmp_path / "other", up)
+        with run_app(create_app(fresh)) as url2:
+            r = httpx.get(url2 + "/simple/mal/", headers={"Accept": JSON})
+            assert r.status_code == 502 and "unreadable page" in r.text
+
+
+def test_row8_long_lived_maps_are_bounded(tmp_path):
+    """Every map that lives as long as the server is an LRU with a size."""
+    from cachetools import LRUCache
+
+    with index_server() as up:
+        server = _server(tmp_path, up)
+        maps = [server.located, server._indexed, server.pages, server.metadata._digests,
+                server.metadata._locks, server.upstream._pages, server.upstream._locks,
+                server.upstream._errors, server.upstream.upstream_files]
+        assert all(isinstance(m, LRUCache) and m.maxsize <= 1 << 30 for m in maps)
+        # and they do evict: 3,000 distinct 404 names leave at most the bound behind
+        server.upstream._errors = LRUCache(maxsize=100)
+        Index.routes = {}
+        with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
+            for i in range(300):
+                c.get(f"/simple/nothing-{i}/", headers={"Accept": JSON})
+        assert len(server.upstream._pages) <= 300 and len(server.upstream._errors) <= 100
+
+
+def test_row11_forwarded_headers_are_not_trusted_by_default(tmp_path):
+    page = {"meta": {"api-version": "1.0"}, "name": "fw", "files": [_file("fw-1.0.tar.gz", SHA["a"])]}
+    Index.routes = {"/simple/fw/": (200, JSON, json.dumps(page).encode())}
+    with index_server() as up, run_app(create_app(_server(tmp_path, up))) as url:
+        r = httpx.get(url + "/pypi/fw/json", headers={"X-Forwarded-Proto": "https",
+                                                      "X-Forwarded-Host": "evil.example"})
+    urls = [f["url"] for files in r.json()["releases"].values() for f in files]
+    assert urls and all(u.startswith(url + "/files/") for u in urls)
+
+
+def test_row11_a_public_url_wins_over_the_host_header(tmp_path):
+    page = {"meta": {"api-version": "1.0"}, "name": "fw", "files": [_file("fw-1.0.tar.gz", SHA["a"])]}
+    Index.routes = {"/simple/fw/": (200, JSON, json.dumps(page).encode())}
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[server]\npublic_url = "https://index.example.org/"\n')
+    with index_server() as up:
+        config = load_config(cfg, {}, upstream=up + "/simple/")
+        server = build_server(config, cache_dir=tmp_path / "cache", api_url="http://127.0.0.1:9",
+                              token=None)
+        with run_app(create_app(server)) as url:
+            r = httpx.get(url + "/pypi/fw/json", headers={"Host": "evil.example"})
+    urls = [f["url"] for files in r.json()["releases"].values() for f in files]
+    assert urls and all(u.startswith("https://index.example.org/files/") for u in urls)
