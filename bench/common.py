@@ -520,6 +520,202 @@ def download(url: str, clients: int, *, count: int = 1, expect_size: int,
                     client_cpu=client_cpu, other_cpu=system - server - client_cpu)
 
 
+# --------------------------------------------------------------------------- bulk sinks
+#: Ways a client process can drain a response body (``drain(sink=...)``), cheapest first.
+SINKS: dict[str, str] = {
+    "trunc": "`recv(MSG_TRUNC | MSG_WAITALL)` of up to 4 MiB per call: the kernel drops the "
+             "bytes without copying them to user space (TCP semantics of MSG_TRUNC, Linux)",
+    "splice": "`splice(2)` socket → pipe → `/dev/null`, 1 MiB per call (no user-space copy)",
+    "recv": "`recv_into` a preallocated 1 MiB `bytearray` (one copy to user space)",
+    "curl": "`curl -s -o /dev/null` (C; copies to user space, 16 KiB reads, writes to /dev/null)",
+}
+_SINK_CL = re.compile(rb"(?im)^content-length:[ \t]*(\d+)")
+
+
+def sink_fetch(url: str, count: int, *, sink: str, fresh: bool, start: float,
+               timeout: float) -> dict:
+    """Client side of :func:`drain` (runs in its own process): ``count`` GETs of ``url``, on
+    a new connection each (``fresh``) or on one keep-alive connection, bodies discarded by
+    ``sink``. Timed from ``start`` (CLOCK_MONOTONIC, shared by all client processes) to the
+    last byte; CPU = this process's utime+stime over the same span (``os.times``)."""
+    import fcntl
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    req = (f"GET {u.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-sink\r\n"
+           "Accept-Encoding: identity\r\n\r\n").encode()
+    step = (4 << 20) if sink == "trunc" else (1 << 20)
+    buf = memoryview(bytearray(step))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    rd, wr = os.pipe()
+    with contextlib.suppress(OSError):  # F_SETPIPE_SZ: a 1 MiB pipe, fewer splice() calls
+        fcntl.fcntl(wr, 1031, 1 << 20)
+    flags = socket.MSG_TRUNC | socket.MSG_WAITALL
+    statuses: list[int] = []
+    total = calls = connections = 0
+    sock: socket.socket | None = None
+    deadline = start + timeout
+    while time.monotonic() < start:
+        time.sleep(min(0.005, max(0.0, start - time.monotonic())))
+    c0, t0 = os.times(), time.monotonic()
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: over {timeout}s")
+        if sock is None or fresh:
+            if sock is not None:
+                sock.close()
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.settimeout(None)  # blocking (splice needs it); the parent enforces the timeout
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connections += 1
+        fd = sock.fileno()
+        sock.sendall(req)
+        head = b""
+        while b"\r\n\r\n" not in head:  # peek, so that no body byte is read here
+            peek = sock.recv(4096, socket.MSG_PEEK)
+            if not peek:
+                raise ConnectionError("connection closed before the headers ended")
+            end = (head + peek).find(b"\r\n\r\n")
+            head += sock.recv(len(peek) if end < 0 else end + 4 - len(head))
+        statuses.append(int(head.split(b" ", 2)[1]))
+        m = _SINK_CL.search(head)
+        if m is None:
+            raise ValueError(f"no Content-Length in {head[:300]!r}")
+        left = int(m.group(1))
+        while left:
+            calls += 1
+            if sink == "trunc":
+                n = sock.recv_into(buf, min(left, step), flags)
+            elif sink == "splice":
+                n = os.splice(fd, wr, min(left, step))
+                k = n
+                while k:
+                    k -= os.splice(rd, devnull, k)
+            else:
+                n = sock.recv_into(buf, min(left, step))
+            if n <= 0:
+                raise ConnectionError(f"connection closed with {left} bytes to go")
+            left -= n
+            total += n
+    t1, c1 = time.monotonic(), os.times()
+    if sock is not None:
+        sock.close()
+    return {"bytes": total, "start": t0, "end": t1, "statuses": statuses, "calls": calls,
+            "connections": connections, "cpu": (c1.user + c1.system) - (c0.user + c0.system)}
+
+
+@dataclasses.dataclass
+class Drain(Transfer):
+    """A :class:`Transfer` by :func:`drain`, with each client process's CPU."""
+
+    sink: str = "trunc"
+    fresh: bool = True
+    count: int = 1  #: downloads per client
+    client_cpus: list[float] = dataclasses.field(default_factory=list)  #: per process, timed span
+    client_cpu_rusage: float = 0.0  #: getrusage of the reaped clients (with start-up)
+    order: int = 0  #: position of this run among the servers of its repetition (0 = first)
+
+    @property
+    def clients_cores(self) -> float:
+        """Cores used by all client processes together."""
+        return self.client_cpu / self.wall
+
+    @property
+    def client_cores_max(self) -> float:
+        """Cores used by the busiest client process (each one is single-threaded)."""
+        return max(self.client_cpus, default=0.0) / self.wall
+
+    @property
+    def client_cpu_per_gb(self) -> float:
+        return self.client_cpu / (self.nbytes / GB)
+
+
+def drain(url: str, clients: int, *, count: int = 1, expect_size: int,
+          server_pids: Sequence[int], timeout: float, sink: str = "trunc",
+          fresh: bool = True) -> Drain:
+    """``clients`` concurrent client processes, each downloading ``url`` ``count`` times (a new
+    connection per download when ``fresh``, else one keep-alive connection) and discarding
+    the body with ``sink`` (see :data:`SINKS`); every answer must be 200 with ``expect_size``
+    bytes. The Python sinks start on a common clock (start-up not timed); curl is timed from
+    process start. Server CPU from /proc/PID/stat; client CPU per process over the timed span
+    (``os.times`` in the client; curl: getrusage of the reaped process, start-up included)
+    and, for all, getrusage(RUSAGE_CHILDREN) deltas."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if sink == "curl":
+        argv = ["curl", "-s", "--max-time", str(int(timeout)), "-w",
+                "%{http_code} %{size_download}\\n"]
+        for _ in range(count):
+            argv += [url, "-o", "/dev/null"]
+            if fresh:
+                argv += ["-H", "Connection: close"]
+        meter = Meter(server_pids)
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+        outs, cpus = [], []
+        try:
+            for p in procs:
+                a = resource.getrusage(resource.RUSAGE_CHILDREN)
+                outs.append(p.communicate(timeout=timeout + 30))
+                b = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpus.append(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        server, _children, system, wall = meter.stop()
+        total = 0
+        for p, (out, err) in zip(procs, outs, strict=True):
+            lines = out.split()
+            codes, sizes = lines[0::2], [int(x) for x in lines[1::2]]
+            if p.returncode != 0 or codes != ["200"] * count or sizes != [expect_size] * count:
+                raise RuntimeError(f"curl {url}: exit {p.returncode}, {out.strip()!r} "
+                                   f"{err.strip()!r} (expected 200 and {expect_size} bytes x{count})")
+            total += sum(sizes)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rusage = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        # curl's own CPU is only known once reaped: the per-process sum is the rusage total
+        return Drain(clients=clients, wall=wall, nbytes=total, server_cpu=server,
+                     client_cpu=rusage, other_cpu=system - server - rusage, sink=sink,
+                     fresh=fresh, count=count, client_cpus=cpus, client_cpu_rusage=rusage)
+    if sink not in SINKS:
+        raise ValueError(f"unknown sink {sink!r}")
+    start = time.monotonic() + 0.3 + 0.05 * clients
+    argv = [sys.executable, "-S", str(Path(__file__).resolve()), "sink", url, "--count",
+            str(count), "--sink", sink, "--start", repr(start), "--timeout", str(timeout)]
+    if fresh:
+        argv.append("--fresh")
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+    time.sleep(max(0.0, start - time.monotonic()))
+    meter = Meter(server_pids)
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout + 30)
+            if p.returncode != 0:
+                raise RuntimeError(f"sink {sink} {url} failed ({p.returncode}): {err[-1000:]}")
+            results.append(json.loads(out))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    server, _children, system, _ = meter.stop()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for r in results:
+        if set(r["statuses"]) != {200} or r["bytes"] != expect_size * count:
+            raise RuntimeError(f"{url}: statuses {set(r['statuses'])}, {r['bytes']} bytes "
+                               f"(expected 200 and {expect_size * count})")
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    cpus = [r["cpu"] for r in results]
+    return Drain(clients=clients, wall=wall, nbytes=sum(r["bytes"] for r in results),
+                 server_cpu=server, client_cpu=sum(cpus), other_cpu=system - server - sum(cpus),
+                 sink=sink, fresh=fresh, count=count, client_cpus=cpus,
+                 client_cpu_rusage=ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+
+
 _WRK_SCRIPT = """\
 wrk.method = "GET"
 wrk.headers["Accept"] = {accept}
@@ -672,3 +868,29 @@ def run_measured(name: str, args: Any, measure: Callable[[Any, Path], dict]) -> 
     data.update(bench=name, quick=args.quick, reps=args.reps, started=started,
                 seconds=round(time.monotonic() - t0, 1), machine=machine_info())
     return data
+
+
+def _main(argv: list[str]) -> int:
+    """``python -S bench/common.py sink URL --count N --sink trunc [--fresh] --start T``: the
+    client process of :func:`drain`; prints one JSON line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="bench/common.py")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("sink")
+    p.add_argument("url")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--sink", choices=[k for k in SINKS if k != "curl"], default="trunc")
+    p.add_argument("--fresh", action="store_true", help="a new connection per download")
+    p.add_argument("--start", type=float, default=0.0)
+    p.add_argument("--timeout", type=float, default=300)
+    a = ap.parse_args(argv)
+    out = sink_fetch(a.url, a.count, sink=a.sink, fresh=a.fresh,
+                     start=a.start or time.monotonic(), timeout=a.timeout)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -6,6 +6,7 @@ Each test plays one row of the red-team table (issue 14) and asserts the limit i
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -117,3 +118,71 @@ def test_row11_a_public_url_wins_over_the_host_header(tmp_path):
             r = httpx.get(url + "/pypi/fw/json", headers={"Host": "evil.example"})
     urls = [f["url"] for files in r.json()["releases"].values() for f in files]
     assert urls and all(u.startswith("https://index.example.org/files/") for u in urls)
+
+
+def test_row10_head_and_range_on_a_cold_file_need_no_whole_download_first(tmp_path):
+    """A slow upstream (a 2 MB file in about 4 s): HEAD answers from the listed size at once, a
+    Range is read from upstream as it comes; the whole file is cached behind them, once."""
+    import hashlib
+    import http.server
+    import threading
+
+    data = bytes(range(256)) * 8192  # 2 MiB
+    sha = hashlib.sha256(data).hexdigest()
+    log: list[str] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path == "/simple/cold/":
+                page = {"meta": {"api-version": "1.1"}, "name": "cold", "files": [
+                    {"filename": "cold-1.0.tar.gz", "url": "/p/cold-1.0.tar.gz",
+                     "hashes": {"sha256": sha}, "size": len(data)}]}
+                body = json.dumps(page).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", JSON)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            rng = self.headers.get("Range")
+            log.append(f"GET {rng or 'whole'}")
+            if rng:
+                start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+                part = data[start:end + 1]
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(len(part)))
+                self.end_headers()
+                self.wfile.write(part)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for i in range(0, len(data), 1 << 17):  # 16 chunks, 0.25 s apart
+                self.wfile.write(data[i:i + (1 << 17)])
+                time.sleep(0.25)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        up = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with run_app(create_app(_server(tmp_path, up))) as url, httpx.Client(base_url=url) as c:
+            c.get("/simple/cold/", headers={"Accept": JSON})
+            started = time.monotonic()
+            head = c.head("/files/cold-1.0.tar.gz")
+            tail = c.get("/files/cold-1.0.tar.gz", headers={"Range": "bytes=2097000-2097151"})
+            answered = time.monotonic() - started
+            assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+            assert tail.status_code == 206 and tail.content == data[2097000:]
+            assert answered < 2.0  # the whole download takes about 4 s
+            whole = c.get("/files/cold-1.0.tar.gz")  # joins the download started behind
+            assert whole.content == data
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(10)
+    assert log.count("GET whole") == 1

@@ -284,7 +284,8 @@ def test_first_publish_uploads_everything_with_headers(s3: S3Env, tmp_path):
     r = publish_s3(files, loc, client=rec)
     manifest = s3.objects("idx")[MANIFEST]
     assert r.changed and r.location == loc
-    assert r.uploaded_objects == len(files) + 1 == 28
+    # 27 index files + the catalogue (index.html, catalogue.js/.css, 3 pipeline pages) + manifest
+    assert r.uploaded_objects == len(files) + 1 == 28 + 6
     assert r.uploaded_bytes == total(files) + len(manifest)
     assert r.deleted_objects == 0 and r.unchanged_objects == 0
     assert without_control(s3.objects("idx")) == as_bytes(files)
@@ -371,16 +372,18 @@ def test_new_version_of_one_project_uploads_the_file_its_pages_roots_and_manifes
         "simple/en-core-web-sm/index.html", "simple/en-core-web-sm/index.json",
         "pypi/en-core-web-sm/json", "simple/pypi/en-core-web-sm/json", "en-core-web-sm/json",
         "find-links.html", MARKER,  # the project list (simple/index.*) did not change
+        "index.html", "catalogue/en-core-web-sm.html",  # the catalogue shows the new version
     }
     keys = [k.removeprefix("idx/") for _, k in rec.writes()]
     assert keys == [f"files/{fn}", f"files/{fn}.metadata",
-                    "en-core-web-sm/json", "pypi/en-core-web-sm/json",
+                    "catalogue/en-core-web-sm.html", "en-core-web-sm/json", "index.html",
+                    "pypi/en-core-web-sm/json",
                     "simple/en-core-web-sm/index.html", "simple/en-core-web-sm/index.json",
                     "simple/pypi/en-core-web-sm/json", "find-links.html", MARKER, MANIFEST]
     manifest = s3.objects("idx")[MANIFEST]
-    assert r.uploaded_objects == 10
+    assert r.uploaded_objects == 12
     assert r.uploaded_bytes == sum(len(as_bytes(new)[p]) for p in expected) + len(manifest)
-    assert (r.deleted_objects, r.unchanged_objects) == (0, len(new) - 9)
+    assert (r.deleted_objects, r.unchanged_objects) == (0, len(new) - 11)
     reachable(s3.objects("idx"))
     print(f"\n[s3] one project got a new version: {r.uploaded_objects} objects, "
           f"{r.uploaded_bytes} bytes")
@@ -401,13 +404,14 @@ def test_stale_objects_are_deleted_after_the_roots_and_foreign_objects_are_kept(
     assert stale == {"simple/de-core-news-sm/index.html", "simple/de-core-news-sm/index.json",
                      "pypi/de-core-news-sm/json", "simple/pypi/de-core-news-sm/json",
                      "de-core-news-sm/json", "files/de_core_news_sm-3.7.0-py3-none-any.whl",
-                     "files/de_core_news_sm-3.7.0-py3-none-any.whl.metadata"}
+                     "files/de_core_news_sm-3.7.0-py3-none-any.whl.metadata",
+                     "catalogue/de-core-news-sm.html"}
     ops = rec.writes()
     first_delete = next(i for i, (op, _) in enumerate(ops) if op == "delete")
     assert ops[first_delete - 1] == ("put", f"idx/{MANIFEST}")
     assert {k for op, k in ops[first_delete:]} == {f"idx/{p}" for p in stale}
     assert all(op == "delete" for op, _ in ops[first_delete:])
-    assert r.deleted_objects == 7
+    assert r.deleted_objects == 8
     objects = s3.objects("idx")
     assert objects.pop("README.txt") == b"not ours"
     assert without_control(objects) == as_bytes(new)

@@ -305,3 +305,191 @@ def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
     text = log_path.read_text()
     assert text.count(wanted) == 5 and "GET /health 200 " in text
     assert TOKEN not in text and "Traceback" not in text
+
+
+# ----------------------------------------------------------------------------- threaded sendfile
+# Spans of at least protocol.THREAD_MIN bytes go out by blocking sendfile(2) calls in a worker
+# thread (protocol._threaded_sendfile); the wheel of ``world`` is far smaller, so these tests
+# use their own pipeline, padded above it.
+import contextlib  # noqa: E402
+
+from spacy_index.server import protocol as zerocopy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def big_world(tmp_path_factory, model_wheels):
+    """A pipeline wheel of ~12 MiB (> THREAD_MIN) on a fake GitHub; ``make`` builds an app."""
+    root = tmp_path_factory.mktemp("protocol-big")
+    md = model_wheels(name="core_web_md", version="3.8.51", pad_bytes=12 << 20)
+    assert md.wheel.stat().st_size > 4 * zerocopy.THREAD_MIN
+    with FakeGitHub(load_fixture=False, archive=meta_archive([md]), token=TOKEN) as gh:
+        gh.add_release(f"{md.project}-{md.version}", {md.wheel.name: md.wheel.read_bytes()})
+        config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+
+        def make():
+            server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
+            return server, create_app(server)
+
+        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": make}
+
+
+@pytest.fixture
+def thread_jobs(monkeypatch):
+    """Count the transfers the worker threads took (True) or left to loop.sendfile (False)."""
+    taken: list[bool] = []
+    senders = zerocopy._SENDERS
+    submit = senders.submit
+
+    def counting(job):
+        ok = submit(job)
+        taken.append(ok)
+        return ok
+
+    monkeypatch.setattr(senders, "submit", counting)
+    return taken
+
+
+def _busy_threads() -> int:
+    s = zerocopy._SENDERS
+    with s._lock:
+        return s._threads - s._idle
+
+
+def _wait_idle(timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _busy_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _busy_threads() == 0
+
+
+def _request(sock: socket.socket, path: str, headers: str = "") -> None:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+
+
+def _response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
+    """Read one response with a Content-Length from ``sock`` (``buf``: bytes read ahead)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the headers"
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed after {len(body)} of {length} body bytes"
+        body += chunk
+    buf[:] = body[length:]
+    return int(head.split(b" ", 2)[1]), bytes(body[:length])
+
+
+def test_threaded_sendfile_whole_and_ranges_are_byte_exact_then_keep_alive(big_world, thread_jobs):
+    _server, app = big_world["make"]()
+    data, md = big_world["data"], big_world["md"]
+    size, small = len(data), zerocopy.THREAD_MIN - 1
+    path = f"/files/{md.wheel.name}"
+    with run_app(app) as url:
+        assert httpx.get(url + path).content == data  # now cached
+        thread_jobs.clear()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            buf = bytearray()
+            for rng, want in ((None, data), (f"bytes=0-{size - 1}", data),
+                              (f"bytes=7-{7 + 2 * zerocopy.THREAD_MIN}",
+                               data[7:8 + 2 * zerocopy.THREAD_MIN]),
+                              (f"bytes={size - zerocopy.THREAD_MIN - 3}-",
+                               data[-zerocopy.THREAD_MIN - 3:]),
+                              (f"bytes=0-{small - 1}", data[:small]),  # below: loop.sendfile
+                              ("bytes=-7", data[-7:])):
+                _request(s, path, f"Range: {rng}\r\n" if rng else "")
+                status, body = _response(s, buf)
+                assert status == (206 if rng else 200) and body == want, rng
+            # keep-alive after the threaded answers: the same connection still works
+            _request(s, "/health")
+            assert _response(s, buf)[0] == 200
+            # pipelined: a threaded answer, then a small one, both in order
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+                      f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=1-1\r\n\r\n".encode())
+            assert _response(s, buf) == (200, data)
+            assert _response(s, buf) == (206, data[1:2])
+        assert thread_jobs == [True] * 5  # whole x2, the two big ranges, the pipelined whole
+        with httpx.Client(base_url=url) as c:
+            head = c.head(path)
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == str(size)
+        _wait_idle()
+
+
+def test_threaded_sendfile_client_leaving_mid_file_closes_only_that_connection(big_world,
+                                                                               thread_jobs):
+    _server, app = big_world["make"]()
+    data, md = big_world["data"], big_world["md"]
+    path = f"/files/{md.wheel.name}"
+    with run_app(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url) as keep:
+            assert keep.get(path).content == data  # cached; this connection stays open
+            _wait_idle()
+            fds = len(os.listdir("/proc/self/fd"))
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    _request(s, path)
+                    s.recv(100)
+                # closed with most of the file unsent: the blocked sendfile fails (EPIPE)
+            _wait_idle()
+            assert len(os.listdir("/proc/self/fd")) <= fds + 2  # the duplicates were closed
+            assert thread_jobs[:5] == [True] * 5
+            # the other connection, kept alive meanwhile, is unharmed
+            assert hashlib.sha256(keep.get(path).content).hexdigest() == md.sha256
+            assert keep.get("/health").status_code == 200
+
+
+def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(big_world, monkeypatch):
+    full = zerocopy._Senders(0)  # as if every thread were taken
+    thread_jobs: list[bool] = []
+    monkeypatch.setattr(full, "submit", lambda job: thread_jobs.append(False) or False)
+    monkeypatch.setattr(zerocopy, "_SENDERS", full)
+    _server, app = big_world["make"]()
+    data, md = big_world["data"], big_world["md"]
+    path = f"/files/{md.wheel.name}"
+    with run_app(app) as url, httpx.Client(base_url=url) as c:
+        c.get(path)
+        thread_jobs.clear()
+        assert c.get(path).content == data
+        r = c.get(path, headers={"Range": f"bytes=3-{3 + 2 * zerocopy.THREAD_MIN}"})
+        assert r.status_code == 206 and r.content == data[3:4 + 2 * zerocopy.THREAD_MIN]
+        assert c.get("/health").status_code == 200
+    assert thread_jobs == [False, False]
+
+
+def test_a_stalled_client_does_not_hold_up_shutdown(big_world, thread_jobs):
+    """A client that stops reading keeps the worker thread in sendfile(2); at shutdown, after
+    uvicorn's graceful timeout (5 s in run_app), the cancelled transfer shuts the socket down,
+    which ends the blocked call, and the thread is free again."""
+    _server, app = big_world["make"]()
+    data, md = big_world["data"], big_world["md"]
+    path = f"/files/{md.wheel.name}"
+    s = None
+    try:
+        with run_app(app) as url:
+            assert httpx.get(url + path).content == data
+            _wait_idle()
+            s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            _request(s, path)
+            deadline = time.monotonic() + 10
+            while not _busy_threads() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _busy_threads() == 1  # blocked: the client reads nothing
+            t0 = time.monotonic()
+        assert time.monotonic() - t0 < 12
+        _wait_idle(5)
+        got = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        assert got < len(data)  # the connection ended without the whole body
+    finally:
+        if s is not None:
+            s.close()

@@ -14,13 +14,14 @@ reads every release, not one page, and attaches hashes) and ``render_find_links`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from packaging.version import Version
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog, assemble
 
@@ -34,7 +35,7 @@ from spacy_index.http import (
     make_client,
     redact_url,
 )
-from spacy_index.model import ModelMeta, Release
+from spacy_index.model import Distribution, ModelMeta, Release
 from spacy_index.publish import PublishReport, publish_folder
 from spacy_index.render import html, pep691
 from spacy_index.render.tree import index_files, mirror_links
@@ -103,13 +104,14 @@ def fetch_catalog(
     if offline:
         assert snap is not None
         dists, warnings = assemble(snap.releases, snap.metas)
+        dists = with_meta(dists, snap.metas)
         catalog = Catalog.from_distributions(
             dists, source=f"{snap.repo} via {snap.api_url} (snapshot)", snapshot_date=snap.date,
             warnings=tuple(warnings),
         )
         return FetchResult(catalog, mode=f"offline, snapshot of {snap.date}")
 
-    store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None)
+    store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None, notify)
     own_client = client is None
     if client is None:
         client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,
@@ -138,6 +140,7 @@ def fetch_catalog(
         if uses_spacy_models_meta(repo):
             metas = _spacy_models_metas(gh, store, releases.values(), snap)
         dists, warnings = assemble(releases.values(), metas)
+        dists = with_meta(dists, metas)
         catalog = Catalog.from_distributions(
             dists,
             source=f"{repo} via {host}",
@@ -150,6 +153,23 @@ def fetch_catalog(
         if own_client:
             client.close()
         store.close()
+
+
+def with_meta(dists: list[Distribution], metas: Mapping[str, ModelMeta]) -> list[Distribution]:
+    """Each file with its release's meta file (description, licence, approximate size, for
+    the catalogue page), matched by project and version as spacy-models' tags name them."""
+    by_release: dict[tuple[str, Version], ModelMeta] = {}
+    for meta in metas.values():
+        try:
+            by_release[(canonicalize_name(meta.project), Version(meta.version))] = meta
+        except (InvalidVersion, ValueError):
+            continue
+    if not by_release:
+        return dists
+    return [
+        replace(d, meta=found) if (found := by_release.get((d.project, d.version))) else d
+        for d in dists
+    ]
 
 
 def _load_snapshot(
@@ -231,11 +251,14 @@ def build_index(
     notify: Notify = _quiet,
     s3_endpoint_url: str | None = None,
     ca_bundle: str | None = None,
+    mirror_progress: bool = False,
 ) -> BuildResult:
     """Filter ``catalog`` and publish it to ``out`` atomically.
 
     With ``mirror_cache``, every selected file is downloaded (once, verified) through that
-    cache and published under ``files/`` with ``.metadata`` sidecars and relative links.
+    cache and published under ``files/`` with ``.metadata`` sidecars and relative links;
+    ``mirror_progress`` shows a rich progress display on stderr (for a terminal), else each
+    finished file is one line through ``notify``.
     """
     selected = catalog.filter(only=only, spacy=spacy, wheels_only=wheels_only)
     extra: dict[str, Path | bytes] = {}
@@ -243,7 +266,8 @@ def build_index(
     if mirror_cache is not None:
         from spacy_index.mirror import mirror
 
-        mirrored = mirror(selected, mirror_cache, notify=notify, ca_bundle=ca_bundle)
+        mirrored = mirror(selected, mirror_cache, notify=notify, ca_bundle=ca_bundle,
+                          progress=mirror_progress)
         selected = mirrored.catalog
         extra = mirrored.files
         for warning in mirrored.warnings:
@@ -280,7 +304,7 @@ def snapshot_from_live(
 ) -> tuple[snapshots.Snapshot, RequestStats]:
     """Read every release (and spacy-models' meta files) live into a new snapshot."""
     api_url = api_url.rstrip("/")
-    store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None)
+    store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None, notify)
     own_client = client is None
     if client is None:
         client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,

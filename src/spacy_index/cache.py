@@ -32,6 +32,11 @@ How a download works (one *flight* per sha256, shared by everyone who asks for i
   byte ``n``. If they differ, consumers may already hold the old bytes, so the flight fails
   with :class:`UpstreamChanged` (not remembered: the next request starts a fresh download).
   The same fallback (a plain ``GET``) is used after a ``206`` for the wrong range.
+* ``resume=True`` (``install``, ``build --mirror``; not ``serve``) keeps a download across
+  runs: a flight that stops early (Ctrl-C, a lost network) leaves its partial file, and the
+  next flight of the same sha256 re-hashes those bytes and asks only for the rest
+  (``Range``, no ``If-Range``: the content is named by its hash, and the final check still
+  covers every byte). A partial file that fails that check is removed as usual.
 """
 
 from __future__ import annotations
@@ -153,6 +158,10 @@ class _Retry(Exception):
 class _Refresh(Exception):
     def __init__(self, status: int) -> None:
         self.status = status
+
+
+class _Complete(Exception):
+    """A resumed range starts at the end: the kept partial file already holds every byte."""
 
 
 # --------------------------------------------------------------------------- #
@@ -288,6 +297,9 @@ class _Flight:
         self.ok = False
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
+        #: resume mode: bytes found from an earlier run, and whether an early stop keeps the file
+        self.resumed_from = 0
+        self.keep_partial = False
         self._changed = asyncio.Event()
 
     def wake(self) -> None:
@@ -427,6 +439,7 @@ class FileCache:
         max_resumes: int = 5,
         notify: Callable[[str], None] | None = None,
         failure_ttl: float = 30.0,
+        resume: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
@@ -435,6 +448,8 @@ class FileCache:
         self.chunk_size = chunk_size
         self.max_resumes = max_resumes
         self.failure_ttl = failure_ttl
+        #: keep partial files across runs and resume them (see the module docstring)
+        self.resume = resume
         self._notify = notify
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, tuple[float, BaseException]] = {}
@@ -544,6 +559,18 @@ class FileCache:
         tmp.write_text(sha + "\n", "ascii")
         os.replace(tmp, target)
 
+    def received(self, sha256: str) -> int | None:
+        """Bytes a running download of this file has written so far (None when none runs)."""
+        fl = self._flights.get(sha256)
+        return None if fl is None else fl.written
+
+    def partial_size(self, sha256: str) -> int:
+        """Bytes of this file kept from an earlier, unfinished download (0 when none)."""
+        try:
+            return (self.root / "partial" / f"{_check_sha(sha256)}.partial").stat().st_size
+        except OSError:
+            return 0
+
     def in_use(self, sha: str) -> bool:
         """Being downloaded or read by this process right now."""
         return sha in self._flights or self._reading.get(sha, 0) > 0
@@ -604,13 +631,29 @@ class FileCache:
         assert found.sha is not None
         return self.path(found.sha)
 
+    def cached_now(self, sha256: str) -> Path | None:
+        """The final path if it was verified in this process and is still there (no I/O but
+        a stat; a file not yet verified in this process answers None)."""
+        return self._quick(_check_sha(sha256))
+
+    def prefetch(self, up: Upstream) -> None:
+        """Start (or join) the download of ``up`` into the cache, in the background."""
+        async def fetch() -> None:
+            with contextlib.suppress(SpacyIndexError, OSError):
+                await self.ensure(up)
+
+        task = asyncio.get_running_loop().create_task(fetch(), name=f"prefetch {up.filename}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def wait_idle(self) -> None:
         """Wait until no download is running (their errors went to their consumers)."""
         while pending := [t for t in self._tasks if not t.done()]:
             await asyncio.wait(pending)
 
     async def aclose(self) -> None:
-        """Cancel the running downloads (their partial files are removed) and wait for them."""
+        """Cancel the running downloads and wait for them (their partial files are removed,
+        or kept for the next run with ``resume``)."""
         for task in list(self._tasks):
             task.cancel()
         await self.wait_idle()
@@ -621,7 +664,7 @@ class FileCache:
             with contextlib.suppress(Exception):
                 self._notify(message)
 
-    def _open_partial(self, sha: str) -> tuple[int, Path]:
+    def _open_partial(self, sha: str) -> tuple[int, Path, bool]:
         folder = self.root / "partial"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{sha}.partial"
@@ -646,19 +689,23 @@ class FileCache:
             os.close(fd)
         else:  # pragma: no cover - pathological contention
             raise OSError(errno.EBUSY, "partial file is busy")
+        canonical = path.name == f"{sha}.partial"
+        if self.resume and canonical:
+            return fd, path, True  # an earlier run's bytes, re-hashed by the flight
         try:
             os.ftruncate(fd, 0)  # a stale partial of a crashed run
         except OSError:
             os.close(fd)
             raise
-        return fd, path
+        return fd, path, canonical
 
     def _start(self, up: Upstream) -> _Flight:
         try:
-            fd, partial = self._open_partial(up.key)
+            fd, partial, canonical = self._open_partial(up.key)
         except OSError as exc:
             raise CacheWriteError(self.root, _strerror(exc)) from None
         fl = _Flight(up, fd, partial)
+        fl.keep_partial = self.resume and canonical
         self._flights[fl.key] = fl
         fl.task = asyncio.get_running_loop().create_task(
             self._fly(fl), name=f"spacy-index download {up.filename}"
@@ -671,7 +718,10 @@ class FileCache:
         up = fl.up
         sha = fl.key
         try:
-            self._say(f"downloading {up.filename}")
+            if fl.keep_partial:
+                await _in_thread(self._resume_from_disk, fl)
+            self._say(f"downloading {up.filename}" + (
+                f" (resuming at byte {fl.resumed_from:,})" if fl.resumed_from else ""))
             await self._download(fl)
             size = fl.written
             if up.size is not None and size != up.size:
@@ -697,6 +747,7 @@ class FileCache:
             self._say(f"cached {up.filename} ({size} bytes, {fl.upstream_bytes} downloaded)")
         except (DigestMismatch, SizeMismatch) as exc:
             fl.error = exc
+            fl.keep_partial = False
             now = time.monotonic()
             for key in [k for k, (deadline, _) in self._failures.items() if deadline <= now]:
                 del self._failures[key]
@@ -707,8 +758,11 @@ class FileCache:
             raise
         except Exception as exc:
             fl.error = exc
+            # kept for the next run only when the bytes are good and just unfinished
+            if not isinstance(exc, UpstreamFileError) or exc.status is not None:
+                fl.keep_partial = False
         finally:
-            if not fl.ok:
+            if not fl.ok and not (fl.keep_partial and fl.written > 0):
                 with contextlib.suppress(OSError):
                     os.unlink(fl.partial)
             if self._flights.get(sha) is fl:
@@ -716,6 +770,24 @@ class FileCache:
             os.close(fl.fd)
             fl.done = True
             fl.wake()
+
+    def _resume_from_disk(self, fl: _Flight) -> None:
+        """Take up an earlier run's partial file: hash its bytes, continue after them."""
+        size = os.fstat(fl.fd).st_size
+        limit = fl.up.size
+        if size <= 0 or (limit is not None and size > limit):
+            os.ftruncate(fl.fd, 0)
+            return
+        pos = 0
+        while pos < size:
+            block = os.pread(fl.fd, min(1 << 20, size - pos), pos)
+            if not block:
+                break
+            fl.hasher.update(block)
+            pos += len(block)
+        os.ftruncate(fl.fd, pos)
+        fl.written = fl.resumed_from = pos
+        fl.published = max(0, pos - self.chunk_size)
 
     def _accept(self, fl: _Flight, resp: httpx.Response, url: str, ranged: bool,
                 offset: int) -> int:
@@ -734,6 +806,11 @@ class FileCache:
             start, total = 0, _content_length(resp)
         elif status in _REFRESH and url != up.url:
             raise _Refresh(status)
+        elif status == 416 and ranged:
+            span = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", resp.headers.get("Content-Range", ""))
+            if span is not None and int(span.group(1)) == offset:
+                raise _Complete
+            raise _Retry("HTTP 416 for a resumed range", full=True)
         elif status in (408, 425, 429) or status >= 500:
             raise _Retry(f"HTTP {status}", full=False)
         else:
@@ -754,7 +831,11 @@ class FileCache:
         up = fl.up
         url = up.url  # where the next request goes: the signed URL once we have one
         validator: str | None = None
-        use_range = False
+        use_range = fl.written > 0  # resuming an earlier run's partial file
+        if use_range and up.size is not None and fl.written >= up.size:
+            fl.total, fl.started = up.size, True
+            fl.wake()
+            return
         attempts = 0
         while True:
             offset = fl.written
@@ -797,6 +878,12 @@ class FileCache:
                 url = up.url
                 use_range = True
                 continue
+            except _Complete:
+                if not fl.started:
+                    fl.total = fl.written
+                    fl.started = True
+                    fl.wake()
+                return
             except httpx.HTTPError as exc:
                 raise UpstreamFileError(up.filename, None, redact_url(up.url),
                                         _describe(exc)) from None

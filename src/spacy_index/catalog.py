@@ -21,7 +21,7 @@ from spacy_index.model import (
     Release,
     name_matches,
     parse_filename,
-    spacy_admits,
+    spacy_compatible,
 )
 
 
@@ -69,13 +69,15 @@ class Catalog:
     ) -> Catalog:
         """Keep the projects matching any ``only`` glob, and the files admitted by the filters.
 
+        ``spacy``: files compatible with that spaCy by :func:`~spacy_index.model.spacy_compatible`
+        (``3.8`` the whole series, ``3.8.2`` exactly), the rule ``install`` and ``list`` use.
         Pre-releases are kept: clients filter them out themselves.
         """
 
         def keep(d: Distribution) -> bool:
             if wheels_only and d.kind != "wheel":
                 return False
-            return spacy is None or spacy_admits(d.spacy_requirement, spacy)
+            return spacy is None or spacy_compatible(d.spacy_requirement, spacy)
 
         projects = {}
         for name, project in self.projects.items():

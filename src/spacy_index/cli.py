@@ -11,13 +11,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
-from rich.console import Console
-from rich.text import Text
 
 from spacy_index import __version__
 from spacy_index.errors import SpacyIndexError, UsageError
+
+if TYPE_CHECKING:  # rich is imported where it is used: `install` of what is there needs none
+    from rich.console import Console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,20 +64,27 @@ def _parser() -> argparse.ArgumentParser:
         help="install pipelines compatible with the installed spaCy, downloading each once",
         description="A `spacy download` that picks the newest pipeline compatible with the "
         "installed spaCy, keeps every wheel once in a verified user cache, and installs it "
-        "with its hash pinned. Arguments after `--` go to pip.",
+        "with its hash pinned, with uv where it is available (files linked from uv's cache), "
+        "else pip. MODEL is NAME, NAME==VERSION, NAME-VERSION or NAME with any version "
+        "specifier ('NAME>=3.7,<3.8'). Arguments after `--` go to the installer.",
     )
     i.add_argument("models", nargs="+", metavar="MODEL")
-    i.add_argument("--spacy", default="auto", metavar="X.Y|auto",
-                   help="choose for this spaCy version (default: the installed one)")
-    i.add_argument("--index", metavar="URL|PATH",
-                   help="take files from this index (spacy-index serve URL or static index)")
-    i.add_argument("--python", default=sys.executable, metavar="PATH",
-                   help="the interpreter to install into (default: this one)")
-    i.add_argument("--dry-run", action="store_true", help="print the pinned requirement lines only")
-    i.add_argument("--pre", action="store_true", help="allow pre-release pipelines")
-    i.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
-    i.add_argument("--cache-dir", type=Path, metavar="DIR")
-    _tls_arg(i)
+    _install_args(i)
+
+    dl = sub.add_parser(
+        "download",
+        help="`install` with `spacy download`'s arguments: download NAME [--direct] [pip args]",
+        description="The same as `install`, shaped like `python -m spacy download` so that "
+        "scripts and Dockerfiles switch by changing one word: NAME (or NAME-VERSION with "
+        "--direct), then any arguments for the installer (e.g. --no-deps).",
+    )
+    dl.add_argument("models", nargs="+", metavar="MODEL")
+    dl.add_argument("-d", "-D", "--direct", action="store_true",
+                    help="MODEL is NAME-VERSION: install exactly that, without the spaCy check "
+                    "(as spacy download --direct)")
+    dl.add_argument("-S", "--sdist", action="store_true", help=argparse.SUPPRESS)
+    dl.add_argument("-U", "--url", help=argparse.SUPPRESS)
+    _install_args(dl)
 
     ls = sub.add_parser("list", help="list pipelines, versions, sizes and compatible spaCy versions")
     ls.add_argument("--spacy", metavar="X.Y", help="only pipelines with a version for this spaCy")
@@ -144,6 +153,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _install_args(p: argparse.ArgumentParser) -> None:
+    """The options of `install` and `download`."""
+    p.add_argument("--spacy", default="auto", metavar="X.Y|auto",
+                   help="choose for this spaCy version: 3.8 the series, 3.8.2 exactly "
+                   "(default: the one installed for --python)")
+    p.add_argument("--index", metavar="URL|PATH",
+                   help="take files from this index: a `spacy-index serve` URL, an http(s):// "
+                   "or file:// index, or a folder made by `build` or `build --mirror`; missing "
+                   "requirements are installed from it too")
+    p.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help="the interpreter to install into (default: this one)")
+    p.add_argument("--no-deps", action="store_true",
+                   help="install the pipeline alone, not the requirements it names "
+                   "(`-- --no-deps` does the same)")
+    p.add_argument("--force", action="store_true",
+                   help="install what was asked for even if it is not for that spaCy")
+    p.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto",
+                   help="auto (default): uv where it is available, else pip")
+    p.add_argument("--dry-run", action="store_true", help="print the pinned requirement lines only")
+    p.add_argument("--pre", action="store_true", help="allow pre-release pipelines")
+    p.add_argument("--refresh", action="store_true", help="re-read the live catalog now")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    _tls_arg(p)
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -180,22 +214,26 @@ def _tls_arg(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; returns the exit code. Expected errors print one line, no traceback."""
     env = os.environ if env is None else env
-    from spacy_index.http import install_log_redaction
-
-    install_log_redaction()
     # markup off: no message may be read as rich markup ("spacy-index[s3]" stays as it is)
-    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-    out = Console(highlight=False, soft_wrap=True, markup=False)
+    err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    out = _Console(highlight=False, soft_wrap=True, markup=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command != "download":  # download passes them on, as spaCy's does
+            parser.error("unrecognized arguments: " + " ".join(unknown))
     except SystemExit as e:
         return int(e.code or 0)
-    args.passthrough = passthrough
+    args.passthrough = [*unknown, *passthrough]
+    if args.command not in _LAZY_HTTP:
+        from spacy_index.http import install_log_redaction
+
+        install_log_redaction()
     try:
         if args.command == "build":
             return _build(args, env, out, err)
@@ -203,7 +241,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _snapshot(args, env, err)
         if args.command == "serve":
             return _serve(args, env, err)
-        if args.command == "install":
+        if args.command in ("install", "download"):
             return _install(args, env, out, err)
         if args.command == "list":
             return _list(args, env, out, err)
@@ -235,14 +273,64 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 #: what Ctrl-C leaves behind, per command
 _INTERRUPTED = {
-    "build": "interrupted; the previous output is unchanged",
+    "build": "interrupted; the previous output is unchanged (with --mirror: the files "
+             "downloaded stay in the cache and a partial one resumes next time)",
     "snapshot": "interrupted; no snapshot was written",
     "install": "interrupted; verified downloads stay in the cache and a partial one resumes "
                "next time; if the installer had started, run the same command again to finish",
+    "download": "interrupted; verified downloads stay in the cache and a partial one resumes "
+                "next time; if the installer had started, run the same command again to finish",
     "list": "interrupted",
     "serve": "stopped",
     "cache": "interrupted; the cache is consistent (a partial download resumes next time)",
 }
+
+
+#: commands that attach the HTTP log redaction themselves, only once they use HTTP (an
+#: install of what is already there must not import an HTTP library)
+_LAZY_HTTP = frozenset({"install", "download", "list"})
+
+
+class _Console:
+    """The CLI's stdout or stderr: a plain line is written as it is, without importing rich
+    (~0.1 s); anything else (tables, JSON, styled text) goes to a rich Console made on first
+    use with the same settings."""
+
+    def __init__(self, **settings: object) -> None:
+        self._settings = settings
+        self._rich: Console | None = None
+
+    @property
+    def file(self):
+        return sys.stderr if self._settings.get("stderr") else sys.stdout
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._rich is not None:
+            return self._rich.is_terminal
+        try:
+            return self.file.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def print(self, *objects: object, **options: object) -> None:
+        if (self._rich is None and len(objects) == 1 and isinstance(objects[0], str)
+                and not options.get("markup") and set(options) <= {"markup", "highlight"}):
+            self.file.write(objects[0] + "\n")
+            self.file.flush()
+            return
+        self.rich.print(*objects, **options)  # type: ignore[arg-type]
+
+    @property
+    def rich(self) -> Console:
+        if self._rich is None:
+            from rich.console import Console
+
+            self._rich = Console(**self._settings)  # type: ignore[arg-type]
+        return self._rich
+
+    def __getattr__(self, name: str):
+        return getattr(self.rich, name)
 
 
 def _error_line(err: Console, message: str) -> None:
@@ -312,6 +400,7 @@ def _build(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: 
         wheels_only=args.wheels_only, allow_shrink=args.allow_shrink, fetch=fetched,
         mirror_cache=cache_dir if args.mirror else None, base_url=args.base_url, notify=notify,
         s3_endpoint_url=args.s3_endpoint_url, ca_bundle=args.ca_bundle,
+        mirror_progress=args.mirror and err.is_terminal and not args.quiet,
     )
     _summary(result, out)
     return 0
@@ -368,6 +457,8 @@ def _summary(result, out: Console) -> None:
                                  f"{m.cached:,} from the cache, {len(m.warnings):,} left out"))
     if fetched.catalog.tags_without_release:
         rows.append(("tags without release", f"{len(fetched.catalog.tags_without_release):,}"))
+    from rich.text import Text
+
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         line = Text(key.ljust(width), style="bold")
@@ -389,64 +480,155 @@ def _summary(result, out: Console) -> None:
               f"{example}   # the flat page")
 
 
-def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Console):
-    from spacy_index.api import fetch_catalog
-    from spacy_index.install import cached_catalog
+def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Console,
+                     projects: Sequence[str] | None = None):
+    """The catalog for install/list: cached (24 h), else live (two API requests), else the
+    last cached copy or the bundled snapshot; only ``projects`` made into objects if given."""
+    from spacy_index import install as inst
 
-    settings, cache_dir = _settings(args, env)
+    api_url, cache_dir = inst.paths_from_env(env, args.cache_dir)
 
     def fetch():
+        from spacy_index.api import fetch_catalog
+        from spacy_index.config import Settings
+        from spacy_index.http import install_log_redaction
+
+        install_log_redaction()
+        settings = Settings.from_env(env)
         return fetch_catalog(api_url=settings.api_url, token=settings.token,
                              state_dir=cache_dir / "github", max_wait=10, retries=1,
                              ca_bundle=args.ca_bundle).catalog
 
-    catalog, how = cached_catalog(cache_dir, fetch=fetch, max_age=24 * 3600,
-                                  refresh=args.refresh, api_url=settings.api_url)
+    catalog, how = inst.cached_catalog(cache_dir, fetch=fetch, max_age=inst.CATALOG_MAX_AGE,
+                                       refresh=args.refresh, api_url=api_url, projects=projects)
     return catalog, how, cache_dir
 
 
 def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
-    import httpx
-
+    """`install` and `download`: choose, then for each pipeline not already there, the
+    verified wheel (cache, index folder or download) and one installer run with its hash."""
     from spacy_index import install as inst
-    from spacy_index.http import make_client
 
+    def say(message: str) -> None:
+        err.print(message, markup=False, highlight=False)
+
+    extra, no_deps = inst.split_passthrough(args.passthrough, args.no_deps)
+    direct = getattr(args, "direct", False)
+    if getattr(args, "sdist", False):
+        raise UsageError("--sdist: spacy-index installs wheels, with their hash pinned; drop "
+                         "--sdist")
+    if getattr(args, "url", None):
+        raise UsageError("--url: spacy-index takes files from its catalog or from --index "
+                         "URL|PATH (a serve URL, an index or a mirror folder)")
+    if direct:
+        for m in args.models:
+            if inst.split_model(m)[1] is None:
+                raise UsageError(f"--direct needs NAME-VERSION (e.g. {m}-3.8.0), got {m!r}")
+    force = args.force or direct
     environment = inst.probe(args.python)
-    spacy = inst.resolve_spacy(args.spacy, environment)
-    catalog, how, cache_dir = _install_catalog(args, env, err)
-    if args.index:
-        with make_client(timeout=httpx.Timeout(30.0, connect=10.0),
-                         ca_bundle=getattr(args, "ca_bundle", None)) as client:
-            catalog = inst.catalog_from_index(args.index, args.models, catalog, client)
-    choices = [inst.choose(catalog, m, spacy, pre=args.pre) for m in args.models]
+    spacy = (None if force and args.spacy == "auto" and environment.spacy is None
+             else inst.resolve_spacy(args.spacy, environment))
+    api_url, cache_dir = inst.paths_from_env(env, args.cache_dir)
+    index = inst.parse_index(args.index) if args.index else None
+
+    def choose_all(catalog):
+        return [inst.choose(catalog, m, spacy, pre=args.pre, force=force) for m in args.models]
+
+    def already(c) -> bool:
+        return environment.version_of(c.dist.project) == c.dist.version
+
+    choices = None
+    how = ""
+    if index is not None:
+        catalog, how, _ = _install_catalog(args, env, err, projects=args.models)
+        catalog = _index_catalog(args, index, catalog)
+        choices = choose_all(catalog)
+        how = f"index {index.text}"
+    elif not args.refresh:
+        # the cached catalog, whatever its age, decides when nothing is to be done: an
+        # install that changes nothing costs no network (and imports no HTTP library)
+        loaded = inst.load_cached_catalog(cache_dir, api_url, projects=args.models)
+        if loaded is not None:
+            try:
+                first = choose_all(loaded[0])
+            except SpacyIndexError:
+                first = None  # said again below, from the fresh or complete catalog
+            if first is not None and (loaded[2] or all(already(c) for c in first)):
+                choices, how = first, loaded[1]
+    if choices is None:
+        catalog, how, _ = _install_catalog(args, env, err, projects=args.models)
+        try:
+            choices = choose_all(catalog)
+        except inst.NoSuchModel:  # "did you mean" needs every name
+            catalog, how, _ = _install_catalog(args, env, err)
+            choices = choose_all(catalog)
     if args.dry_run:
         for c in choices:
             out.print(c.requirement_line, markup=False, highlight=False)
         return 0
-    for c in choices:
-        d = c.dist
-        if environment.installed.get(d.project) == str(d.version):
-            err.print(f"{d.filename}: already installed (spaCy {spacy}); nothing to do", markup=False)
-            continue
-        path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal,
-                                         ca_bundle=args.ca_bundle)
-        err.print(f"{d.filename}: {'downloaded and verified' if downloaded else 'from the cache'} "
-                  f"(sha256 {d.sha256[:12]}…, {how})", markup=False)
-        inst.pip_install(c, path, environment, args.passthrough)
+    installer = None
+    done: list[str] = []
+    try:
+        for c in choices:
+            d = c.dist
+            if already(c) and not c.forced:
+                say(f"{d.project} {d.version} is already installed for {environment.python} "
+                    f"(spaCy {spacy or 'any'}); nothing to do")
+                continue
+            if c.forced:
+                say(f"warning: {d.filename} is not for spaCy {spacy} (it requires spacy"
+                    f"{d.spacy_requirement or ' (unknown)'}); installing it as --force asks")
+            path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal,
+                                             ca_bundle=args.ca_bundle, say=say)
+            say(f"{d.filename}: {'downloaded and verified' if downloaded else 'from the cache'} "
+                f"(sha256 {d.sha256[:12]}…, {how})")
+            if installer is None:
+                installer = inst.pick_installer(args.installer, environment, extra, env)
+            report = inst.install_wheel(c, path, environment, installer, extra, cache_dir,
+                                        no_deps=no_deps, index=index, force=force)
+            say(f"{d.filename}: installed with {installer.how} in {report.seconds:.2f} s, "
+                "sha256 pinned")
+            if report.installed_requirements:
+                where = index.text if index is not None else f"{installer.name}'s default index"
+                say(f"{d.filename}: installed its requirements "
+                    f"{', '.join(report.installed_requirements)} from {where} in "
+                    f"{report.requirements_seconds:.2f} s")
+            elif report.skipped_requirements:
+                say(f"{d.filename}: --no-deps: not installed: "
+                    f"{', '.join(report.skipped_requirements)}")
+            done.append(f"{d.project} {d.version}")
+    except KeyboardInterrupt as e:
+        message = getattr(e, "message", None) or _INTERRUPTED["install"]
+        if done:
+            message += f" (installed before: {', '.join(done)})"
+        say(message)
+        return 130
     return 0
+
+
+def _index_catalog(args: argparse.Namespace, index, known):
+    """The requested projects as ``--index`` lists them (a folder needs no network)."""
+    from spacy_index import install as inst
+
+    if index.folder is not None:
+        return inst.catalog_from_index(index, args.models, known)
+    import httpx
+
+    from spacy_index.http import install_log_redaction, make_client
+
+    install_log_redaction()
+    with make_client(timeout=httpx.Timeout(30.0, connect=10.0),
+                     ca_bundle=getattr(args, "ca_bundle", None)) as client:
+        return inst.catalog_from_index(index, args.models, known, client)
 
 
 def _list(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
     import json as _json
 
-    from spacy_index.install import resolve_spacy
+    from spacy_index.install import Environment, resolve_spacy
 
     catalog, how, _ = _install_catalog(args, env, err)
-    spacy = None
-    if args.spacy:
-        from spacy_index.install import Environment
-
-        spacy = resolve_spacy(args.spacy, Environment("", None, {}, False))
+    spacy = resolve_spacy(args.spacy, Environment("", None, {}, False)) if args.spacy else None
     rows = []
     for project in catalog.projects.values():
         wheels = [d for d in project.files if d.kind == "wheel"]

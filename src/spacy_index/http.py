@@ -145,14 +145,35 @@ def make_async_client(
     ca_bundle: str | None = None,
     proxy: str | None = None,
     limits: httpx.Limits | None = None,
+    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
 ) -> httpx.AsyncClient:
     """The one place async HTTP clients are made (serve's sources, the file cache, install,
-    mirror); the same trust store, proxies and User-Agent as :func:`make_client`."""
+    mirror); the same trust store, proxies and User-Agent as :func:`make_client`.
+
+    ``wrap_transport``: every transport the client sends through (its own, and those httpx
+    mounts for proxies) is passed through it, e.g. to meter upstream requests."""
     kwargs = _client_kwargs(auth=auth, transport=transport, timeout=timeout,
                             follow_redirects=follow_redirects, ca_bundle=ca_bundle, proxy=proxy)
     if limits is not None:
         kwargs["limits"] = limits
-    return httpx.AsyncClient(**kwargs)
+    client = httpx.AsyncClient(**kwargs)
+    if wrap_transport is not None:
+        wrap_transports(client, wrap_transport)
+    return client
+
+
+def wrap_transports(client: httpx.AsyncClient,
+                    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]) -> bool:
+    """Pass the transports of an existing ``client`` through ``wrap`` (what
+    ``make_async_client(wrap_transport=...)`` does); False, changing nothing, where this httpx
+    keeps them elsewhere."""
+    transport = getattr(client, "_transport", None)
+    mounts = getattr(client, "_mounts", None)
+    if not isinstance(transport, httpx.AsyncBaseTransport) or not isinstance(mounts, dict):
+        return False
+    client._transport = wrap(transport)
+    client._mounts = {pattern: None if t is None else wrap(t) for pattern, t in mounts.items()}
+    return True
 
 
 def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> str:

@@ -1,44 +1,57 @@
-"""``spacy-index install``: a ``spacy download`` that picks the pipeline compatible with the
-installed spaCy, downloads each wheel once into a verified user cache, and installs it with
-the hash pinned.
+"""``spacy-index install`` (and ``download``, its spaCy-shaped alias): a ``spacy download``
+that picks the pipeline compatible with the spaCy it installs for, keeps each wheel once in a
+verified user cache, and installs it with its hash pinned: with ``uv pip install`` (files
+linked from uv's cache) where uv is available, else with pip.
 
-Choosing is pure (:func:`choose`); the environment is probed once with the target
-interpreter; the catalog is the bundled snapshot plus a cached live delta, so an
-already-installed pipeline costs no network at all.
+Fast by construction, so that an already-installed pipeline answers in well under 0.15 s:
+
+- choosing is pure (:func:`choose`, the spaCy rule is :func:`spacy_index.model.spacy_compatible`);
+- the environment is probed by listing the ``*.dist-info`` folders on the target's
+  ``sys.path`` (:func:`probe`: in this process when the target is this interpreter, else one
+  short subprocess), no metadata parsed;
+- the catalog is read from its cached JSON and only the requested projects become objects;
+- a wheel verified once is trusted again while its inode, size and times are unchanged
+  (:func:`verified_wheel`), and installers get it at a stable path, which keeps uv's cache
+  warm;
+- nothing here imports an HTTP library, asyncio or rich until a download or an index needs it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import difflib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from email.parser import BytesHeaderParser
 from pathlib import Path
-from urllib.parse import urljoin
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx
 from packaging.specifiers import SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import SpacyIndexError, UpstreamUnreachable, UsageError
-from spacy_index.http import describe_error, make_async_client, redact_url
-from spacy_index.model import Distribution, spacy_admits, split_requirement
+from spacy_index.model import Distribution, spacy_compatible, split_requirement
+
+if TYPE_CHECKING:
+    import httpx
 
 #: spaCy minor series a pipeline can target, for "which spaCy versions have one" messages.
 KNOWN_SPACY_MINORS = tuple(Version(v) for v in (
     "1.6", "1.7", "1.8", "1.9", "1.10", "2.0", "2.1", "2.2", "2.3",
     "3.0", "3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7", "3.8", "3.9",
 ))
+DEFAULT_API_URL = "https://api.github.com"
+#: how long the cached catalog counts as fresh (an install that would change nothing uses it
+#: whatever its age: it costs no network)
+CATALOG_MAX_AGE = 24 * 3600.0
+
+Say = Callable[[str], None]
 
 
 class NoSuchModel(UsageError):
@@ -57,7 +70,8 @@ class NoCompatibleVersion(SpacyIndexError):
         which = ", ".join(have) if have else "none"
         super().__init__(
             f"no version of {name} works with spaCy {spacy}; spaCy versions that have one: "
-            f"{which}. Upgrade or downgrade spaCy, or pass --spacy X.Y"
+            f"{which}. Upgrade or downgrade spaCy, pass --spacy X.Y, or --force to install "
+            "it anyway"
         )
 
 
@@ -70,15 +84,33 @@ class SpacyMissing(SpacyIndexError):
         )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying one line that says what was kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --------------------------------------------------------------------------- choosing
 @dataclass(frozen=True)
 class SpacyTarget:
-    """The spaCy a pipeline must work with: one version, or a whole ``X.Y`` series."""
+    """The spaCy a pipeline must work with: one version, or a whole ``X.Y`` series.
+
+    ``version`` is what :func:`~spacy_index.model.spacy_compatible` takes (``3.8``: the
+    series, ``3.8.2``: exactly); ``versions`` is kept for callers that list them.
+    """
 
     label: str
     versions: tuple[Version, ...]
+    version: Version | None = None
 
     def admits(self, dist: Distribution) -> bool:
-        return any(spacy_admits(dist.spacy_requirement, v) for v in self.versions)
+        """Whether ``dist`` runs on this spaCy (the one rule: ``spacy_compatible``)."""
+        spec = dist.spacy_requirement
+        if self.version is not None:
+            return spacy_compatible(spec, self.version)
+        return any(spacy_compatible(spec, v) for v in self.versions)
 
     def __str__(self) -> str:
         return self.label
@@ -87,7 +119,9 @@ class SpacyTarget:
 @dataclass(frozen=True)
 class Choice:
     dist: Distribution
-    spacy: SpacyTarget
+    spacy: SpacyTarget | None
+    #: chosen with --force although the spaCy target does not admit it
+    forced: bool = False
 
     @property
     def requirement_line(self) -> str:
@@ -101,84 +135,169 @@ class Environment:
     installed: dict[str, str]  # normalized name -> version
     has_pip: bool
 
+    def version_of(self, name: str) -> Version | None:
+        text = self.installed.get(canonicalize_name(name))
+        if text is None:
+            return None
+        try:
+            return Version(text)
+        except InvalidVersion:
+            return None
 
-PROBE = r"""
-import importlib.metadata as m, importlib.util as u, json
-inst = {}
-for d in m.distributions():
-    try:
-        inst[d.metadata["Name"]] = d.version
-    except Exception:
-        pass
-print(json.dumps({"installed": inst, "pip": u.find_spec("pip") is not None}))
+
+#: Run by the target interpreter (or exec'd here): every ``*.dist-info`` / ``*.egg-info`` on
+#: ``sys.path``, first one wins as for importlib.metadata; names and versions from the folder
+#: names (``{name}-{version}.dist-info``), the metadata file read only for a bare egg-info.
+_PROBE = r"""
+import os, sys
+
+def scan(paths):
+    found = {}
+    for entry in paths:
+        if not entry:
+            continue
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue
+        for n in names:
+            if n.endswith(".dist-info"):
+                stem = n[:-10]
+            elif n.endswith(".egg-info"):
+                stem = n[:-9]
+            else:
+                continue
+            name, _, rest = stem.partition("-")
+            version = rest.split("-")[0]
+            if not version:
+                path = os.path.join(entry, n)
+                meta = os.path.join(path, "PKG-INFO") if os.path.isdir(path) else path
+                try:
+                    with open(meta, encoding="utf-8", errors="replace") as f:
+                        for line in f:
+                            if line.startswith("Version:"):
+                                version = line[8:].strip()
+                                break
+                            if not line.strip():
+                                break
+                except OSError:
+                    continue
+            if name and version:
+                found.setdefault(name, version)
+    return found
 """
 
 
 def probe(python: str) -> Environment:
-    """What is installed for ``python`` (one subprocess, no network)."""
-    try:
-        out = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, check=True,
-                             timeout=60)
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        raise UsageError(f"cannot run {python!r} to see what is installed: {e}") from None
-    data = json.loads(out.stdout)
-    installed = {canonicalize_name(k): v for k, v in data["installed"].items()}
+    """What is installed for ``python``: in this process when it is this interpreter, else
+    one subprocess that lists its ``sys.path`` (no network, no metadata parsing)."""
+    namespace: dict[str, object] = {}
+    exec(_PROBE, namespace)  # one definition for both ways
+    scan = namespace["scan"]
+    if _is_this_interpreter(python):
+        raw = scan(sys.path)  # type: ignore[operator]
+    else:
+        code = _PROBE + "\nimport json\nprint(json.dumps(scan(sys.path)))\n"
+        try:
+            out = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                                 check=True, timeout=60)
+            raw = json.loads(out.stdout)
+        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired,
+                ValueError) as e:
+            raise UsageError(f"cannot run {python!r} to see what is installed: {e}") from None
+    installed = {canonicalize_name(k): v for k, v in raw.items()}  # type: ignore[union-attr]
     spacy = None
     if "spacy" in installed:
         try:
             spacy = Version(installed["spacy"])
         except InvalidVersion:
             spacy = None
-    return Environment(python, spacy, installed, bool(data["pip"]))
+    return Environment(python, spacy, installed, "pip" in installed)
 
 
-def _minor_series(dists: Sequence[Distribution]) -> list[str]:
-    have = []
-    for minor in KNOWN_SPACY_MINORS:
-        probe_versions = (minor, Version(f"{minor}.9"))
-        if any(spacy_admits(d.spacy_requirement, v) for d in dists for v in probe_versions):
-            have.append(str(minor))
-    return have
+def _is_this_interpreter(python: str) -> bool:
+    """Same path as ``sys.executable`` without resolving symlinks (a venv's python links to
+    its base interpreter, which has other packages)."""
+    if os.sep not in python and not (os.altsep and os.altsep in python):
+        return python == sys.executable
+    return os.path.normpath(os.path.abspath(python)) == os.path.normpath(sys.executable)
+
+
+def _minor_series(dists: Iterable[Distribution]) -> list[str]:
+    specs = {d.spacy_requirement for d in dists} - {None}
+    return [str(m) for m in KNOWN_SPACY_MINORS if any(spacy_compatible(s, m) for s in specs)]
 
 
 def split_model(text: str) -> tuple[str, SpecifierSet | None]:
-    """``en_core_web_sm`` → (name, None); ``en_core_web_sm==3.8.0`` (any PEP 440 specifier,
-    as in a requirement) → (name, specifier)."""
+    """What the user asked for, as ``(name, specifier or None)``:
+
+    - ``en_core_web_sm`` (``en-core-web-sm`` alike) → the newest compatible version;
+    - ``en_core_web_sm==3.8.0``, or any PEP 508 specifier such as ``'en_core_web_sm>=3.7,<3.8'``;
+    - ``en_core_web_sm-3.8.0``: spaCy's ``download --direct`` form, the same as ``==3.8.0``.
+    """
     from packaging.requirements import InvalidRequirement, Requirement
 
-    if not any(c in text for c in "=<>!~ "):
-        return text, None
+    text = text.strip()
+    if any(c in text for c in "=<>!~ ;@[,("):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            raise UsageError(f"{text!r} is not a pipeline name, NAME==VERSION, NAME-VERSION "
+                             "or NAME with a version specifier such as 'NAME>=3.7,<3.8'") from None
+        if req.url:
+            raise UsageError(f"{text!r}: a direct URL is not a pipeline name; give NAME, "
+                             "NAME==VERSION or NAME-VERSION (or --index for another index)")
+        if req.marker is not None or req.extras:
+            raise UsageError(f"{text!r}: extras and markers are not supported here; give NAME "
+                             "with a version specifier")
+        return req.name, (req.specifier if str(req.specifier) else None)
+    name, dash, version = text.rpartition("-")
+    if dash and name and version[:1].isdigit():
+        try:
+            Version(version)
+        except InvalidVersion:
+            pass
+        else:
+            return name, SpecifierSet(f"=={version}")
     try:
-        req = Requirement(text)
-    except InvalidRequirement:
-        raise UsageError(f"{text!r} is not a pipeline name or NAME==VERSION") from None
-    return req.name, (req.specifier if str(req.specifier) else None)
+        canonicalize_name(text, validate=True)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a pipeline name (see `spacy-index list`)") from None
+    return text, None
 
 
-def choose(catalog: Catalog, name: str, spacy: SpacyTarget, *, pre: bool = False) -> Choice:
-    """The newest hashed wheel of ``name`` whose spaCy requirement admits ``spacy``;
-    ``name`` may pin versions (``en_core_web_sm==3.8.0``)."""
-    name, pinned = split_model(name)
-    norm = canonicalize_name(name)
-    project = catalog.projects.get(norm)
+def choose(catalog: Catalog, name: str, spacy: SpacyTarget | None, *, pre: bool = False,
+           force: bool = False) -> Choice:
+    """The newest hashed wheel of ``name`` (which may carry a version: :func:`split_model`)
+    that runs on ``spacy``; with ``force`` (or no target) whatever spaCy it is for."""
+    bare, pinned = split_model(name)
+    project = catalog.projects.get(canonicalize_name(bare))
     if project is None:
+        import difflib
+
         names = [p.display_name for p in catalog.projects.values()]
-        close = difflib.get_close_matches(name.replace("-", "_"), names, n=3, cutoff=0.6)
-        raise NoSuchModel(name, close)
-    wheels = [d for d in project.files if d.kind == "wheel" and d.sha256]
+        close = difflib.get_close_matches(bare.replace("-", "_"), names, n=3, cutoff=0.6)
+        raise NoSuchModel(bare, close)
+    wheels = [d for d in project.files if d.kind == "wheel" and d.sha256 and d.version]
     if pinned is not None:
-        have = sorted({d.version for d in wheels})
-        wheels = [d for d in wheels if pinned.contains(d.version, prereleases=True)]
+        have = sorted({d.version for d in wheels if d.version is not None})
+        wheels = [d for d in wheels if pinned.contains(d.version, prereleases=True)]  # type: ignore[arg-type]
         if not wheels:
             versions = ", ".join(str(v) for v in have) or "none"
             raise SpacyIndexError(f"no hashed wheel of {project.display_name} matches "
                                   f"{pinned}; versions with one: {versions}")
-        pre = pre or all(d.version.is_prerelease for d in wheels)
-    candidates = [d for d in wheels if spacy.admits(d) and (pre or not d.version.is_prerelease)]
+        pre = pre or all(d.version.is_prerelease for d in wheels)  # type: ignore[union-attr]
+    candidates = [d for d in wheels if pre or not d.version.is_prerelease]  # type: ignore[union-attr]
+    label = project.display_name + (str(pinned) if pinned is not None else "")
+    if spacy is not None and not force:
+        fitting = [d for d in candidates if spacy.admits(d)]
+        if not fitting:
+            raise NoCompatibleVersion(label, spacy, _minor_series(wheels))
+        candidates = fitting
     if not candidates:
-        label = project.display_name + (str(pinned) if pinned is not None else "")
-        raise NoCompatibleVersion(label, spacy, _minor_series(wheels))
-    return Choice(max(candidates, key=Distribution.sort_key), spacy)
+        raise SpacyIndexError(f"{label} has only pre-release wheels; pass --pre or a version")
+    best = max(candidates, key=Distribution.sort_key)
+    return Choice(best, spacy, forced=spacy is not None and not spacy.admits(best))
 
 
 def resolve_spacy(option: str, env: Environment) -> SpacyTarget:
@@ -186,150 +305,330 @@ def resolve_spacy(option: str, env: Environment) -> SpacyTarget:
     if option == "auto":
         if env.spacy is None:
             raise SpacyMissing(env.python)
-        return SpacyTarget(str(env.spacy), (env.spacy,))
+        return SpacyTarget(str(env.spacy), (env.spacy,), env.spacy)
     try:
         v = Version(option)
     except InvalidVersion:
         raise UsageError(f"--spacy needs auto or a version such as 3.8, got {option!r}") from None
     if len(v.release) >= 3:
-        return SpacyTarget(str(v), (v,))
+        return SpacyTarget(str(v), (v,), v)
     major, minor = v.release[0], (v.release[1] if len(v.release) > 1 else 0)
     series = tuple(Version(f"{major}.{minor}.{patch}") for patch in range(40))
-    return SpacyTarget(f"{major}.{minor}.x", series)
+    return SpacyTarget(f"{major}.{minor}.x", series, Version(f"{major}.{minor}"))
+
+
+# --------------------------------------------------------------------------- settings
+def paths_from_env(env: Mapping[str, str], cache_dir: Path | None) -> tuple[str, Path]:
+    """``(GitHub API URL, cache folder)`` as :class:`spacy_index.config.Settings` gives them,
+    without its imports (an install that changes nothing must not load an HTTP library)."""
+    api = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
+    if cache_dir is None:
+        if env.get("SPACY_INDEX_CACHE_DIR"):
+            cache_dir = Path(env["SPACY_INDEX_CACHE_DIR"])
+        else:
+            import platformdirs
+
+            cache_dir = Path(platformdirs.user_cache_dir("spacy-index", appauthor=False))
+    return _api_key(api), cache_dir
+
+
+def _api_key(api_url: str) -> str:
+    """An API URL without credentials, scheme and host in lower case, no trailing slash."""
+    parts = urlsplit(api_url.strip())
+    netloc = parts.netloc.rpartition("@")[2].lower()
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, "")).rstrip("/")
 
 
 # --------------------------------------------------------------------------- index pages
-def catalog_from_index(index: str, names: Sequence[str], known: Catalog,
-                       client: httpx.Client) -> Catalog:
-    """Distributions of ``names`` as an index (URL, or a local folder) lists them, in PEP 691
-    JSON or PEP 503 HTML; spaCy requirements come from the catalog by filename, else from
-    PEP 658 metadata."""
+@dataclass(frozen=True)
+class IndexLocation:
+    """``--index``: an http(s) index (a static one, or ``spacy-index serve``), or a folder
+    made by ``build`` / ``build --mirror`` (given as a path or a ``file://`` URL)."""
+
+    text: str
+    #: the folder that holds ``<project>/index.json`` (a build's ``simple/``), for local ones
+    folder: Path | None
+    #: the index URL installers get (``--index-url``), ending in ``/``
+    url: str
+
+
+def parse_index(text: str) -> IndexLocation:
+    from urllib.request import url2pathname
+
+    if text.startswith(("http://", "https://")):
+        return IndexLocation(text, None, text if text.endswith("/") else text + "/")
+    if text.startswith("file:"):
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise UsageError(f"--index {text}: a file:// URL names a folder on this machine "
+                             "(file:///path/to/index/)")
+        path = Path(url2pathname(unquote(parts.path)))
+    elif "://" in text:
+        raise UsageError(f"--index {text}: give an http(s):// index, a file:// URL or a "
+                         "folder made by `spacy-index build`")
+    else:
+        path = Path(text).expanduser()
+    path = path.resolve()
+    if not path.is_dir():
+        raise UsageError(f"--index {text}: no such folder (give a folder made by "
+                         "`spacy-index build`, a file:// URL or an http(s):// index)")
+    simple = path / "simple" if (path / "simple").is_dir() else path
+    return IndexLocation(text, simple, simple.as_uri() + "/")
+
+
+def catalog_from_index(index: str | IndexLocation, names: Sequence[str], known: Catalog,
+                       client: httpx.Client | None = None) -> Catalog:
+    """Distributions of ``names`` as an index lists them, in PEP 691 JSON or PEP 503 HTML
+    (relative links resolved against the page); spaCy requirements come from the catalog by
+    filename, else from PEP 658 metadata (the ``.metadata`` file beside a mirror's wheel)."""
+    from urllib.parse import urldefrag
+
     from spacy_index.server.sources import parse_page
 
+    where = parse_index(index) if isinstance(index, str) else index
     by_filename = {d.filename: d for d in known.files}
     dists: list[Distribution] = []
     for raw in names:
         name = canonicalize_name(split_model(raw)[0])
-        page = _project_page(index, name, client)
+        page = _project_page(where, name, client)
         if page is None:
             continue
         body, ctype, page_url = page
         try:
             parsed = parse_page(body, ctype, page_url, name)
         except (ValueError, RecursionError) as e:
-            raise SpacyIndexError(f"the index {index} sent an unreadable page for {name!r}") from e
-        extra = parsed.files
+            raise SpacyIndexError(f"the index {where.text} sent an unreadable page for {name!r}") from e
         for d in parsed.dists:
             if d.version is None:
                 continue
+            d = replace(d, url=urldefrag(d.url)[0])
             reqs = by_filename[d.filename].requires_dist if d.filename in by_filename else None
-            info = extra.get(d.filename)
+            info = parsed.files.get(d.filename)
             if reqs is None and info is not None and info.has_metadata:
                 reqs = _requires_from_metadata(d.url + ".metadata", client)
             dists.append(replace(d, requires_dist=reqs))
-    return Catalog.from_distributions(dists, source=index)
+    return Catalog.from_distributions(dists, source=where.text)
 
 
-def _project_page(index: str, name: NormalizedName, client: httpx.Client) -> tuple[bytes, str, str] | None:
+def _project_page(where: IndexLocation, name: NormalizedName,
+                  client: httpx.Client | None) -> tuple[bytes, str, str] | None:
     json_type = "application/vnd.pypi.simple.v1+json"
-    if "://" not in index or index.startswith("file://"):
-        root = Path(index.removeprefix("file://"))
-        if not root.is_dir():
-            raise UsageError(f"--index {index}: no such folder (give a folder made by "
-                             "`spacy-index build`, a file:// URL or an http(s):// index)")
-        for folder in (root / "simple" / name, root / name):
-            if (folder / "index.json").is_file():
-                return (folder / "index.json").read_bytes(), json_type, folder.as_uri() + "/"
-            if (folder / "index.html").is_file():
-                return (folder / "index.html").read_bytes(), "text/html", folder.as_uri() + "/"
+    if where.folder is not None:
+        folder = where.folder / name
+        if (folder / "index.json").is_file():
+            return (folder / "index.json").read_bytes(), json_type, folder.as_uri() + "/"
+        if (folder / "index.html").is_file():
+            return (folder / "index.html").read_bytes(), "text/html", folder.as_uri() + "/"
         return None
-    base = index if index.endswith("/") else index + "/"
-    url = urljoin(base, f"{name}/")
+    import httpx
+
+    from spacy_index.http import describe_error, redact_url
+
+    assert client is not None
+    url = where.url + f"{name}/"
     try:
         resp = client.get(url, headers={"Accept": f"{json_type}, text/html;q=0.1"})
     except httpx.TransportError as e:
-        raise UpstreamUnreachable(f"the index {redact_url(index)}", describe_error(e, url)) from None
+        raise UpstreamUnreachable(f"the index {redact_url(where.text)}", describe_error(e, url)) from None
     if resp.status_code == 404:
         return None
     if resp.status_code != 200:
-        raise SpacyIndexError(f"the index {index} answered HTTP {resp.status_code} for {name!r}")
+        raise SpacyIndexError(f"the index {redact_url(where.text)} answered HTTP "
+                              f"{resp.status_code} for {name!r}")
     ctype = resp.headers.get("content-type", "text/html").split(";")[0].strip().lower()
     return resp.content, ctype, str(resp.url)
 
 
-def _requires_from_metadata(url: str, client: httpx.Client) -> tuple[str, ...] | None:
-    try:
-        resp = client.get(url)
-    except httpx.HTTPError:
-        return None
-    if resp.status_code != 200:
-        return None
-    headers = BytesHeaderParser().parsebytes(resp.content)
+def _requires_from_metadata(url: str, client: httpx.Client | None) -> tuple[str, ...] | None:
+    from email.parser import BytesHeaderParser
+
+    if url.startswith("file:"):
+        try:
+            data = _local_path(url).read_bytes()
+        except OSError:
+            return None
+    else:
+        import httpx
+
+        if client is None:
+            return None
+        try:
+            resp = client.get(url)
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        data = resp.content
+    headers = BytesHeaderParser().parsebytes(data)
     return tuple(headers.get_all("Requires-Dist") or ())
 
 
-# --------------------------------------------------------------------------- download + install
+def _local_path(url: str) -> Path:
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(unquote(urlsplit(url).path)))
+
+
+# --------------------------------------------------------------------------- the verified cache
+def _file_stamp(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _install_dir(cache_dir: Path, sha256: str) -> Path:
+    return cache_dir / "install" / sha256
+
+
+def verified_wheel(cache_dir: Path, sha256: str) -> Path | None:
+    """The local file with this sha256 if it was verified before (by :func:`download`) and
+    has not changed since: same inode, size, mtime and ctime (ctime moves on every write or
+    new link, and cannot be set back), so it is not hashed again."""
+    try:
+        doc = json.loads((_install_dir(cache_dir, sha256) / "verified.json").read_text())
+        path = Path(doc["path"])
+        return path if _file_stamp(path.stat()) == doc["stamp"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_verified(cache_dir: Path, sha256: str, path: Path) -> None:
+    folder = _install_dir(cache_dir, sha256)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".verified.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"path": str(path), "stamp": _file_stamp(path.stat())}))
+        os.replace(tmp, folder / "verified.json")
+    except OSError:
+        pass  # only a shortcut: without it the next run hashes the file again
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
              transport: httpx.AsyncBaseTransport | None = None,
-             ca_bundle: str | None = None) -> tuple[Path, bool]:
-    """The verified wheel in the user cache; ``(path, downloaded?)``."""
-    from spacy_index.cache import FileCache, Upstream
-
+             ca_bundle: str | None = None, say: Say | None = None) -> tuple[Path, bool]:
+    """The verified wheel: ``(path, downloaded?)``. From the cache (a file verified before is
+    not hashed again), from a local index's folder (verified in place), or downloaded into
+    the cache, verified while streaming, resumed where an earlier run stopped."""
     d = choice.dist
     assert d.sha256 is not None
-    if d.url.startswith("file://"):  # a local index (a mirror folder): verify, use in place
-        import hashlib
-
+    known = verified_wheel(cache_dir, d.sha256)
+    if known is not None:
+        return known, False
+    if d.url.startswith("file:"):  # a local index (a mirror folder): verify, use in place
         from spacy_index.errors import DigestMismatch
 
-        local = Path(httpx.URL(d.url).path)
-        h = hashlib.sha256()
-        with open(local, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != d.sha256:
-            raise DigestMismatch(d.filename, d.sha256, h.hexdigest())
+        local = _local_path(d.url)
+        try:
+            actual = _hash_file(local)
+        except OSError as e:
+            raise SpacyIndexError(f"cannot read {d.filename} in the index folder: "
+                                  f"{e.strerror or e} ({local})") from None
+        if actual != d.sha256:
+            raise DigestMismatch(d.filename, d.sha256, actual)
+        _remember_verified(cache_dir, d.sha256, local)
         return local, False
+    path, downloaded = _fetch(d, cache_dir, progress=progress, transport=transport,
+                              ca_bundle=ca_bundle, say=say)
+    _remember_verified(cache_dir, d.sha256, path)
+    return path, downloaded
+
+
+def _fetch(d: Distribution, cache_dir: Path, *, progress: bool,
+           transport: httpx.AsyncBaseTransport | None, ca_bundle: str | None,
+           say: Say | None) -> tuple[Path, bool]:
+    import asyncio
+
+    import httpx
+
+    from spacy_index.cache import FileCache, Upstream, UpstreamFileError
+    from spacy_index.errors import DigestMismatch
+    from spacy_index.http import describe_error, make_async_client
+
+    assert d.sha256 is not None
     up = Upstream(url=d.url, filename=d.filename, sha256=d.sha256, size=d.size)
+    kept = {"at_start": 0, "now": 0, "total": d.size}
 
     async def run() -> tuple[Path, bool]:
         async with make_async_client(transport=transport, ca_bundle=ca_bundle,
                                      timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-            cache = FileCache(cache_dir, client)
+            cache = FileCache(cache_dir, client, resume=True)
+            kept["at_start"] = cache.partial_size(d.sha256)  # type: ignore[arg-type]
             try:
                 stream = cache.open(up)
                 async with stream:
                     if stream.hit and stream.path is not None:
                         return stream.path, False
+                    kept["total"] = stream.size
+                    if kept["at_start"] and say is not None:
+                        say(f"{d.filename}: resuming the download kept from before "
+                            f"({kept['at_start']:,} bytes)")
                     with _progress(d.filename, stream.size, enabled=progress) as advance:
                         async for chunk in stream:
                             advance(len(chunk))
-                return cache.path(d.sha256), True
+                return cache.path(d.sha256), True  # type: ignore[arg-type]
             finally:
                 await cache.aclose()
+                kept["now"] = cache.partial_size(d.sha256)  # type: ignore[arg-type]
 
-    from spacy_index.cache import UpstreamFileError
-
-    try:
-        return asyncio.run(run())
-    except httpx.TransportError as e:
-        raise UpstreamUnreachable(
-            f"the download of {d.filename}", describe_error(e, d.url),
-            "nothing is cached for it yet; check the network",
-        ) from None
-    except UpstreamFileError as e:
-        if e.status is not None:
+    for attempt in (1, 2):
+        try:
+            return asyncio.run(run())
+        except KeyboardInterrupt:
+            have, total = kept["now"], kept["total"]
+            of = f" of {total:,}" if total else ""
+            if have:
+                raise Interrupted(
+                    f"interrupted: {d.filename} is not complete; its first {have:,}{of} bytes "
+                    "are kept in the cache and the same command resumes from there") from None
+            raise Interrupted(f"interrupted: nothing of {d.filename} was kept; "
+                              "nothing was installed") from None
+        except DigestMismatch:
+            if attempt == 1 and kept["at_start"]:
+                if say is not None:
+                    say(f"{d.filename}: the download kept from before does not verify; "
+                        "downloading it again from byte 0")
+                continue
             raise
-        raise UpstreamUnreachable(
-            f"the download of {d.filename}", e.detail or "connection failed",
-            "nothing is cached for it yet; check the network",
-        ) from None
+        except httpx.TransportError as e:
+            raise UpstreamUnreachable(
+                f"the download of {d.filename}", describe_error(e, d.url),
+                _kept_hint(cache_dir, d),
+            ) from None
+        except UpstreamFileError as e:
+            if e.status is not None:
+                raise
+            raise UpstreamUnreachable(
+                f"the download of {d.filename}", e.detail or "connection failed",
+                _kept_hint(cache_dir, d),
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _kept_hint(cache_dir: Path, d: Distribution) -> str:
+    path = cache_dir / "partial" / f"{d.sha256}.partial"
+    try:
+        have = path.stat().st_size
+    except OSError:
+        have = 0
+    if have:
+        return (f"{have:,} bytes of it are kept in the cache and the same command resumes "
+                "from there; check the network")
+    return "nothing is cached for it yet; check the network"
 
 
 class _progress:
     """A rich progress bar (size, speed, ETA) on stderr; silent when not a terminal."""
 
     def __init__(self, name: str, total: int | None, *, enabled: bool) -> None:
+        self._enabled = enabled
+        if not enabled:
+            return
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -343,57 +642,220 @@ class _progress:
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False, disable=not enabled,
+            console=Console(stderr=True), transient=False,
         )
         self._task = self._progress.add_task(name, total=total)
 
     def __enter__(self) -> Callable[[int], None]:
+        if not self._enabled:
+            return lambda n: None
         self._progress.start()
         return lambda n: self._progress.advance(self._task, n)
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._enabled:
+            self._progress.stop()
 
 
-def pip_install(choice: Choice, wheel: Path, env: Environment, extra: Sequence[str]) -> None:
-    """Install the cached file with its hash pinned (pip, else ``uv pip``), then whatever
-    else the pipeline requires (normally nothing: spaCy is already there)."""
-    d = choice.dist
-    with tempfile.TemporaryDirectory(prefix="spacy-index-") as tmp:
-        named = Path(tmp) / d.filename
+# --------------------------------------------------------------------------- installers
+#: installer options pip and uv both take, so ``auto`` may hand them to uv
+_SHARED_FLAGS = frozenset({
+    "-q", "--quiet", "-v", "--verbose", "--no-deps", "--pre", "-U", "--upgrade",
+    "--no-index", "--force-reinstall", "--reinstall",
+})
+_SHARED_WITH_VALUE = frozenset({
+    "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
+    "--prefix", "--target",
+})
+
+
+@dataclass(frozen=True)
+class Installer:
+    name: str  #: ``uv`` or ``pip``
+    argv: tuple[str, ...]  #: the command up to and including ``install`` and ``--python``
+    #: what the one line says of it (``uv pip install, files linked from uv's cache``)
+    how: str
+    link_mode: str | None = None
+
+
+def find_uv() -> str | None:
+    """uv on PATH, beside this interpreter (the ``uv`` package in this environment, as
+    ``pip install 'spacy-index[uv]'`` brings it), or where the ``uv`` package says."""
+    import shutil
+
+    found = shutil.which("uv")
+    if found:
+        return found
+    here = Path(sys.executable).parent / ("uv.exe" if os.name == "nt" else "uv")
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    try:
+        from uv import find_uv_bin  # type: ignore[import-not-found]
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError, OSError):
+        return None
+
+
+def _uv_understands(extra: Sequence[str]) -> bool:
+    expect_value = False
+    for arg in extra:
+        if expect_value:
+            expect_value = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in _SHARED_WITH_VALUE:
+            expect_value = "=" not in arg
+        elif flag not in _SHARED_FLAGS:
+            return False
+    return True
+
+
+def _this_pip_can_target() -> bool:
+    """This interpreter's pip exists and has ``--python`` (pip 22.3+)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return Version(dist_version("pip")) >= Version("22.3")
+    except (PackageNotFoundError, InvalidVersion):
+        return False
+
+
+def pick_installer(mode: str, env: Environment, extra: Sequence[str],
+                   environ: Mapping[str, str] | None = None) -> Installer:
+    """``uv`` when available (``auto``) unless the arguments after ``--`` are pip's own,
+    else pip: the target's, or this interpreter's pip with ``--python``."""
+    environ = os.environ if environ is None else environ
+    uv = find_uv() if mode in ("auto", "uv") else None
+    if mode == "uv" and uv is None:
+        raise UsageError("--installer uv: uv is not installed (pip install uv, or "
+                         "pip install 'spacy-index[uv]')")
+    if uv is not None and (mode == "uv" or _uv_understands(extra)):
+        link = environ.get("UV_LINK_MODE") or ("clone" if sys.platform == "darwin" else "hardlink")
+        return Installer("uv", (uv, "pip", "install", "--python", env.python),
+                         f"uv pip install (link mode {link}: files linked from uv's cache)", link)
+    pip_flags = ("--disable-pip-version-check",)
+    if env.has_pip:
+        return Installer("pip", (env.python, "-m", "pip", "install", *pip_flags), "pip install")
+    if _this_pip_can_target():
+        return Installer("pip", (sys.executable, "-m", "pip", "--python", env.python, "install",
+                                 *pip_flags), "pip --python … install (this environment's pip)")
+    if mode == "pip":
+        raise UsageError(f"--installer pip: pip is not installed for {env.python}")
+    raise UsageError(f"neither uv nor pip is available to install into {env.python}; "
+                     "pip install uv (or 'spacy-index[uv]')")
+
+
+def split_passthrough(args: Sequence[str], no_deps: bool) -> tuple[list[str], bool]:
+    """The installer arguments without ``--no-deps``, which becomes the flag itself: the
+    pipeline is always installed alone first, and ``--no-deps`` then skips its requirements."""
+    rest = [a for a in args if a != "--no-deps"]
+    return rest, no_deps or len(rest) != len(args)
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    installer: Installer
+    seconds: float
+    #: requirements installed after the pipeline, and requirements left out (``--no-deps``)
+    installed_requirements: tuple[str, ...] = ()
+    skipped_requirements: tuple[str, ...] = ()
+    requirements_seconds: float = 0.0
+
+
+def wheel_link(cache_dir: Path, dist: Distribution, path: Path) -> Path:
+    """A stable path named like the wheel that leads to the verified file (a symlink;
+    a hard link or copy where symlinks are impossible). uv's cache is keyed by path: one
+    stable path per file keeps it warm, so the next venv gets hard links in milliseconds."""
+    assert dist.sha256 is not None
+    folder = _install_dir(cache_dir, dist.sha256)
+    link = folder / dist.filename
+    try:
+        if os.path.realpath(link) == os.path.realpath(path) and link.exists():
+            return link
+    except OSError:
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{dist.filename}.{os.getpid()}.tmp"
+    with _suppress_oserror():
+        tmp.unlink()
+    try:
+        tmp.symlink_to(path)
+    except OSError:
         try:
-            os.link(wheel, named)
+            os.link(path, tmp)
         except OSError:
-            shutil.copyfile(wheel, named)
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{d.project} @ {named.as_uri()} --hash=sha256:{d.sha256}\n")
-        if env.has_pip:
-            base = [env.python, "-m", "pip", "install", "--disable-pip-version-check"]
-        else:
-            uv = shutil.which("uv")
-            if uv is None:
-                raise UsageError(f"neither pip nor uv is available for {env.python}")
-            base = [uv, "pip", "install", "--python", env.python]
-        _run([*base, "--no-deps", "--require-hashes", "-r", str(req), *extra])
-        needed = [r for r in (d.requires_dist or ()) if not _satisfied(r, env)]
-        if needed:
-            _run([*base, *needed, *extra])
+            import shutil
+
+            shutil.copyfile(path, tmp)
+    os.replace(tmp, link)
+    return link
 
 
-def _satisfied(requirement: str, env: Environment) -> bool:
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, *_: object) -> bool:
+        return isinstance(kind, type) and issubclass(kind, OSError)
+
+
+def install_wheel(choice: Choice, wheel: Path, env: Environment, installer: Installer,
+                  extra: Sequence[str], cache_dir: Path, *, no_deps: bool = False,
+                  index: IndexLocation | None = None, force: bool = False) -> InstallReport:
+    """Install the verified wheel alone with its hash pinned (``name @ file://… --hash``,
+    ``--require-hashes --no-deps --no-index``), then, unless ``no_deps``, the requirements it
+    names that are missing, with the same installer and the index the user named."""
+    d = choice.dist
+    assert d.sha256 is not None
+    link = wheel_link(cache_dir, d, wheel)
+    req = _install_dir(cache_dir, d.sha256) / "requirements.txt"
+    line = f"{d.project} @ {link.as_uri()} --hash=sha256:{d.sha256}\n"
+    if not req.is_file() or req.read_text() != line:
+        tmp = req.with_name(f".requirements.{os.getpid()}.tmp")
+        tmp.write_text(line)
+        os.replace(tmp, req)
+    quiet = [] if any(_is_verbosity(a) for a in extra) else ["-q"]
+    cmd = [*installer.argv, "--no-deps", "--no-index", "--require-hashes", *quiet]
+    if installer.link_mode:
+        cmd += ["--link-mode", installer.link_mode]
+    t0 = time.perf_counter()
+    _run([*cmd, "-r", str(req), *extra], installer, what=f"{d.filename}")
+    seconds = time.perf_counter() - t0
+    wanted = [r for r in (d.requires_dist or ()) if not _satisfied(r, env, force)]
+    if no_deps or not wanted:
+        return InstallReport(installer, seconds, (), tuple(wanted) if no_deps else ())
+    cmd = [*installer.argv, *quiet]
+    if index is not None:
+        cmd += ["--index-url", index.url]
+    t1 = time.perf_counter()
+    _run([*cmd, *wanted, *extra], installer, what=f"the requirements of {d.filename} "
+         f"({', '.join(wanted)})", index=index)
+    return InstallReport(installer, seconds, tuple(wanted), (), time.perf_counter() - t1)
+
+
+def _is_verbosity(arg: str) -> bool:
+    return arg in ("--verbose", "--quiet") or (len(arg) > 1 and arg[0] == "-"
+                                               and set(arg[1:]) <= {"v", "q"})
+
+
+def _satisfied(requirement: str, env: Environment, force: bool = False) -> bool:
+    """Installed in a version the requirement admits; with ``force``, spaCy counts as
+    satisfied in any version (the point of --force is to ignore its range)."""
     name, spec = split_requirement(requirement)
-    have = env.installed.get(name)
+    have = env.version_of(name)
     if have is None:
         return False
-    try:
-        return spec is None or SpecifierSet(str(spec)).contains(Version(have), prereleases=True)
-    except InvalidVersion:
-        return False
+    if force and name == "spacy":
+        return True
+    return spec is None or spec.contains(have, prereleases=True)
 
 
-def _run(cmd: Sequence[str]) -> None:
+def _run(cmd: Sequence[str], installer: Installer, *, what: str,
+         index: IndexLocation | None = None) -> None:
     """Run the installer in its own session, so Ctrl-C reaches only us: we stop it quietly
-    (no pip traceback) and say what is left, once."""
+    (no traceback of its own) and say what is left, once."""
     proc = subprocess.Popen(list(cmd), start_new_session=True)
     try:
         proc.wait()
@@ -404,39 +866,86 @@ def _run(cmd: Sequence[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        raise
+        raise Interrupted(
+            f"interrupted while {installer.name} was installing {what}: the verified wheel "
+            "stays in the cache; run the same command again to finish (nothing is downloaded "
+            "again)") from None
     if proc.returncode != 0:
-        raise SpacyIndexError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed (exit {proc.returncode})")
+        hint = ""
+        if index is not None:
+            hint = (f" from {index.text}; an index made by `spacy-index build` holds only "
+                    "pipelines: install spaCy first, use a `spacy-index serve` URL, or pass "
+                    "--no-deps")
+        raise SpacyIndexError(f"{installer.name} failed (exit {proc.returncode}) installing "
+                              f"{what}{hint}")
 
 
 # --------------------------------------------------------------------------- catalog cache
-def cached_catalog(cache_dir: Path, *, fetch: Callable[[], Catalog], max_age: float,
-                   refresh: bool, api_url: str = "https://api.github.com") -> tuple[Catalog, str]:
-    """The catalog for install/list: a cached copy if fresh, else ``fetch()`` (stored), else
-    the last cached copy, or when offline the bundled snapshot, which (one rule for every
-    command) only stands in for github.com, never for another ``GITHUB_API_URL``."""
+def _catalog_path(cache_dir: Path, api_url: str) -> Path:
+    key = _api_key(api_url)
+    suffix = "" if key == DEFAULT_API_URL else "-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir / f"catalog{suffix}.json"
+
+
+def _read_catalog(path: Path, projects: Iterable[str] | None) -> Catalog:
     from spacy_index.sources import snapshot as snapshots
 
-    default = api_url.rstrip("/") == "https://api.github.com"
-    suffix = "" if default else "-" + hashlib.sha256(api_url.encode()).hexdigest()[:12]
-    path = cache_dir / f"catalog{suffix}.json"
-    if not refresh and path.is_file() and time.time() - path.stat().st_mtime < max_age:
-        try:
-            return snapshots.catalog_from_json(json.loads(path.read_text())), "cached catalog"
-        except (ValueError, KeyError, SpacyIndexError):
-            pass
+    doc = json.loads(path.read_text())
+    if projects is not None:
+        wanted = {canonicalize_name(split_model(p)[0]) for p in projects}
+        doc = {**doc, "files": [f for f in doc.get("files", ())
+                                if canonicalize_name(str(f.get("filename", "")).split("-", 1)[0])
+                                in wanted]}
+    return snapshots.catalog_from_json(doc)
+
+
+def load_cached_catalog(cache_dir: Path, api_url: str, *, projects: Iterable[str] | None = None,
+                        max_age: float = CATALOG_MAX_AGE) -> tuple[Catalog, str, bool] | None:
+    """The cached catalog whatever its age, only ``projects`` (requested names) made into
+    objects: ``(catalog, how, fresh?)``, or None when there is none (no network here)."""
+    path = _catalog_path(cache_dir, api_url)
+    try:
+        age = time.time() - path.stat().st_mtime
+        catalog = _read_catalog(path, projects)
+    except (OSError, ValueError, KeyError, TypeError, SpacyIndexError):
+        return None
+    fresh = age < max_age
+    return catalog, "cached catalog" if fresh else "cached catalog, older than a day", fresh
+
+
+def cached_catalog(cache_dir: Path, *, fetch: Callable[[], Catalog], max_age: float,
+                   refresh: bool, api_url: str = DEFAULT_API_URL,
+                   projects: Iterable[str] | None = None) -> tuple[Catalog, str]:
+    """The catalog for install/list: a cached copy if fresh, else ``fetch()`` (stored), else
+    the last cached copy, or when offline the bundled snapshot, which (one rule for every
+    command) only stands in for github.com, never for another ``GITHUB_API_URL``. The
+    snapshot is stored too, dated as old, so later runs read it fast and still try live."""
+    from spacy_index.sources import snapshot as snapshots
+
+    default = _api_key(api_url) == DEFAULT_API_URL
+    path = _catalog_path(cache_dir, api_url)
+    if not refresh:
+        loaded = load_cached_catalog(cache_dir, api_url, projects=projects, max_age=max_age)
+        if loaded is not None and loaded[2]:
+            return loaded[0], loaded[1]
     try:
         catalog = fetch()
+        how, stale = "live catalog", False
     except UpstreamUnreachable:
         if path.is_file():
-            return snapshots.catalog_from_json(json.loads(path.read_text())), "cached catalog (offline)"
+            try:
+                return _read_catalog(path, projects), "cached catalog (offline)"
+            except (OSError, ValueError, KeyError, TypeError, SpacyIndexError):
+                pass
         if not default:
             raise
         from spacy_index.api import fetch_catalog
 
-        return fetch_catalog(offline=True).catalog, "bundled snapshot (offline)"
+        catalog, how, stale = fetch_catalog(offline=True).catalog, "bundled snapshot (offline)", True
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(snapshots.catalog_to_json(catalog)))
+    if stale:
+        os.utime(tmp, (0, 0))  # read fast next time, but never taken for a fresh live copy
     os.replace(tmp, path)
-    return catalog, "live catalog"
+    return catalog, how

@@ -63,6 +63,8 @@ DEFAULT_TAIL = 65536
 LOCAL_HEADER_SLACK = 1024
 #: A METADATA member larger than this (compressed or not) is refused.
 MAX_METADATA_SIZE = 32 << 20
+#: the largest central directory read by HTTP ranges (a 100k-member wheel has about 8 MB)
+MAX_CENTRAL_DIRECTORY = 16 << 20
 
 _EOCD_SIG = b"PK\x05\x06"
 _EOCD_SIZE = 22
@@ -548,7 +550,11 @@ def _metadata_plan(filename: str, total: int, tail: bytes) -> _Plan:
             if more.start >= total - len(known):  # pragma: no cover - parse_eocd guarantees
                 raise CorruptWheel("inconsistent end of central directory") from None
             yield from fetch(more.start, total - len(known))
-    # 2. the central directory; 3. its METADATA entry
+    # 2. the central directory (capped: a hostile end record may claim hundreds of MB; the
+    # caller then falls back to the whole file); 3. its METADATA entry
+    if eocd.cd_size > MAX_CENTRAL_DIRECTORY:
+        raise MetadataError(f"the central directory of {filename} claims {eocd.cd_size:,} bytes, "
+                            f"over the {MAX_CENTRAL_DIRECTORY:,} byte limit for range reads")
     cd = yield from fetch(eocd.cd_offset, eocd.cd_end)
     entry = find_metadata_entry(parse_central_directory(cd, eocd.entries), filename)
     # 4. the member: guess the local header is as long as the central one, plus some slack

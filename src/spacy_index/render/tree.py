@@ -13,6 +13,7 @@ from packaging.utils import canonicalize_name
 from spacy_index.catalog import Catalog
 from spacy_index.model import Distribution
 from spacy_index.render import html, pep691
+from spacy_index.render.catalogue import catalogue_files
 from spacy_index.render.json_api import dumps, pypi_project_document
 
 MARKER = ".spacy-index.json"
@@ -54,7 +55,8 @@ def index_files(
     catalog: Catalog, links: Linker = origin_links, *, pypi_json: bool = True
 ) -> dict[str, bytes]:
     """Every file of the static index: PEP 503 HTML and PEP 691 JSON side by side
-    (``index.html``/``index.json``), the PyPI-style JSON documents, and ``find-links.html``."""
+    (``index.html``/``index.json``), the PyPI-style JSON documents, ``find-links.html``, and
+    the catalogue page (``index.html`` at the root, see :mod:`spacy_index.render.catalogue`)."""
     out: dict[str, bytes] = {}
     all_files: list[dict[str, Any]] = []
     for name, project in catalog.projects.items():
@@ -71,6 +73,8 @@ def index_files(
     out["simple/index.html"] = html.root_page(root).encode()
     out["simple/index.json"] = dumps(root).encode()
     out["find-links.html"] = html.find_links_page(all_files).encode()
+    # the catalogue people read: index.html, catalogue.js/.css, catalogue/<name>.html
+    out.update(catalogue_files(catalog, links))
     projects, files, hashed = catalog.counts()
     marker = {
         "generator": "spacy-index",

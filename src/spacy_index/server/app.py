@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+from cachetools import LRUCache
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,10 +67,12 @@ from spacy_index.server.metrics import Metrics, observability_routes
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.protocol import ZEROCOPY
 from spacy_index.server.sources import (
+    MAX_METADATA,
     CatalogSource,
     FolderSource,
     IndexSource,
     Source,
+    read_capped,
 )
 from spacy_index.server.stats import CacheStats, CountCache
 
@@ -101,11 +104,11 @@ class MetadataStore:
         self.root = root
         with contextlib.suppress(OSError):
             root.mkdir(parents=True, exist_ok=True)
-        self._digests: dict[str, str] = {}
+        self._digests: LRUCache[str, str] = LRUCache(maxsize=200_000)
         #: metadata that could not be written to disk (a read-only or full cache)
         self.in_memory: dict[str, bytes] = {}
         self._warned = False
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
         #: bumped whenever a metadata file is stored, so cached pages know to re-render
         self.version = 0
 
@@ -148,6 +151,11 @@ class MetadataStore:
 
     def lock(self, wheel_sha: str) -> asyncio.Lock:
         return self._locks.setdefault(wheel_sha, asyncio.Lock())
+
+
+#: a rendered page: (project, metadata version, body, etag, the raw headers of the 200 answer
+#: without content-length)
+PageEntry = tuple[Project, int, bytes, str, list[tuple[bytes, bytes]]]
 
 
 class CacheBound:
@@ -234,12 +242,14 @@ class Server:
 
             self.s3_location = parse_s3_url(s3_cache)
         self._routes: dict[str, Source] = {}
-        self.located: dict[str, Located] = {}
-        self._indexed: dict[str, Project] = {}
+        # every long-lived map is bounded (LRU), whatever sequence of names clients ask for
+        self.located: LRUCache[str, Located] = LRUCache(maxsize=400_000)
+        self._indexed: LRUCache[str, Project] = LRUCache(maxsize=20_000)
         #: rendered pages: (name, content type) -> (project, metadata version, body, etag,
         #: the raw headers of the 200 answer without content-length)
-        self.pages: dict[tuple[str, str], tuple[Project, int, bytes, str,
-                                                list[tuple[bytes, bytes]]]] = {}
+        #: bounded by bytes: the sum of the rendered bodies stays under 256 MiB
+        self.pages: LRUCache[tuple[str, str], PageEntry] = LRUCache(
+            maxsize=256 << 20, getsizeof=lambda entry: len(entry[2]) + 512)
         #: set by create_app: writes the access-log line of a request answered by fast_response
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
         #: file/metadata cache hits and misses since start (the catalogue page shows them)
@@ -266,7 +276,8 @@ class Server:
     def cache_for(self, source: Source) -> FileCache:
         cache = self._caches.get(source.name)
         if cache is None:
-            cache = self._caches[source.name] = FileCache(self.cache_dir, source.client)
+            client = getattr(source, "files_client", source.client)  # its own pool, if any
+            cache = self._caches[source.name] = FileCache(self.cache_dir, client)
             cache.on_stored = lambda up, sha, size: self.bound.stored(
                 FILES, sha, up.filename, self._project_of(up.filename), size)
             cache.on_hit = lambda up, sha: self.bound.used(FILES, sha, up.filename,
@@ -312,29 +323,40 @@ class Server:
         found = self.rendered(project, ctype)
         if found is not None:
             return found
-        if len(project.files) > 1000:
-            return await asyncio.to_thread(self.render, project, ctype)
-        return self.render(project, ctype)
+        if len(project.files) <= 1000:
+            return self.render(project, ctype)
+        # the work in a thread; the (not thread-safe) page map is written on the loop
+        version = self.metadata.version
+        entry = await asyncio.to_thread(self._render_entry, project, ctype, version)
+        self.pages[(project.name, ctype)] = entry
+        return entry[2], entry[3]
 
-    def pypi_json(self, project: Project, base: str) -> tuple[bytes, str]:
+    def pypi_json(self, project: Project, base: str) -> tuple[bytes, str] | None:
         """The PyPI-style JSON for ``base`` (the server's own URL), rendered once per change;
         one entry per project (for the last base seen), so Host headers cannot grow the map."""
-        key = (project.name, "pypi-json")
-        cached = self.pages.get(key)
+        cached = self.pages.get((project.name, "pypi-json"))
         if cached and cached[0] is project and cached[4] == [(b"base", base.encode())]:
             return cached[2], cached[3]
+        return None
+
+    @staticmethod
+    def pypi_json_entry(project: Project, base: str) -> PageEntry:
+        """Render the PyPI-style JSON (pure: safe in a worker thread)."""
         doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
         body = dumps(doc).encode()
-        etag = _etag(body)
-        self.pages[key] = (project, 0, body, etag, [(b"base", base.encode())])
-        return body, etag
+        return (project, 0, body, _etag(body), [(b"base", base.encode())])
 
     def render(self, project: Project, ctype: str) -> tuple[bytes, str]:
         """The page body and its ETag, re-rendered only when the project or metadata changed."""
-        key = (project.name, ctype)
         found = self.rendered(project, ctype)
         if found is not None:
             return found
+        entry = self._render_entry(project, ctype, self.metadata.version)
+        self.pages[(project.name, ctype)] = entry
+        return entry[2], entry[3]
+
+    def _render_entry(self, project: Project, ctype: str, version: int) -> PageEntry:
+        """Render one page (no shared state is written: safe in a worker thread)."""
         doc = pep691.project_dict(self.local_view(project))
         if ctype == JSON_CONTENT_TYPE:
             body = dumps(doc).encode()
@@ -343,8 +365,7 @@ class Server:
         etag = _etag(body)
         headers = [(k, v) for k, v in _page(None, body, ctype, etag=etag).raw_headers
                    if k != b"content-length"]
-        self.pages[key] = (project, self.metadata.version, body, etag, headers)
-        return body, etag
+        return (project, version, body, etag, headers)
 
     def fast_response(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """Answer ``GET /simple/<project>/`` from an already-rendered page, without I/O.
@@ -625,11 +646,16 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         project = await lookup(name)
         if isinstance(project, Response):
             return project
-        base = str(request.base_url).rstrip("/")
-        if len(project.files) > 1000:
-            body, etag = await asyncio.to_thread(server.pypi_json, project, base)
-        else:
-            body, etag = server.pypi_json(project, base)
+        base = server.config.public_url or str(request.base_url).rstrip("/")
+        found = server.pypi_json(project, base)
+        if found is None:
+            if len(project.files) > 1000:
+                entry = await asyncio.to_thread(server.pypi_json_entry, project, base)
+            else:
+                entry = server.pypi_json_entry(project, base)
+            server.pages[(project.name, "pypi-json")] = entry
+            found = entry[2], entry[3]
+        body, etag = found
         return _page(request, body, "application/json", vary=False, etag=etag)
 
     async def files(request: Request) -> Response:
@@ -666,12 +692,19 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
                 return _error(502, str(e))
             return file_response(request, path, etag, media_type=_media_type(filename))
         if request.method == "HEAD" or request.headers.get("range"):
-            try:
-                path = await cache.ensure(up)
-            except SpacyIndexError as e:
-                return _error(502, str(e))
-            request.scope.setdefault("state", {})["cache"] = "hit"
-            return file_response(request, path, etag, media_type=_media_type(filename))
+            local = cache.cached_now(d.sha256)
+            if local is not None:
+                request.scope.setdefault("state", {})["cache"] = "hit"
+                return file_response(request, local, etag, media_type=_media_type(filename))
+            # cold: never a whole download before answering. HEAD from the known size;
+            # a Range from upstream as it comes, while the whole file is cached behind it
+            cache.prefetch(up)
+            request.scope.setdefault("state", {})["cache"] = "miss"
+            if request.method == "HEAD" and d.size is not None:
+                return Response(status_code=200, media_type=_media_type(filename), headers={
+                    "ETag": etag, "Cache-Control": FILE_CACHE_CONTROL, "Accept-Ranges": "bytes",
+                    "Content-Length": str(d.size)})
+            return await _upstream_span(request, cache.client, up, etag)
         stream = cache.open(up)
         try:
             await stream.__aenter__()
@@ -795,6 +828,40 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
     return logged  # type: ignore[return-value]
 
 
+async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstream,
+                         etag: str) -> Response:
+    """HEAD or a Range of a file that is not cached yet, asked of upstream directly."""
+    headers = {"Accept-Encoding": "identity"}
+    if request.headers.get("range"):
+        headers["Range"] = request.headers["range"]
+    try:
+        upstream = await client.send(client.build_request(request.method, up.url, headers=headers),
+                                     stream=True)
+    except httpx.HTTPError as e:
+        return _error(502, f"cannot read {up.filename!r}: {describe_error(e, up.url)}")
+    if upstream.status_code not in (200, 206, 416):
+        await upstream.aclose()
+        return _error(502, f"cannot read {up.filename!r}: HTTP {upstream.status_code} upstream")
+    out = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+    for name in ("content-length", "content-range"):
+        if name in upstream.headers:
+            out[name.title()] = upstream.headers[name]
+    if request.method == "HEAD" or upstream.status_code == 416:
+        await upstream.aclose()
+        return Response(status_code=upstream.status_code, headers=out,
+                        media_type=_media_type(up.filename))
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+
+    return StreamingResponse(body(), status_code=upstream.status_code, headers=out,
+                             media_type=_media_type(up.filename))
+
+
 _PASS_THROUGH_WARNED: set[str] = set()
 
 
@@ -850,9 +917,9 @@ async def _fetch_metadata(server: Server, found: Located) -> bytes:
         return await asyncio.to_thread(metadata_from_wheel_file, local, d.filename)
     upstream_meta = getattr(found.source, "upstream_files", {}).get(d.filename)
     if upstream_meta is not None and upstream_meta.has_metadata:
-        resp = await found.source.client.get(d.url + ".metadata")
+        resp, data = await read_capped(found.source.client, d.url + ".metadata", {},
+                                       MAX_METADATA, f"the metadata of {d.filename!r}")
         if resp.status_code == 200:
-            data = resp.content
             expected = upstream_meta.metadata_sha256
             if expected is None or hashlib.sha256(data).hexdigest() == expected:
                 return data

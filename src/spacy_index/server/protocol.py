@@ -20,9 +20,13 @@ same answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import queue
 import socket
+import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -179,8 +183,12 @@ def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractE
         try:
             # Full segments while the file goes out, flushed when uncorked: nginx's
             # `tcp_nopush on` with sendfile (asyncio sets TCP_NODELAY on every connection).
-            corked = _cork(transport, True)
-            await loop.sendfile(transport, file, offset, count)
+            corked = _CORK and _cork(transport, True)
+            if _SNDBUF:
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+            if _MODE == "loop" or count < THREAD_MIN or not await _threaded_sendfile(
+                    loop, transport, file, offset, count):
+                await loop.sendfile(transport, file, offset, count)
             if corked:
                 _cork(transport, False)
         except (OSError, RuntimeError) as e:
@@ -194,6 +202,160 @@ def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractE
         await send({"type": "http.response.body", "body": b"", "more_body": more_body})
 
     return zerocopy_send
+
+
+#: Spans of at least this many bytes go out with one blocking ``sendfile(2)`` per 64 MiB in a
+#: worker thread (:func:`_threaded_sendfile`); smaller ones with ``loop.sendfile``.
+THREAD_MIN = 1 << 20
+#: At most this many threaded transfers at once; more concurrent ones use ``loop.sendfile``.
+MAX_THREADS = 32
+_STEP = 64 << 20  #: bytes per blocking sendfile(2) call (the stop flag is checked between)
+_TIMEOUT = struct.pack("ll", 1, 0)  #: SO_SNDTIMEO while blocking: re-check the stop flag each 1 s
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
+_MODE = os.environ.get("SPACY_INDEX_SENDFILE", "thread")  # EXPERIMENT KNOB, remove
+_CORK = os.environ.get("SPACY_INDEX_CORK", "1") == "1"  # EXPERIMENT KNOB, remove
+_SNDBUF = int(os.environ.get("SPACY_INDEX_SNDBUF", "0"))  # EXPERIMENT KNOB, remove
+
+
+class _Senders:
+    """Daemon threads that run blocking sendfile jobs, at most ``limit`` at once; a job is
+    only accepted when a thread is free for it (no queueing behind a slow client). Idle
+    threads exit after a minute."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self.limit:
+                try:
+                    threading.Thread(target=self._work, name="spacy-index-sendfile",
+                                     daemon=True).start()
+                except RuntimeError:  # no more threads for this process
+                    return False
+                self._threads += 1
+            else:
+                return False
+        self._jobs.put(job)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=60)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # no job is on its way to this thread: leave
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+
+_SENDERS = _Senders(MAX_THREADS)
+
+
+async def _threaded_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+                             file: Any, offset: int, count: int) -> bool:
+    """Send ``count`` bytes of ``file`` from ``offset`` with blocking ``sendfile(2)`` calls in
+    a worker thread: the kernel moves the span in a few calls, sleeping while the socket
+    buffer is full, as nginx's workers do, instead of one event-loop wake-up per socket
+    buffer (``loop.sendfile``). False (nothing sent) when it cannot be used here: no socket,
+    unsent bytes in the transport, or every thread busy.
+
+    The thread works on its own duplicates of both descriptors (whatever the loop closes
+    meanwhile, it never writes to a reused descriptor number). Reading is paused meanwhile
+    (asyncio's own sendfile does the same) and the socket is blocking only while the thread
+    runs: the loop does not touch it then. Errors (the client left) are raised here; a
+    cancelled transfer shuts the socket down, which wakes the blocked call at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing() or transport.get_write_buffer_size():
+        return False
+    fut = loop.create_future()
+    stop = threading.Event()
+    fds = [os.dup(sock.fileno())]
+    try:
+        fds.append(os.dup(file.fileno()))
+    except BaseException:
+        os.close(fds[0])
+        raise
+    sock_fd, file_fd = fds
+
+    def done(sent: int, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(sent)
+
+    def job() -> None:
+        sent, exc = 0, None
+        try:
+            # the duplicate shares the transport's open file description: the socket blocks
+            # (with a send timeout, so the stop flag is seen) until it is reset below
+            try:
+                dup = socket.socket(fileno=sock_fd)
+            except BaseException:
+                os.close(sock_fd)
+                raise
+            try:
+                dup.setblocking(True)
+                dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEOUT)
+                while sent < count and not stop.is_set():
+                    try:
+                        n = os.sendfile(sock_fd, file_fd, offset + sent, min(count - sent, _STEP))
+                    except (BlockingIOError, InterruptedError):  # 1 s without progress
+                        continue
+                    if n == 0:
+                        raise OSError(f"file ended {count - sent} bytes early")
+                    sent += n
+            finally:
+                with contextlib.suppress(OSError):
+                    dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
+                    dup.setblocking(False)
+                dup.close()  # closes sock_fd
+        except BaseException as e:  # noqa: BLE001 - handed to the loop
+            exc = e
+        finally:
+            os.close(file_fd)
+        try:
+            loop.call_soon_threadsafe(done, sent, exc)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    reading = transport.is_reading()
+    transport.pause_reading()
+    if not _SENDERS.submit(job):
+        os.close(sock_fd)
+        os.close(file_fd)
+        if reading:
+            transport.resume_reading()
+        return False
+    try:
+        sent = await fut
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        transport.close()
+        raise
+    if sent != count:  # stopped early
+        raise ConnectionError(f"sendfile stopped after {sent} of {count} bytes")
+    if reading and not transport.is_closing():
+        transport.resume_reading()
+    return True
 
 
 __all__ = ["ZEROCOPY", "FastResponder", "protocol_class"]

@@ -87,9 +87,40 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
     return str(u.copy_with(username=None, password=None)), user, password
 
 
+#: connections per source: pages (short answers, never behind a download) and files
+PAGE_POOL = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+FILE_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+#: the largest upstream page (or .metadata, JSON) read, before and after decoding
+MAX_PAGE = 96 << 20
+MAX_METADATA = 32 << 20
+
+
+class TooLarge(UpstreamError):
+    """An upstream body over its cap (compressed or decoded): refused, never stored."""
+
+
+async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str, str],
+                      limit: int, what: str) -> tuple[httpx.Response, bytes]:
+    """GET ``url`` and read at most ``limit`` bytes, counting both the bytes on the wire and
+    the decoded ones, so a small gzip that expands to a gigabyte stops at ``limit``."""
+    async with client.stream("GET", url, headers=dict(headers)) as resp:
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"{what} is {int(declared):,} bytes, over the {limit:,} byte limit")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit or resp.num_bytes_downloaded > limit:
+                raise TooLarge(f"{what} is over the {limit:,} byte limit (decoded)")
+            parts.append(chunk)
+    return resp, b"".join(parts)
+
+
 def source_client(cfg_url: str | None, username: str | None, password: str | None,
                   credentials: str = "none", *, ca_bundle: str | None = None,
-                  proxy: str | None = None) -> tuple[httpx.AsyncClient, str | None]:
+                  proxy: str | None = None,
+                  pool: httpx.Limits = FILE_POOL) -> tuple[httpx.AsyncClient, str | None]:
     """A client whose auth goes only to the source's origin; also returns the clean URL."""
     clean, url_user, url_pass = strip_userinfo(cfg_url) if cfg_url else (None, None, None)
     user, secret = username or url_user, password or url_pass
@@ -116,7 +147,7 @@ def source_client(cfg_url: str | None, username: str | None, password: str | Non
         timeout=httpx.Timeout(60.0, connect=10.0),
         ca_bundle=ca_bundle,
         proxy=proxy,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        limits=pool,
     )
     return client, clean
 
@@ -443,7 +474,14 @@ class IndexSource:
         #: seconds an upstream error for a name is answered from memory
         self.error_ttl = 5.0
         self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
-                                           ca_bundle=cfg.ca_bundle, proxy=cfg.proxy)
+                                           ca_bundle=cfg.ca_bundle, proxy=cfg.proxy,
+                                           pool=PAGE_POOL)
+        #: file downloads get their own pool: a page lookup never waits behind them
+        self.files_client, _ = source_client(cfg.url, cfg.username, cfg.password,
+                                             cfg.credentials, ca_bundle=cfg.ca_bundle,
+                                             proxy=cfg.proxy, pool=FILE_POOL)
+        #: the largest upstream page accepted, compressed or decoded (a gzip bomb stops here)
+        self.max_page = MAX_PAGE
         assert clean is not None
         self.base = clean if (flat or clean.endswith("/")) else clean + "/"
         self.display = redact_url(self.base)
@@ -470,7 +508,8 @@ class IndexSource:
                 headers["If-None-Match"] = previous.etag
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
-        resp = await self.client.get(url, headers=headers)
+        resp, body = await read_capped(self.client, url, headers, self.max_page,
+                                       f"{self.display}: the page for {name!r}")
         if resp.status_code == 304 and previous is not None and previous.project is not None:
             return replace(previous, fetched=time.monotonic())
         if resp.status_code == 404 and not self.flat:
@@ -482,7 +521,6 @@ class IndexSource:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
-        body = resp.content
         digest = hashlib.sha256(body).hexdigest()
         validators = {"etag": resp.headers.get("etag"),
                       "last_modified": resp.headers.get("last-modified")}
@@ -590,6 +628,7 @@ class IndexSource:
             task.cancel()
         await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
         await self.client.aclose()
+        await self.files_client.aclose()
 
 
 def with_local_files(project: Project, url_for: Callable[[Distribution], str]) -> Project:

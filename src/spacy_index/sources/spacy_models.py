@@ -42,6 +42,7 @@ def meta_from_json(tag: str, data: Mapping[str, Any]) -> ModelMeta | None:
         wheel_sha256=sha("checksum_whl"),
         description=data.get("description") if isinstance(data.get("description"), str) else None,
         size_text=data.get("size") if isinstance(data.get("size"), str) else None,
+        license=data.get("license") if isinstance(data.get("license"), str) else None,
     )
 
 

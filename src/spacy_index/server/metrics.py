@@ -1,0 +1,612 @@
+"""Prometheus metrics (``/metrics``) and the Kubernetes probes (``/health``, ``/ready``).
+
+One :class:`Metrics` per :class:`~spacy_index.server.app.Server`, with its own
+``CollectorRegistry`` (nothing is registered globally, so one process can run several
+servers). What is counted where:
+
+* **Requests** (by route kind, method, status), **latency** and **bytes sent**: in
+  ``AccessLog`` (app.py), which already has the status, the bytes and the duration of every
+  request the app answers, and in its ``log_fast`` for the pages the protocol answers without
+  a task (``Server.fast_response``). Both only add to plain ints in dicts (the event loop is
+  the only writer); a collector turns them into samples at scrape time. A fast-path answer is
+  written synchronously from the parser callback, so it is counted in the lowest latency
+  bucket (it takes microseconds) and adds nothing to the histogram's sum.
+* **Cache hits/misses**: the catalogue's :class:`~spacy_index.server.stats.CacheStats`
+  (``Server.cache_stats``), exported as they are; bytes served by cache outcome from the
+  access log's numbers.
+* **Upstream** requests, bytes, errors and latency by source: a transport wrapper on each
+  source's httpx client (:func:`spacy_index.http.wrap_transports`); the file cache downloads
+  through the same clients. GitHub catalog loads (their own blocking client, in a thread) are
+  counted as loads per source, with their duration.
+* **Single flight**: downloads in flight (``FileCache`` flights) and the requests being
+  served from one right now (a ``miss`` whose answer has started and not ended).
+* **Evictions**: :meth:`Metrics.count_eviction`, or :func:`count_eviction` for code that
+  only knows the cache folder.
+* **Cache size**: bytes and files below ``<cache>/files`` and ``<cache>/metadata``, from a
+  walk of the folder at most every ``disk_interval`` seconds (in a worker thread, before the
+  scrape is answered).
+* **Catalog age**: seconds since each catalog source last loaded its catalog successfully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import weakref
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+from spacy_index import __version__
+from spacy_index.http import wrap_transports
+
+#: route kinds, the ``kind`` label of the request metrics
+KINDS = ("page", "file", "metadata", "json", "health", "metrics", "other")
+#: request latency buckets (seconds); a cached page takes well under the first one
+BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+          1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+UPSTREAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: methods counted by name; anything else is ``other`` (the label set stays bounded)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+DISK_INTERVAL = 30.0
+#: the classic text format (every Prometheus 2.x and 3.x reads it; the names here need
+#: nothing newer)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LE = tuple(repr(float(b)) for b in BOUNDS)
+
+#: every live Metrics, for :func:`count_eviction` (empty at import; entries go with their server)
+_LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
+def route_kind(path: str) -> str:
+    """The ``kind`` label of a request path (the routes of ``create_app``)."""
+    if path.startswith("/simple/"):
+        return "json" if path.startswith("/simple/pypi/") and path.endswith("/json") else "page"
+    if path.startswith("/files/"):
+        return "metadata" if path.endswith(".metadata") else "file"
+    if path.endswith("/json") and (path.startswith("/pypi/") or path.count("/") == 2):
+        return "json"
+    if path == "/health" or path == "/ready":
+        return "health"
+    if path == "/metrics":
+        return "metrics"
+    return "other"
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and a sum; written by the event loop only."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BOUNDS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BOUNDS, value)] += 1
+        self.sum += value
+
+
+class Metrics:
+    """The counters of one server, and its registry (``render()`` is the ``/metrics`` body)."""
+
+    def __init__(self, server: Any, *, disk_interval: float = DISK_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.server = server
+        self.cache_dir = Path(server.cache_dir)
+        self.disk_interval = disk_interval
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=False)
+        # hot path: plain ints (see the module docstring)
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._sent: dict[str, int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._served: dict[tuple[str, str], int] = {}
+        self._fast: dict[tuple[str, int], int] = {}
+        self._fast_sent = 0
+        #: requests streaming a file whose download is still running (or just ended)
+        self.flight_consumers = 0
+        # the rest: ordinary prometheus_client instruments (thread-safe; evictions and
+        # catalog loads happen in worker threads)
+        reg = self.registry
+        self.upstream_requests = Counter(
+            "spacy_index_upstream_requests", "Requests to upstream sources that got an answer, "
+            "by source and HTTP status", ["source", "status"], registry=reg)
+        self.upstream_errors = Counter(
+            "spacy_index_upstream_errors", "Upstream requests that failed without an answer "
+            "(connection, timeout, broken body), by source and error", ["source", "error"],
+            registry=reg)
+        self.upstream_bytes = Counter(
+            "spacy_index_upstream_bytes", "Body bytes received from upstream sources",
+            ["source"], registry=reg)
+        self.upstream_seconds = Histogram(
+            "spacy_index_upstream_request_duration_seconds", "Time from sending an upstream "
+            "request to its response headers, by source", ["source"], buckets=UPSTREAM_BOUNDS,
+            registry=reg)
+        self.catalog_loads = Counter(
+            "spacy_index_catalog_loads", "Catalog loads of GitHub sources (ok, error, or "
+            "snapshot: the bundled offline snapshot stood in)", ["source", "outcome"],
+            registry=reg)
+        self.catalog_seconds = Histogram(
+            "spacy_index_catalog_load_duration_seconds", "Duration of catalog loads",
+            ["source"], buckets=UPSTREAM_BOUNDS, registry=reg)
+        self.evictions = Counter(
+            "spacy_index_cache_evictions", "Cache entries evicted, by kind", ["kind"],
+            registry=reg)
+        self.evicted_bytes = Counter(
+            "spacy_index_cache_evicted_bytes", "Bytes evicted from the cache, by kind",
+            ["kind"], registry=reg)
+        self.auth_failures = Counter(
+            "spacy_index_auth_failures", "Refused client authentications: bad (wrong "
+            "credentials), blocked (429: too many failures from the client's address)",
+            ["reason"], registry=reg)
+        for kind in ("file", "metadata"):
+            self.evictions.labels(kind)
+            self.evicted_bytes.labels(kind)
+        for reason in ("bad", "blocked"):
+            self.auth_failures.labels(reason)
+        self._upstream_children: dict[str, tuple[Any, Any]] = {}
+        #: source name -> (monotonic time of the last successful load, last outcome)
+        self._catalogs: dict[str, tuple[float | None, str]] = {}
+        self._upstream_last: dict[str, bool] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._disk: dict[str, tuple[int, int]] = {}
+        self._disk_at: float | None = None
+        self._disk_lock = asyncio.Lock()
+        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        _LIVE.add(self)
+
+    # -- requests (hot path) ------------------------------------------------ #
+    def count(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        """One request the app answered (``AccessLog``)."""
+        kind = route_kind(scope["path"])
+        method = scope["method"]
+        if method not in METHODS:
+            method = "other"
+        key = (kind, method, status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        self._sent[kind] = self._sent.get(kind, 0) + sent
+        hist = self._durations.get(kind)
+        if hist is None:
+            hist = self._durations[kind] = _Histogram()
+        hist.observe(seconds)
+        outcome = scope["state"].get("cache")
+        if isinstance(outcome, str) and (kind == "file" or kind == "metadata"):
+            served = (kind, outcome)
+            self._served[served] = self._served.get(served, 0) + sent
+
+    def count_fast(self, method: str, status: int, sent: int) -> None:
+        """One page the protocol answered itself (``AccessLog.log_fast``): two dict updates."""
+        key = (method, status)
+        fast = self._fast
+        fast[key] = fast.get(key, 0) + 1
+        self._fast_sent += sent
+
+    def response_started(self, scope: Scope) -> bool:
+        """A file answer starts: True (and counted) when it streams from a running download."""
+        if scope["state"].get("cache") == "miss" and route_kind(scope["path"]) == "file":
+            self.flight_consumers += 1
+            return True
+        return False
+
+    def response_ended(self) -> None:
+        self.flight_consumers -= 1
+
+    # -- evictions ------------------------------------------------------------ #
+    def count_eviction(self, kind: str, nbytes: int) -> None:
+        """One cache entry of ``kind`` (``file`` or ``metadata``) and ``nbytes`` evicted."""
+        self.evictions.labels(kind).inc()
+        if nbytes > 0:
+            self.evicted_bytes.labels(kind).inc(nbytes)
+
+    # -- upstream ------------------------------------------------------------- #
+    def instrument(self, source: Any) -> None:
+        """Meter ``source``'s HTTP client and (GitHub sources) its catalog loads."""
+        name = source.name
+        client = getattr(source, "client", None)
+        if (isinstance(client, httpx.AsyncClient)
+                and not getattr(client, "_spacy_index_metered", False)
+                and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
+            client._spacy_index_metered = True  # type: ignore[attr-defined]
+        load = getattr(source, "_load", None)
+        if callable(load) and hasattr(source, "_catalog"):
+            source._load = self._timed_load(name, load, "ok")
+            fallback = getattr(source, "_fallback", None)
+            if callable(fallback):
+                source._fallback = self._timed_load(name, fallback, "snapshot")
+
+    def _timed_load(self, name: str, load: Callable[[], Any], outcome: str) -> Callable[[], Any]:
+        def timed() -> Any:
+            start = time.perf_counter()
+            try:
+                catalog = load()
+            except BaseException:
+                self.catalog_loads.labels(name, "error").inc()
+                previous = self._catalogs.get(name, (None, "error"))[0]
+                self._catalogs[name] = (previous, "error")
+                raise
+            finally:
+                self.catalog_seconds.labels(name).observe(time.perf_counter() - start)
+            self.catalog_loads.labels(name, outcome).inc()
+            self._catalogs[name] = (self._clock(), outcome)
+            return catalog
+
+        return timed
+
+    def _upstream(self, source: str) -> tuple[Any, Any]:
+        children = self._upstream_children.get(source)
+        if children is None:
+            children = self._upstream_children[source] = (
+                self.upstream_bytes.labels(source), self.upstream_seconds.labels(source))
+        return children
+
+    def upstream_answered(self, source: str, status: int, seconds: float) -> None:
+        self.upstream_requests.labels(source, str(status)).inc()
+        self._upstream(source)[1].observe(seconds)
+        self._upstream_last[source] = True
+
+    def upstream_failed(self, source: str, error: BaseException, seconds: float | None) -> None:
+        self.upstream_errors.labels(source, type(error).__name__).inc()
+        if seconds is not None:
+            self._upstream(source)[1].observe(seconds)
+        self._upstream_last[source] = False
+
+    # -- catalogs and readiness ---------------------------------------------- #
+    def catalog_age(self, name: str, source: Any) -> float | None:
+        """Seconds since ``source`` last loaded its catalog successfully (None: never)."""
+        if getattr(source, "_catalog", None) is None:
+            return None
+        loaded = self._catalogs.get(name, (None, ""))[0]
+        if loaded is None:  # loaded before it was instrumented
+            loaded = getattr(source, "_loaded_at", None)
+        return None if loaded is None else max(0.0, self._clock() - loaded)
+
+    def start_loading(self, name: str, source: Any) -> None:
+        """Load a catalog nobody asked for yet, in the background (once at a time)."""
+        task = self._loading.get(name)
+        if task is not None and not task.done():
+            return
+
+        async def load() -> None:
+            with contextlib.suppress(Exception):  # logged by the source; /ready says "failed"
+                await source.catalog()
+
+        with contextlib.suppress(RuntimeError):  # no running loop
+            self._loading[name] = asyncio.get_running_loop().create_task(load())
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, body)`` for ``/ready``: not ready while a GitHub source has never loaded
+        its catalog (its load is started here); stale-but-serving sources are ready."""
+        server = self.server
+        states: dict[str, dict[str, Any]] = {}
+        waiting: list[str] = []
+        sources = dict(server.sources)
+        sources.setdefault(server.upstream.name, server.upstream)
+        for name, source in sources.items():
+            cfg = getattr(source, "cfg", None)
+            entry: dict[str, Any] = {"kind": getattr(cfg, "kind", "simple")}
+            if hasattr(source, "_catalog") and hasattr(source, "catalog"):
+                age = self.catalog_age(name, source)
+                if age is None:
+                    failed = getattr(source, "_failed", None) is not None
+                    entry["state"] = "failed" if failed else "loading"
+                    waiting.append(name)
+                    self.start_loading(name, source)
+                else:
+                    last = self._catalogs.get(name, (None, "ok"))[1]
+                    entry["state"] = {"error": "stale", "snapshot": "snapshot"}.get(last, "ready")
+                    entry["catalog_age_seconds"] = round(age, 1)
+            elif hasattr(source, "root"):
+                entry["state"] = "ready" if os.path.isdir(source.root) else "unreadable"
+            else:
+                last_ok = self._upstream_last.get(name)
+                entry["state"] = "unreachable" if last_ok is False else "ready"
+            states[name] = entry
+        ready = not waiting
+        return ready, {"status": "ready" if ready else "not ready", "not_ready": waiting,
+                       "sources": states}
+
+    # -- the cache folder ----------------------------------------------------- #
+    def disk_due(self) -> bool:
+        return self._disk_at is None or self._clock() - self._disk_at >= self.disk_interval
+
+    async def refresh_disk(self) -> None:
+        """Walk the cache folder (in a worker thread) if the last walk is older than
+        ``disk_interval``; concurrent scrapes share one walk."""
+        async with self._disk_lock:
+            if self.disk_due():
+                self._disk = await asyncio.to_thread(self._scan)
+                self._disk_at = self._clock()
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        return {kind: _folder_usage(self.cache_dir / sub)
+                for kind, sub in (("file", "files"), ("metadata", "metadata"))}
+
+    # -- output --------------------------------------------------------------- #
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        fast = dict(self._fast)
+        requests = dict(self._requests)
+        for (method, status), n in fast.items():
+            key = ("page", method, status)
+            requests[key] = requests.get(key, 0) + n
+        family = CounterMetricFamily(
+            "spacy_index_requests", "HTTP requests answered, by route kind, method and status "
+            "(pages answered by the task-free fast path included)",
+            labels=["kind", "method", "status"])
+        for (kind, method, status), n in sorted(requests.items()):
+            family.add_metric([kind, method, str(status)], n)
+        yield family
+
+        fast_total = sum(fast.values())
+        family = CounterMetricFamily(
+            "spacy_index_fast_path_responses", "Project pages answered from the rendered cache "
+            "by the protocol, without a task (included in spacy_index_requests_total)")
+        family.add_metric([], fast_total)
+        yield family
+
+        hist = HistogramMetricFamily(
+            "spacy_index_request_duration_seconds", "Time from the request to the last byte "
+            "handed to the socket, by route kind (fast-path pages: the first bucket)",
+            labels=["kind"])
+        durations = dict(self._durations)
+        if fast_total and "page" not in durations:
+            durations["page"] = _Histogram()
+        for kind, h in sorted(durations.items()):
+            counts = list(h.counts)
+            if kind == "page":
+                counts[0] += fast_total
+            running = 0
+            buckets = []
+            for le, n in zip((*_LE, "+Inf"), counts, strict=True):
+                running += n
+                buckets.append((le, running))
+            hist.add_metric([kind], buckets, h.sum)
+        yield hist
+
+        sent = dict(self._sent)
+        if self._fast_sent:
+            sent["page"] = sent.get("page", 0) + self._fast_sent
+        family = CounterMetricFamily("spacy_index_response_bytes", "Body bytes sent, by route "
+                                     "kind (sendfile spans included)", labels=["kind"])
+        for kind, n in sorted(sent.items()):
+            family.add_metric([kind], n)
+        yield family
+
+        yield from self._cache_families(server)
+
+        family = GaugeMetricFamily("spacy_index_catalog_age_seconds", "Seconds since the "
+                                   "catalog of each GitHub source was last loaded successfully",
+                                   labels=["source"])
+        ready = GaugeMetricFamily("spacy_index_source_ready", "1 when the source can answer "
+                                  "(a GitHub source: its catalog is loaded)", labels=["source"])
+        for name, source in getattr(server, "sources", {}).items():
+            if hasattr(source, "_catalog"):
+                age = self.catalog_age(name, source)
+                if age is not None:
+                    family.add_metric([name], age)
+                ready.add_metric([name], 0.0 if age is None else 1.0)
+        yield family
+        yield ready
+
+        info = GaugeMetricFamily("spacy_index_info", "The running spacy-index", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+    def _cache_families(self, server: Any) -> Iterator[Metric]:
+        stats = getattr(server, "cache_stats", None)
+        if stats is not None:
+            family = CounterMetricFamily(
+                "spacy_index_cache_requests", "File and metadata requests by cache outcome "
+                "(hit, miss, hit-unverified, miss-unverified, local, pass-through)",
+                labels=["kind", "outcome"])
+            hits = CounterMetricFamily("spacy_index_cache_hits", "Cache hits (verified or "
+                                       "not), by kind", labels=["kind"])
+            misses = CounterMetricFamily("spacy_index_cache_misses", "Cache misses (one "
+                                         "upstream download or metadata read), by kind",
+                                         labels=["kind"])
+            start = None
+            for name, labels, value in stats.samples():
+                if name == "spacy_index_cache_requests_total":
+                    family.add_metric([labels["kind"], labels["outcome"]], value)
+                elif name == "spacy_index_start_time_seconds":
+                    start = value
+            for kind in ("file", "metadata"):
+                hits.add_metric([kind], stats.hits(kind))
+                misses.add_metric([kind], stats.misses(kind))
+            yield family
+            yield hits
+            yield misses
+            if start is not None:
+                gauge = GaugeMetricFamily("spacy_index_start_time_seconds",
+                                          "When the server started (Unix time)")
+                gauge.add_metric([], start)
+                yield gauge
+
+        family = CounterMetricFamily("spacy_index_cache_served_bytes", "File and metadata "
+                                     "bytes sent, by kind and cache outcome",
+                                     labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(self._served.items()):
+            family.add_metric([kind, outcome], n)
+        yield family
+
+        flights = 0
+        for cache in list(getattr(server, "_caches", {}).values()):
+            flights += len(getattr(cache, "_flights", ()))
+        consumers = max(0, self.flight_consumers)
+        for name, doc, value in (
+            ("spacy_index_cache_downloads_in_flight", "Upstream downloads running now "
+             "(one per file, however many clients wait for it)", flights),
+            ("spacy_index_cache_flight_consumers", "Requests being served from a download "
+             "that is (or was, when they started) still running", consumers),
+            ("spacy_index_cache_flight_waiters", "Flight consumers beyond the first per "
+             "download: requests that single flight saved an upstream download", max(0, consumers - flights)),
+        ):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], value)
+            yield gauge
+
+        size = GaugeMetricFamily("spacy_index_cache_size_bytes", "Bytes in the cache folder, "
+                                 f"by kind (walked at most every {self.disk_interval:g} s)",
+                                 labels=["kind"])
+        files = GaugeMetricFamily("spacy_index_cache_files", "Files in the cache folder, by "
+                                  "kind", labels=["kind"])
+        for kind, (nbytes, nfiles) in sorted(self._disk.items()):
+            size.add_metric([kind], nbytes)
+            files.add_metric([kind], nfiles)
+        yield size
+        yield files
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = weakref.ref(metrics)
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics()
+        if metrics is not None:
+            yield from metrics.collect()
+
+
+def _folder_usage(root: Path) -> tuple[int, int]:
+    """(bytes, files) of the regular files below ``root`` (temporary dot-files left out)."""
+    nbytes = nfiles = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):
+                        nbytes += entry.stat(follow_symlinks=False).st_size
+                        nfiles += 1
+                except OSError:  # removed while walking
+                    continue
+    return nbytes, nfiles
+
+
+def count_eviction(kind: str, nbytes: int, root: str | os.PathLike[str] | None = None) -> None:
+    """Count an eviction for the server(s) whose cache folder is ``root`` (or holds it); all
+    servers of this process when ``root`` is None. For code that has no Server at hand."""
+    where = os.path.abspath(root) if root is not None else None
+    for metrics in list(_LIVE):
+        mine = os.path.abspath(metrics.cache_dir)
+        if where is None or where == mine or where.startswith(mine + os.sep):
+            metrics.count_eviction(kind, nbytes)
+
+
+# --------------------------------------------------------------------------- upstream
+class MeteredTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that counts each upstream request, its status, latency (to the
+    response headers), body bytes and failures under ``source``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, metrics: Metrics, source: str) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._source = source
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        start = time.perf_counter()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except Exception as e:
+            self._metrics.upstream_failed(self._source, e, time.perf_counter() - start)
+            raise
+        self._metrics.upstream_answered(self._source, response.status_code,
+                                        time.perf_counter() - start)
+        try:
+            body = response.content  # already in memory (a mock transport, a cached answer)
+        except httpx.ResponseNotRead:
+            stream = response.stream
+            if isinstance(stream, httpx.AsyncByteStream):
+                response.stream = _CountingStream(stream, self._metrics, self._source)
+        else:
+            self._metrics._upstream(self._source)[0].inc(len(body))
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> MeteredTransport:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._inner.__aexit__(*exc)
+
+
+class _CountingStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, metrics: Metrics, source: str) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._source = source
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        counter = self._metrics._upstream(self._source)[0]
+        try:
+            async for chunk in self._inner:
+                counter.inc(len(chunk))
+                yield chunk
+        except Exception as e:
+            self._metrics.upstream_failed(self._source, e, None)
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# --------------------------------------------------------------------------- routes
+def observability_routes(server: Any, *, metrics: bool = True) -> list[Route]:
+    """``/ready`` (and ``/metrics`` unless ``metrics`` is off) for ``create_app``; ``/health``
+    stays the app's own."""
+    m: Metrics = server.metrics
+
+    async def ready(request: Request) -> Response:
+        ok, body = m.readiness()
+        return JSONResponse(body, status_code=200 if ok else 503,
+                            headers={"Cache-Control": "no-store"})
+
+    async def metrics_page(request: Request) -> Response:
+        if m.disk_due():
+            await m.refresh_disk()
+        return Response(m.render(), media_type=CONTENT_TYPE,
+                        headers={"Cache-Control": "no-store"})
+
+    routes = [Route("/ready", ready)]
+    if metrics:
+        routes.append(Route("/metrics", metrics_page))
+    return routes
+
+
+__all__ = ["KINDS", "MeteredTransport", "Metrics", "count_eviction", "observability_routes",
+           "route_kind"]
