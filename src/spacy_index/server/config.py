@@ -5,7 +5,7 @@ A TOML file (all keys optional)::
     [server]
     upstream = "https://pypi.org/simple/"   # every name no source claims
     page_ttl = 60                            # seconds an upstream page is fresh
-    stale_while_revalidate = 300             # then answered at once, refreshed behind
+    stale_while_revalidate = 86400           # then answered at once, refreshed behind
     spacy_models = true                      # route spaCy pipeline names (the default)
     ca_bundle = "/etc/company-ca.pem"        # verify HTTPS with this CA (default: system store)
     proxy = "http://proxy.internal:3128"     # default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY
@@ -139,7 +139,7 @@ class ServeConfig:
     upstream: str = DEFAULT_UPSTREAM
     page_ttl: float = 60.0
     refresh: float = 600.0
-    stale_while_revalidate: float = 300.0
+    stale_while_revalidate: float = 86400.0
     #: TLS and proxy settings for the upstream, and for sources that set none of their own
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)
@@ -163,7 +163,7 @@ def default_spacy_models_source() -> SourceConfig:
 class _ServerTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream: str | None = None
     page_ttl: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    stale_while_revalidate: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    stale_while_revalidate: Annotated[float, msgspec.Meta(ge=0)] = 86400.0
     refresh: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     spacy_models: bool = True
     ca_bundle: Annotated[str, msgspec.Meta(min_length=1)] | None = None

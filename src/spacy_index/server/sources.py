@@ -465,7 +465,7 @@ class IndexSource:
     """
 
     def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False,
-                 stale: float = 300.0) -> None:
+                 stale: float = 86400.0) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.flat = flat
