@@ -218,7 +218,11 @@ class S3FileStore:
 
     def _lock_body(self, filename: str) -> dict[str, Any]:
         return {
+            # a fresh owner token per put: two replicas with the same host name and pid (pid 1
+            # in containers) never write identical bodies, so their ETags (MD5s) differ and only
+            # one If-Match takeover of a dead lock can succeed
             "Body": json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "owner": secrets.token_hex(16),
                                 "filename": filename, "ttl": self.lock_ttl}).encode(),
             "ContentType": "application/json",
             "Metadata": {"ttl": f"{self.lock_ttl:g}"},

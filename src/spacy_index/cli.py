@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from packaging.version import InvalidVersion, Version
 
 from spacy_index import __version__
-from spacy_index.errors import SpacyIndexError, UsageError
+from spacy_index.errors import SpacyIndexError, UpstreamUnreachable, UsageError
 
 if TYPE_CHECKING:  # rich is imported where it is used: `install` of what is there needs none
     from rich.console import Console
@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="share the file cache with other servers through S3-compatible storage "
                    "(one upstream download per file across all of them)")
     v.add_argument("--s3-endpoint-url", metavar="URL")
+    v.add_argument("--s3-lock-ttl", type=float, default=120.0, metavar="SECONDS",
+                   help="with --cache s3://: how long a dead replica's download lock holds before "
+                   "another replica takes the download over (default 120)")
     v.add_argument("--upstream", metavar="URL", help="index for every other name "
                    "(default https://pypi.org/simple/)")
     v.add_argument("--tls-cert", type=Path, metavar="FILE")
@@ -525,10 +528,10 @@ def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err
             if inst.split_model(m)[1] is None:
                 raise UsageError(f"--direct needs NAME-VERSION (e.g. {m}-3.8.0), got {m!r}")
     force = args.force or direct
-    environment = inst.probe(args.python)
+    api_url, cache_dir = inst.paths_from_env(env, args.cache_dir)
+    environment = inst.probe(args.python, cache_dir)
     spacy = (None if force and args.spacy == "auto" and environment.spacy is None
              else inst.resolve_spacy(args.spacy, environment))
-    api_url, cache_dir = inst.paths_from_env(env, args.cache_dir)
     index = inst.parse_index(args.index) if args.index else None
 
     def choose_all(catalog):
@@ -540,7 +543,12 @@ def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err
     choices = None
     how = ""
     if index is not None:
-        catalog, how, _ = _install_catalog(args, env, err, projects=args.models)
+        try:  # spaCy requirements by filename; else the index's PEP 658 metadata says them
+            catalog, how, _ = _install_catalog(args, env, err, projects=args.models)
+        except UpstreamUnreachable:
+            from spacy_index.catalog import Catalog
+
+            catalog = Catalog.from_distributions([])
         catalog = _index_catalog(args, index, catalog)
         choices = choose_all(catalog)
         how = f"index {index.text}"
@@ -571,15 +579,15 @@ def _install(args: argparse.Namespace, env: Mapping[str, str], out: Console, err
     try:
         for c in choices:
             d = c.dist
-            if already(c) and not c.forced:
-                say(f"{d.project} {d.version} is already installed for {environment.python} "
-                    f"(spaCy {spacy or 'any'}); nothing to do")
+            if already(c):
+                say(f"{d.project} {d.version} is already installed for {environment.python}"
+                    + (f" (spaCy {spacy})" if spacy is not None else "") + "; nothing to do")
                 continue
             if c.forced:
                 say(f"warning: {d.filename} is not for spaCy {spacy} (it requires spacy"
                     f"{d.spacy_requirement or ' (unknown)'}); installing it as --force asks")
             path, downloaded = inst.download(c, cache_dir, progress=err.is_terminal,
-                                             ca_bundle=args.ca_bundle, say=say)
+                                             ca_bundle=args.ca_bundle, say=say, anywhere=True)
             say(f"{d.filename}: {'downloaded and verified' if downloaded else 'from the cache'} "
                 f"(sha256 {d.sha256[:12]}…, {how})")
             if installer is None:
@@ -712,7 +720,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     try:
         server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
                               token=settings.token, s3_cache=args.cache,
-                              s3_endpoint_url=args.s3_endpoint_url)
+                              s3_endpoint_url=args.s3_endpoint_url,
+                              s3_lock_ttl=args.s3_lock_ttl)
         app = create_app(server)
         uv_config.app = app
         # httptools with zero-copy files and task-free cached pages (server/protocol.py);

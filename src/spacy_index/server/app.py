@@ -227,6 +227,7 @@ class Server:
         upstream: IndexSource,
         s3_cache: str | None = None,
         s3_endpoint_url: str | None = None,
+        s3_lock_ttl: float = 120.0,
     ) -> None:
         self.config = config
         self.cache_dir = cache_dir
@@ -237,6 +238,7 @@ class Server:
         self._s3_stores: dict[str, Any] = {}
         self.s3_location = None
         self.s3_endpoint_url = s3_endpoint_url
+        self.s3_lock_ttl = s3_lock_ttl
         if s3_cache:
             from spacy_index.publish_s3 import parse_s3_url
 
@@ -298,7 +300,8 @@ class Server:
         store = self._s3_stores.get(source.name)
         if store is None:
             store = self._s3_stores[source.name] = S3FileStore(
-                self.cache_for(source), self.s3_location, endpoint_url=self.s3_endpoint_url
+                self.cache_for(source), self.s3_location, endpoint_url=self.s3_endpoint_url,
+                lock_ttl=self.s3_lock_ttl,
             )
         return store
 
@@ -1032,6 +1035,7 @@ def build_server(
     offline_snapshot: bool = True,
     s3_cache: str | None = None,
     s3_endpoint_url: str | None = None,
+    s3_lock_ttl: float = 120.0,
 ) -> Server:
     """Wire real sources from ``config`` (the CLI's entry point into the server)."""
     from spacy_index.api import fetch_catalog
@@ -1066,7 +1070,7 @@ def build_server(
         ttl=config.page_ttl, stale=config.stale_while_revalidate,
     )
     return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,
-                  s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url)
+                  s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url, s3_lock_ttl=s3_lock_ttl)
 
 
 __all__ = ["AccessLog", "Server", "build_server", "create_app", "file_response"]
