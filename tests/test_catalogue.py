@@ -214,8 +214,9 @@ def test_meta_reaches_the_catalogue():
     wheel = next(d for d in catalog.files if d.filename == "en_core_web_sm-3.8.0-py3-none-any.whl")
     assert wheel.meta is not None and wheel.meta.description.startswith("English pipeline")
     assert wheel.meta.size_text == "12 MB"
-    # the bundled snapshot does not record licences; a meta file does
-    assert wheel.meta.license is None
+    # the bundled snapshot records each meta file's licence
+    assert wheel.meta.license == "MIT"
+    assert "<td>MIT</td>" in catalogue.catalogue_files(catalog)["index.html"].decode()
     meta = meta_from_json("en_core_web_sm-3.8.0", {"lang": "en", "name": "core_web_sm",
                                                    "version": "3.8.0", "license": "MIT"})
     assert meta is not None and meta.license == "MIT"

@@ -114,6 +114,7 @@ def _meta_to_json(m: ModelMeta) -> dict[str, Any]:
         "wheel_sha256": m.wheel_sha256,
         "description": m.description,
         "size_text": m.size_text,
+        **({"license": m.license} if m.license else {}),
     }
 
 
@@ -176,6 +177,7 @@ def from_json(doc: Mapping[str, Any]) -> Snapshot:
                 wheel_sha256=m.get("wheel_sha256"),
                 description=m.get("description"),
                 size_text=m.get("size_text"),
+                license=m.get("license"),
             )
             for tag, m in doc.get("metas", {}).items()
         }
