@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -111,6 +112,8 @@ class MetadataStore:
         self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
         #: bumped whenever a metadata file is stored, so cached pages know to re-render
         self.version = 0
+        #: per project (see version_of); bounded like every long-lived map
+        self.versions: LRUCache[str, int] = LRUCache(maxsize=100_000)
 
     def path(self, wheel_sha: str) -> Path:
         return self.root / f"{wheel_sha}.metadata"
@@ -130,7 +133,12 @@ class MetadataStore:
         known = self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
         return known
 
-    def put(self, wheel_sha: str, data: bytes) -> None:
+    def version_of(self, project: str) -> int:
+        """Bumped whenever metadata of one of ``project``'s wheels is stored: its pages (and
+        only its pages) re-render to advertise the new hash."""
+        return self.versions.get(project, 0)
+
+    def put(self, wheel_sha: str, data: bytes, project: str = "") -> None:
         target = self.path(wheel_sha)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -148,6 +156,7 @@ class MetadataStore:
             self.in_memory[wheel_sha] = data
         self._digests[wheel_sha] = hashlib.sha256(data).hexdigest()
         self.version += 1
+        self.versions[project] = self.versions.get(project, 0) + 1
 
     def lock(self, wheel_sha: str) -> asyncio.Lock:
         return self._locks.setdefault(wheel_sha, asyncio.Lock())
@@ -168,7 +177,7 @@ class CacheBound:
                  in_use: Callable[[str], bool]) -> None:
         self.max_size, self.pin, self.in_use = max_size, pin, in_use
         self.evicted = 0
-        self._evicting = False
+        self._evict_lock = threading.Lock()
         try:
             self.index: CacheIndex | None = CacheIndex(root)
         except (OSError, sqlite3.Error) as e:
@@ -204,15 +213,15 @@ class CacheBound:
     def _stored(self, kind: str, sha: str, filename: str, project: str, size: int) -> None:
         assert self.index is not None
         self.index.stored(kind, sha, filename, project, size)
-        if self.max_size is not None and not self._evicting and self.index.total() > self.max_size:
-            self._evicting = True
-            try:
-                for entry in self.index.evict(self.max_size, pin=self.pin, in_use=self.in_use):
-                    self.evicted += 1
-                    log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
-                             entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
-            finally:
-                self._evicting = False
+        if self.max_size is None:
+            return
+        with self._evict_lock:  # one at a time, and every new entry is checked after the last
+            if self.index.total() <= self.max_size:
+                return
+            for entry in self.index.evict(self.max_size, pin=self.pin, in_use=self.in_use):
+                self.evicted += 1
+                log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
+                         entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
 
 
 class Server:
@@ -317,7 +326,7 @@ class Server:
     def rendered(self, project: Project, ctype: str) -> tuple[bytes, str] | None:
         """The cached page body and ETag, if still current (no work)."""
         cached = self.pages.get((project.name, ctype))
-        if cached and cached[0] is project and cached[1] == self.metadata.version:
+        if cached and cached[0] is project and cached[1] == self.metadata.version_of(project.name):
             return cached[2], cached[3]
         return None
 
@@ -329,7 +338,7 @@ class Server:
         if len(project.files) <= 1000:
             return self.render(project, ctype)
         # the work in a thread; the (not thread-safe) page map is written on the loop
-        version = self.metadata.version
+        version = self.metadata.version_of(project.name)
         entry = await asyncio.to_thread(self._render_entry, project, ctype, version)
         self.pages[(project.name, ctype)] = entry
         return entry[2], entry[3]
@@ -354,7 +363,7 @@ class Server:
         found = self.rendered(project, ctype)
         if found is not None:
             return found
-        entry = self._render_entry(project, ctype, self.metadata.version)
+        entry = self._render_entry(project, ctype, self.metadata.version_of(project.name))
         self.pages[(project.name, ctype)] = entry
         return entry[2], entry[3]
 
@@ -394,7 +403,7 @@ class Server:
                 if_none_match = value.decode("latin-1")
         ctype = negotiate(accept)
         cached = self.pages.get((name, ctype)) if ctype else None  # type: ignore[arg-type]
-        if cached is None or cached[1] != self.metadata.version:
+        if cached is None or cached[1] != self.metadata.version_of(cached[0].name):
             return None
         project, _version, body, etag, headers = cached
         if self._indexed.get(project.name) is not project or project.name != name:
@@ -662,6 +671,17 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         return _page(request, body, "application/json", vary=False, etag=etag)
 
     async def files(request: Request) -> Response:
+        try:
+            return await cached_file(request)
+        except FileNotFoundError:
+            # evicted (or removed) between the lookup and the answer: look again, once; the
+            # cache then fetches it anew
+            try:
+                return await cached_file(request)
+            except FileNotFoundError:
+                return _error(503, "the file was removed from the cache while being served; retry")
+
+    async def cached_file(request: Request) -> Response:
         filename = request.path_params["filename"]
         if filename.endswith(".metadata"):
             return await metadata(request, filename.removesuffix(".metadata"))
@@ -785,7 +805,7 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
                 except (SpacyIndexError, httpx.HTTPError) as e:
                     detail = str(e) if isinstance(e, SpacyIndexError) else describe_error(e, d.url)
                     return _error(502, f"cannot read the metadata of {filename!r}: {detail}")
-                store.put(d.sha256, data)
+                store.put(d.sha256, data, d.project)
                 server.bound.stored(METADATA, d.sha256, d.filename, d.project, len(data))
                 request.scope.setdefault("state", {})["cache"] = "miss"
             else:
@@ -966,6 +986,9 @@ class AccessLog:
         self.fast: Callable[[dict[str, Any]], Any] | None = None
         #: counts every request (server/metrics.py); None: nothing counted
         self.metrics = metrics
+        #: the fast path's counters (Metrics.fast_counts, .fast_sent), updated inline in log_fast
+        self._fast = metrics.fast_counts if metrics is not None else None
+        self._fast_sent = metrics.fast_sent if metrics is not None else [0]
 
     @staticmethod
     def line(scope: Scope, status: int, sent: int, cache: str, seconds: float) -> None:
@@ -975,10 +998,17 @@ class AccessLog:
 
     def log_fast(self, scope: dict[str, Any], status: int, sent: int) -> None:
         """The line for a request the protocol answered itself (no task, so no timing)."""
-        if scope["method"] == "HEAD":
+        method = scope["method"]
+        if method == "HEAD":
             sent = 0
-        if self.metrics is not None:
-            self.metrics.count_fast(scope["method"], status, sent)
+        fast = self._fast
+        if fast is not None:  # Metrics.count_fast, inline: a few dozen ns per page
+            counts = fast.get(method)
+            if counts is None:
+                self.metrics.count_fast(method, status, sent)  # type: ignore[union-attr]
+            else:
+                counts[status] = counts.get(status, 0) + 1
+                self._fast_sent[0] += sent
         if access.isEnabledFor(logging.INFO):
             self.line(scope, status, sent, "-", 0.0)
 
