@@ -70,6 +70,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+
 def _spacy_version() -> str:
     """The test runner's spaCy; the pure tests collect and run without it."""
     try:

@@ -18,10 +18,8 @@ Fast by construction, so that an already-installed pipeline answers in well unde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -188,23 +186,21 @@ def scan(paths):
 """
 
 
-def probe(python: str) -> Environment:
+def probe(python: str, cache_dir: Path | None = None) -> Environment:
     """What is installed for ``python``: in this process when it is this interpreter, else
-    one subprocess that lists its ``sys.path`` (no network, no metadata parsing)."""
-    namespace: dict[str, object] = {}
-    exec(_PROBE, namespace)  # one definition for both ways
-    scan = namespace["scan"]
+    one subprocess that lists its ``sys.path`` (no network, no metadata parsing). With
+    ``cache_dir`` the answer is kept, and used again while nothing it depends on changed
+    (see :func:`_cached_probe`)."""
     if _is_this_interpreter(python):
-        raw = scan(sys.path)  # type: ignore[operator]
+        namespace: dict[str, object] = {}
+        exec(_PROBE, namespace)  # one definition for both ways
+        raw = namespace["scan"](sys.path)  # type: ignore[operator]
     else:
-        code = _PROBE + "\nimport json\nprint(json.dumps(scan(sys.path)))\n"
-        try:
-            out = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                                 check=True, timeout=60)
-            raw = json.loads(out.stdout)
-        except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired,
-                ValueError) as e:
-            raise UsageError(f"cannot run {python!r} to see what is installed: {e}") from None
+        raw = _cached_probe(python, cache_dir) if cache_dir is not None else None
+        if raw is None:
+            raw, watch = _run_probe(python)
+            if cache_dir is not None:
+                _store_probe(python, cache_dir, raw, watch)
     installed = {canonicalize_name(k): v for k, v in raw.items()}  # type: ignore[union-attr]
     spacy = None
     if "spacy" in installed:
@@ -213,6 +209,98 @@ def probe(python: str) -> Environment:
         except InvalidVersion:
             spacy = None
     return Environment(python, spacy, installed, "pip" in installed)
+
+
+#: environment variables that change what a Python puts on ``sys.path``
+_PATH_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+                   "PYTHONSAFEPATH", "PYTHONPLATLIBDIR")
+
+
+def _run_probe(python: str) -> tuple[dict[str, str], list[str]]:
+    """The installed distributions of ``python`` and the folders that decide them (its
+    ``sys.path`` and its user site folder, which counts once it exists)."""
+    import subprocess
+
+    code = _PROBE + (
+        "\nimport json, site\n"
+        "watch = [p for p in sys.path if p]\n"
+        "if site.ENABLE_USER_SITE and site.USER_SITE: watch.append(site.USER_SITE)\n"
+        "print(json.dumps({'installed': scan(sys.path), 'watch': watch}))\n"
+    )
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60)
+        doc = json.loads(out.stdout)
+        return dict(doc["installed"]), list(doc["watch"])
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired,
+            ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot run {python!r} to see what is installed: {e}") from None
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _interpreter_state(python: str) -> list[object]:
+    """What identifies the interpreter: the file (and the link to it) and its venv's
+    ``pyvenv.cfg`` (include-system-site-packages)."""
+    try:
+        st, lst = os.stat(python), os.lstat(python)
+    except OSError:
+        return []
+    here = os.path.dirname(os.path.abspath(python))
+    return [st.st_ino, st.st_size, st.st_mtime_ns, lst.st_mtime_ns,
+            _mtime(os.path.join(os.path.dirname(here), "pyvenv.cfg")),
+            [os.environ.get(v) for v in _PATH_VARIABLES]]
+
+
+def _probe_file(cache_dir: Path, python: str) -> Path:
+    from urllib.parse import quote
+
+    key = quote(os.path.abspath(python), safe="")
+    if len(key) > 180:
+        import hashlib
+
+        key = hashlib.sha256(key.encode()).hexdigest()
+    return cache_dir / "install" / "probes" / f"{key}.json"
+
+
+def _cached_probe(python: str, cache_dir: Path) -> dict[str, str] | None:
+    """A probe's answer kept from an earlier run, if nothing it depends on changed: the
+    interpreter, its environment variables for ``sys.path``, and the modification time of
+    every folder on it (installing or removing a distribution adds or removes a
+    ``*.dist-info`` folder, which changes its folder's mtime)."""
+    try:
+        doc = json.loads(_probe_file(cache_dir, python).read_text())
+        if doc["interpreter"] != _interpreter_state(python) or not doc["interpreter"]:
+            return None
+        if any(_mtime(path) != mtime for path, mtime in doc["watch"]):
+            return None
+        return dict(doc["installed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_probe(python: str, cache_dir: Path, installed: dict[str, str],
+                 watch: list[str]) -> None:
+    state = [[path, _mtime(path)] for path in watch]
+    racy = time.time_ns() - 2_000_000_000  # a folder changed just now may change again unseen
+    if any(m is not None and m > racy for _, m in state):
+        return
+    if any(n.endswith(".egg-info") for n in installed):  # pragma: no cover - not keyed here
+        return
+    path = _probe_file(cache_dir, python)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"interpreter": _interpreter_state(python), "watch": state,
+                                   "installed": installed}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a shortcut
 
 
 def _is_this_interpreter(python: str) -> bool:
@@ -235,10 +323,10 @@ def split_model(text: str) -> tuple[str, SpecifierSet | None]:
     - ``en_core_web_sm==3.8.0``, or any PEP 508 specifier such as ``'en_core_web_sm>=3.7,<3.8'``;
     - ``en_core_web_sm-3.8.0``: spaCy's ``download --direct`` form, the same as ``==3.8.0``.
     """
-    from packaging.requirements import InvalidRequirement, Requirement
-
     text = text.strip()
     if any(c in text for c in "=<>!~ ;@[,("):
+        from packaging.requirements import InvalidRequirement, Requirement
+
         try:
             req = Requirement(text)
         except InvalidRequirement:
@@ -502,6 +590,8 @@ def _remember_verified(cache_dir: Path, sha256: str, path: Path) -> None:
 
 
 def _hash_file(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -511,14 +601,18 @@ def _hash_file(path: Path) -> str:
 
 def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
              transport: httpx.AsyncBaseTransport | None = None,
-             ca_bundle: str | None = None, say: Say | None = None) -> tuple[Path, bool]:
+             ca_bundle: str | None = None, say: Say | None = None,
+             anywhere: bool = False) -> tuple[Path, bool]:
     """The verified wheel: ``(path, downloaded?)``. From the cache (a file verified before is
     not hashed again), from a local index's folder (verified in place), or downloaded into
-    the cache, verified while streaming, resumed where an earlier run stopped."""
+    the cache, verified while streaming, resumed where an earlier run stopped. ``anywhere``:
+    a file verified before in a local index's folder will do too (else only the cache's)."""
     d = choice.dist
     assert d.sha256 is not None
     known = verified_wheel(cache_dir, d.sha256)
-    if known is not None:
+    files = cache_dir / "files"
+    if known is not None and (anywhere or d.url.startswith("file:")
+                              or known.parent.parent == files):
         return known, False
     if d.url.startswith("file:"):  # a local index (a mirror folder): verify, use in place
         from spacy_index.errors import DigestMismatch
@@ -821,7 +915,7 @@ def install_wheel(choice: Choice, wheel: Path, env: Environment, installer: Inst
     if installer.link_mode:
         cmd += ["--link-mode", installer.link_mode]
     t0 = time.perf_counter()
-    _run([*cmd, "-r", str(req), *extra], installer, what=f"{d.filename}")
+    _run([*cmd, "-r", str(req), *_without_index_args(extra)], installer, what=f"{d.filename}")
     seconds = time.perf_counter() - t0
     wanted = [r for r in (d.requires_dist or ()) if not _satisfied(r, env, force)]
     if no_deps or not wanted:
@@ -833,6 +927,28 @@ def install_wheel(choice: Choice, wheel: Path, env: Environment, installer: Inst
     _run([*cmd, *wanted, *extra], installer, what=f"the requirements of {d.filename} "
          f"({', '.join(wanted)})", index=index)
     return InstallReport(installer, seconds, tuple(wanted), (), time.perf_counter() - t1)
+
+
+_INDEX_FLAGS = frozenset({"-i", "--index-url", "--extra-index-url", "-f", "--find-links"})
+
+
+def _without_index_args(extra: Sequence[str]) -> list[str]:
+    """The arguments for installing the cached file alone: where to find packages does not
+    apply (and uv refuses index options beside --no-index)."""
+    out: list[str] = []
+    skip = False
+    for arg in extra:
+        if skip:
+            skip = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in _INDEX_FLAGS:
+            skip = not eq
+            continue
+        if arg == "--no-index":
+            continue
+        out.append(arg)
+    return out
 
 
 def _is_verbosity(arg: str) -> bool:
@@ -856,6 +972,8 @@ def _run(cmd: Sequence[str], installer: Installer, *, what: str,
          index: IndexLocation | None = None) -> None:
     """Run the installer in its own session, so Ctrl-C reaches only us: we stop it quietly
     (no traceback of its own) and say what is left, once."""
+    import subprocess
+
     proc = subprocess.Popen(list(cmd), start_new_session=True)
     try:
         proc.wait()
@@ -883,20 +1001,42 @@ def _run(cmd: Sequence[str], installer: Installer, *, what: str,
 # --------------------------------------------------------------------------- catalog cache
 def _catalog_path(cache_dir: Path, api_url: str) -> Path:
     key = _api_key(api_url)
-    suffix = "" if key == DEFAULT_API_URL else "-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir / f"catalog{suffix}.json"
+    if key == DEFAULT_API_URL:
+        return cache_dir / "catalog.json"
+    import hashlib
+
+    return cache_dir / f"catalog-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+#: the cached catalog's format (``snapshot.catalog_to_json``) read here without importing
+#: the snapshot module; any other format goes to ``snapshot.catalog_from_json``
+_CATALOG_FORMAT = 1
 
 
 def _read_catalog(path: Path, projects: Iterable[str] | None) -> Catalog:
-    from spacy_index.sources import snapshot as snapshots
-
     doc = json.loads(path.read_text())
     if projects is not None:
         wanted = {canonicalize_name(split_model(p)[0]) for p in projects}
         doc = {**doc, "files": [f for f in doc.get("files", ())
                                 if canonicalize_name(str(f.get("filename", "")).split("-", 1)[0])
                                 in wanted]}
-    return snapshots.catalog_from_json(doc)
+    if doc.get("format") != _CATALOG_FORMAT:
+        from spacy_index.sources import snapshot as snapshots
+
+        return snapshots.catalog_from_json(doc)
+    from spacy_index.model import parse_filename, parse_timestamp
+
+    dists = []
+    for f in doc["files"]:
+        parsed = parse_filename(f["filename"])
+        dists.append(Distribution(
+            project=parsed.name, filename=f["filename"], url=f["url"], version=parsed.version,
+            kind=parsed.kind, sha256=f.get("sha256"), size=f.get("size"),
+            upload_time=parse_timestamp(f.get("upload_time")),
+            requires_dist=tuple(f["requires_dist"]) if f.get("requires_dist") is not None else None,
+        ))
+    return Catalog.from_distributions(dists, source=doc.get("source", ""),
+                                      snapshot_date=doc.get("snapshot_date"))
 
 
 def load_cached_catalog(cache_dir: Path, api_url: str, *, projects: Iterable[str] | None = None,

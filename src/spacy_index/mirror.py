@@ -103,8 +103,9 @@ class PlainProgress(MirrorProgress):
         elapsed = max(self._clock() - self._t0, 1e-6)
         speed = self._moved / elapsed
         tail = f"{_gb(self._moved)} downloaded, {speed / 1e6:,.1f} MB/s"
-        if self._to_move is not None and speed > 0:
-            tail += f", about {_duration(max(0, self._to_move - self._moved) / speed)} left"
+        left = None if self._to_move is None else self._to_move - self._moved
+        if left is not None and left > 0 and speed > 0:
+            tail += f", about {_duration(left / speed)} left"
         self._notify(f"{pos} {dist.filename}: {size:,} bytes, downloaded and verified; {tail}")
 
 
@@ -238,6 +239,7 @@ def mirror(
                 tick.cancel()
                 await asyncio.gather(tick, return_exceptions=True)
                 await cache.aclose()
+                report.tick(0)  # the last state: every finished download counted
                 report.stop()
         return paths, counts["downloaded"], counts["bytes"], counts["cached"]
 
