@@ -2,7 +2,7 @@
 its weight and its time to DOMContentLoaded in headless Chromium, from a static build behind
 ``http.server`` and from ``spacy-index serve``, both on 127.0.0.1.
 
-    .venv/bin/python bench/catalogue.py [--reps 15] [--quick] [--screenshots docs/]
+    .venv/bin/python bench/catalogue_page.py [--reps 15] [--quick] [--screenshots docs/]
 
 Goals: the page (document + script + style) under 300 KB, DOMContentLoaded under 300 ms.
 Each load is cold (browser cache disabled through the DevTools protocol) in a new tab of one

@@ -1,21 +1,25 @@
 """What `/metrics` costs `spacy-index serve`: project-page latency with metrics on and off.
 
-    .venv/bin/python bench/metrics.py            # 7 interleaved repetitions of 5 s per server
-    .venv/bin/python bench/metrics.py --quick    # 3 repetitions of 3 s (≈ 1 min)
+    .venv/bin/python bench/metrics.py            # 21 interleaved repetitions of 3 s per server
+    .venv/bin/python bench/metrics.py --quick    # 5 repetitions of 2 s (≈ 1 min)
 
-Two `spacy-index serve` processes run side by side on 127.0.0.1, both started through the
+Three `spacy-index serve` processes run side by side on 127.0.0.1, all started through the
 real CLI (`spacy_index.cli.main(["serve", ...])`, same protocol, loop and logging); the only
-difference is `create_app(server, metrics=False)` in the "off" one (no counting in the access
-log middleware or the fast path's `log_fast`, no `/metrics`). Both answer a cached project
-page from a fake GitHub (tests/fakegithub.py) catalog, so nearly every request takes the
-task-free fast path (`Server.fast_response`), the path whose cost matters most.
+difference is `create_app(server, metrics=False)` in the two "off" ones (no counting in the
+access log middleware or the fast path's `log_fast`, no `/metrics`). The second "off" server
+("off-b", `--no-control` skips it) is an A/A control: its ratio to "off" is the noise floor of
+this shared machine at that moment. All answer a cached project page from a fake GitHub
+(tests/fakegithub.py) catalog, so nearly every request takes the task-free fast path
+(`Server.fast_response`), the path whose cost matters most.
 
 Load: `wrk -t 1 -c 32` (C, keep-alive, exact µs percentiles from a Lua `done()`, see
-bench/common.py `wrk_latency`), one server at a time, the order alternating per repetition.
-The goal is a p99 ratio (on ÷ off, the median of the per-repetition ratios) ≤ 1.05. Also
-reported: requests/s and server CPU µs per request, and in-process micro timings of the fast
-path's counting (`AccessLog.log_fast` with and without metrics) and of `fast_response`, whose
-first line is the `[auth]` guard (`if self.auth_enabled: return None`).
+bench/common.py `wrk_latency`), one server at a time, the order rotating per repetition. The
+goal is a p99 ratio (on ÷ off, the median of the per-repetition ratios) ≤ 1.05. A repetition
+disturbed by other work on the machine (more than --max-other cores) is run again, up to
+--tries times, and the least disturbed run is kept. Also reported: requests/s and server CPU
+µs per request, and in-process micro timings of the fast path's counting (`AccessLog.log_fast`
+with and without metrics) and of the `[auth]` guard that opens `Server.fast_response`
+(`if self.auth_enabled: return None`).
 
 Results: stdout and bench/results/<date>-metrics[-quick].md and .json.
 """
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -34,12 +39,9 @@ import tempfile
 import timeit
 from pathlib import Path
 
-# bench/ last on the path (Python put it first): bench/catalogue.py must not shadow the
-# `catalogue` package that spaCy imports
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     REPO,
     ManagedProcess,
     free_port,
@@ -64,7 +66,7 @@ def child(mode: str, argv: list[str]) -> int:
     """The server process: the real CLI, with ``create_app(metrics=False)`` for "off"."""
     from spacy_index.server import app as app_module
 
-    if mode == "off":
+    if mode.startswith("off"):
         real = app_module.create_app
         app_module.create_app = lambda server, **kw: real(server, metrics=False)
     from spacy_index.cli import main
@@ -137,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         rest = args_in[3:] if args_in[2:3] == ["--"] else args_in[2:]
         return child(mode, rest)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repetitions of 3 s (≈ 1 min)")
-    ap.add_argument("--reps", type=int, help="repetitions (default 7; 3 with --quick)")
-    ap.add_argument("--seconds", type=int, help="seconds per wrk run (default 5; 3 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="5 repetitions of 2 s (≈ 1 min)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 21; 5 with --quick)")
+    ap.add_argument("--seconds", type=int, help="seconds per wrk run (default 3; 2 with --quick)")
     ap.add_argument("--access-log", action="store_true",
                     help="run both servers at --log-level info (access log on); default warning")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the second metrics-off server (\"off-b\") whose p99 ratio to \"off\" "
+                    "shows how far two identical servers differ on this machine now")
     ap.add_argument("--tries", type=int, default=3, help="runs of a repetition's pair while other "
                     "work on the machine disturbs it (the least disturbed is kept)")
     ap.add_argument("--max-other", type=float, default=0.3,
@@ -155,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("error: wrk is needed (apt-get install -y wrk)", file=sys.stderr)
         return 2
-    reps = max(1, args.reps or (3 if args.quick else 7))
-    seconds = max(1, args.seconds or (3 if args.quick else 5))
+    reps = max(1, args.reps or (5 if args.quick else 21))
+    seconds = max(1, args.seconds or (2 if args.quick else 3))
     log_level = "info" if args.access_log else "warning"
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
 
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=args.work_dir))
     log(f"work folder {run_dir}")
-    runs: dict[str, list] = {"on": [], "off": []}
+    modes = ["on", "off", *(["off-b"] if args.control else [])]
+    runs: dict[str, list] = {m: [] for m in modes}
     other: list[float] = []
     pkg = build_model_package(run_dir / "wheel", name="core_web_sm", version="3.8.50",
                               pad_bytes=0, spacy_version=default_spacy_version())
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         gh.add_release(f"{pkg.project}-{pkg.version}", {pkg.wheel.name: pkg.wheel.read_bytes()})
         pypi = stack.enter_context(serve_directory(run_dir / "pypi"))
         servers = {}
-        for mode in ("on", "off"):
+        for mode in modes:
             url, proc = stack.enter_context(serve(mode, run_dir=run_dir, upstream=pypi.url + "/simple/",
                                                   api_url=gh.api_url, log_level=log_level))
             servers[mode] = (url, proc)
@@ -192,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             wrk_latency(f"{url}/simple/{pkg.normalized_name}/", CLIENTS, 1, accept=PIP_ACCEPT,
                         server_pids=[proc.pid], work=run_dir)
         for rep in range(reps):
-            order = ("on", "off") if rep % 2 == 0 else ("off", "on")
+            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+            if rep % 2:
+                order.reverse()
             best: tuple[float, dict] | None = None
             for attempt in range(args.tries):
                 waited, load = wait_quiet(max_wait=args.quiet_wait)
@@ -229,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     p50_ratios = [a.p50_ms / b.p50_ms for a, b in zip(runs["on"], runs["off"], strict=True)]
     cpu_ratios = [a.cpu_us_per_req / b.cpu_us_per_req for a, b in zip(runs["on"], runs["off"], strict=True)]
     ratio = median(ratios)
+    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     total_on = sum(r.requests for r in runs["on"])
     verdict = "**met**" if ratio <= GOAL else "**MISSED**"
     rows = []
-    for mode in ("on", "off"):
+    control = ([a.p99_ms / b.p99_ms for a, b in zip(runs["off-b"], runs["off"], strict=True)]
+               if args.control else [])
+    for mode in modes:
         rs = runs[mode]
         rows.append([f"metrics {mode}", " / ".join(f"{r.p99_ms:.2f}" for r in rs),
                      f"{median([r.p50_ms for r in rs]):.2f}", f"{median([r.p99_ms for r in rs]):.2f}",
@@ -245,23 +256,33 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n\n".join([
         f"## `/metrics` overhead on project pages ({'quick, ' if args.quick else ''}{reps} "
         f"repetitions, interleaved; {started})",
-        f"`.venv/bin/python {cmd}`: two `spacy-index serve` processes side by side (the real "
+        f"`.venv/bin/python {cmd}`: `spacy-index serve` processes side by side (the real "
         f"CLI, `--log-level {log_level}`), the only difference `create_app(server, metrics=False)` "
         f"in \"off\"; `wrk -t 1 -c {CLIENTS} -d {seconds}s` on one cached project page per run, "
-        "one server at a time, order alternating per repetition.",
+        "one server at a time, the order rotating per repetition.",
         md_table(["goal", "target", "measured (median of per-rep ratios)", "verdict"], [
             [f"page p99 at {CLIENTS} clients, metrics on ÷ off", f"≤ {GOAL:.2f}x", f"{ratio:.3f}x", verdict],
+            ["(for reference) p99, geometric mean of the per-rep ratios", "-", f"{geo:.3f}x", "-"],
             ["(for reference) p50 on ÷ off", "-", f"{median(p50_ratios):.3f}x", "-"],
             ["(for reference) server CPU per request on ÷ off", "-", f"{median(cpu_ratios):.3f}x", "-"],
+            *([["(control) p99, two identical metrics-off servers: off-b ÷ off", "-",
+                f"{median(control):.3f}x (geometric mean "
+                f"{math.exp(sum(math.log(r) for r in control) / len(control)):.3f}x)", "-"]]
+              if control else []),
         ]),
         md_table(["server", "p99 ms per rep", "p50 ms (median)", "p99 ms (median)", "req/s (median)",
                   "server CPU µs/req (median)"], rows),
-        f"Per-repetition p99 ratios: {', '.join(f'{r:.3f}' for r in ratios)}; other work on the "
+        (f"The control measures this machine's noise floor: two identical servers differ by "
+         f"{abs(median(control) - 1) * 100:.1f}% (median of the per-rep ratios; "
+         f"{abs(math.exp(sum(math.log(r) for r in control) / len(control)) - 1) * 100:.1f}% "
+         "geometric mean) in the same run; on ÷ off differences within that are noise. "
+         if control else "")
+        + f"Per-repetition p99 ratios: {', '.join(f'{r:.3f}' for r in ratios)}; other work on the "
         f"machine during the kept pairs: median {median(other):.2f} cores, max {max(other):.2f} "
         f"(a pair disturbed by more than {args.max_other} cores is run again, up to {args.tries} "
         "times, the least disturbed kept). The \"on\" server "
         f"counted {fast:,.0f} fast-path answers ({total_on:,} requests were sent to it in the "
-        "timed runs, plus warm-up): nearly every page took the task-free path, so its counting is "
+        "kept runs, plus warm-up and runs tried again): nearly every page took the task-free path, so its counting is "
         "what was measured.",
         "In-process micro timings (best of 7 x 300,000 calls): "
         f"`AccessLog.log_fast` {micro_ns['log_fast_off_ns']:.0f} ns without metrics, "
@@ -276,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     out_md.with_suffix(".json").write_text(json.dumps({
         "started": started, "reps": reps, "seconds": seconds, "clients": CLIENTS,
         "log_level": log_level, "p99_ratio": ratio, "p99_ratios": ratios,
-        "p50_ratio": median(p50_ratios), "cpu_ratio": median(cpu_ratios), "goal": GOAL,
+        "p99_ratio_geomean": geo, "p50_ratio": median(p50_ratios), "control_p99_ratios": control, "cpu_ratio": median(cpu_ratios), "goal": GOAL,
         "fast_path_answers_on": fast, "micro_ns": micro_ns, "other_cores": other,
         "runs": {m: [r.__dict__ for r in rs] for m, rs in runs.items()},
     }, indent=2) + "\n")

@@ -2,7 +2,7 @@
 serve (cold and warm) next to PyPI direct, devpi-server and proxpi.
 
     .venv/bin/python bench/proxy.py --quick    # 1 repetition (~5 min)
-    .venv/bin/python bench/proxy.py            # 3 repetitions, interleaved (~15 min)
+    .venv/bin/python bench/proxy.py            # 3 repetitions, interleaved (~15-17 min)
 
 Unlike the other benches this one talks to the real PyPI (spaCy's closure, ~45 wheels,
 ~100 MB), so its wall times include the network; every ratio is taken between runs made

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -304,32 +305,54 @@ def scenario_sinks(rep: Report, servers: dict[str, tuple[str, list[int]]], big) 
                                             for t in rep.sink_runs[(k, ref)]]))
 
 
-def scenario_throughput(rep: Report, servers: dict[str, tuple[str, list[int]]], big) -> None:
+Servers = dict[str, tuple[str, list[int]]]
+
+
+def scenario_throughput(rep: Report, servers: Servers, big,
+                        respawn: Callable[[], contextlib.AbstractContextManager[Servers]] | None
+                        = None) -> None:
+    """2a with ``servers``; 2b with new server processes for every repetition (``respawn()``,
+    when given): a process's own luck (where its buffers and threads land; two identical
+    serve processes differed by ~10% over 8 interleaved repetitions once, and by nothing
+    the next time) then varies between repetitions instead of deciding them all."""
     size = big.wheel.stat().st_size
     path = f"/files/{big.wheel.name}"
     timeout = rep.plan.transfer_timeout
-    for url, pids in servers.values():  # warm: page cache, the cache's first-use hash
-        drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
+
+    def warm(group: Servers) -> None:  # page cache, the cache's first-use hash, a new process
+        for url, pids in group.values():
+            drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
+
+    warm(servers)
     rep.sink = scenario_sinks(rep, servers, big)
     log(f"  bulk client: {rep.sink}")
     for conn in rep.plan.connections:
-        fresh = conn == "fresh"
         for r in range(rep.plan.reps):
-            for clients in (1, 8):
-                count = repeats_for(rep.plan, clients, size)
-                quiet(rep)
-                for pos, name in enumerate(in_order(list(servers), r)):
-                    url, pids = servers[name]
-                    t = measured(rep, functools.partial(
-                        drain, url + path, clients, count=count, expect_size=size,
-                        server_pids=pids, timeout=timeout, sink=rep.sink, fresh=fresh),
-                        f"{name} x{clients} {conn}")
-                    t.order = pos
-                    rep.drains.setdefault((name, clients, conn), []).append(t)
-                    log(f"  {conn} rep {r + 1} {name} x{clients} (x{count} each): "
-                        f"{t.mbps:,.0f} MB/s, server {t.cpu_per_gb:.3f} CPU-s/GB "
-                        f"({t.server_cores:.2f} cores), clients {t.clients_cores:.2f} cores "
-                        f"(busiest {t.client_cores_max:.2f}), other {t.other_cores:.2f} cores")
+            with (respawn() if respawn else contextlib.nullcontext(servers)) as group:
+                if respawn:
+                    warm(group)
+                run_repetition(rep, group, big, conn, r)
+
+
+def run_repetition(rep: Report, servers: Servers, big, conn: str, r: int) -> None:
+    """Repetition ``r`` of 2b: 1 then 8 clients, the servers back to back (order alternating)."""
+    size = big.wheel.stat().st_size
+    path = f"/files/{big.wheel.name}"
+    for clients in (1, 8):
+        count = repeats_for(rep.plan, clients, size)
+        quiet(rep)
+        for pos, name in enumerate(in_order(list(servers), r)):
+            url, pids = servers[name]
+            t = measured(rep, functools.partial(
+                drain, url + path, clients, count=count, expect_size=size, server_pids=pids,
+                timeout=rep.plan.transfer_timeout, sink=rep.sink, fresh=conn == "fresh"),
+                f"{name} x{clients} {conn}")
+            t.order = pos
+            rep.drains.setdefault((name, clients, conn), []).append(t)
+            log(f"  {conn} rep {r + 1} {name} x{clients} (x{count} each): "
+                f"{t.mbps:,.0f} MB/s, server {t.cpu_per_gb:.3f} CPU-s/GB "
+                f"({t.server_cores:.2f} cores), clients {t.clients_cores:.2f} cores "
+                f"(busiest {t.client_cores_max:.2f}), other {t.other_cores:.2f} cores")
 
 
 # --------------------------------------------------------------------------- scenario 3
@@ -865,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sink", choices=["auto", *SINKS], default="auto",
                     help="bulk-transfer client (default auto: the one that costs the client the "
                     "least CPU per GB in scenario 2a)")
+    ap.add_argument("--same-processes", action="store_true",
+                    help="scenario 2b: keep the same server processes for every repetition "
+                    "(default: new ones per repetition)")
     ap.add_argument("--connections", choices=["fresh", "keep-alive", "both"], default="both",
                     help="scenario 2: a new connection per download, one keep-alive connection "
                     "per client, or both (default)")
@@ -990,9 +1016,34 @@ def main(argv: list[str] | None = None) -> int:
             elif ngx is not None:
                 rep.notes.append("Scenario 2: serve's cache file was not found, so nginx serves "
                                  "its own copy of the big wheel (page-cache layouts may differ).")
+            @contextlib.contextmanager
+            def respawn() -> Iterator[Servers]:
+                """New server processes (the same caches and files) for one repetition."""
+                with contextlib.ExitStack() as group:
+                    s_ = group.enter_context(spacy_index_serve(
+                        cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
+                        api_url=gh.api_url, token=TOKEN, log_dir=run_dir))
+                    out: Servers = {"serve": (s_.url, [s_.pid])}
+                    if alt is not None:
+                        a_ = group.enter_context(spacy_index_serve(
+                            cache_dir=run_dir / "cache-alt", upstream=fake_pypi.url + "/simple/",
+                            api_url=gh.api_url, token=TOKEN, log_dir=run_dir,
+                            python=args.compare_python))
+                        out[alt_name] = (a_.url, a_.pids())
+                    if ngx is not None:
+                        n_ = group.enter_context(nginx(static, log_dir=run_dir))
+                        if n_ is None:
+                            raise RuntimeError("nginx did not start again")
+                        out["nginx"] = (n_.url, n_.pids())
+                    yield out
+
             log("scenario 2: throughput")
             t = time.monotonic()
-            scenario_throughput(rep, servers, big)
+            scenario_throughput(rep, servers, big, None if args.same_processes else respawn)
+            if not args.same_processes:
+                rep.notes.append("Scenario 2b: every repetition ran against newly started server "
+                                 "processes (serve on the same cache; nginx on the same files), "
+                                 "each warmed by one download first.")
             if args.profile:
                 syscall_profile(rep, servers, big, run_dir)
             rep.timings["2 throughput"] = time.monotonic() - t

@@ -85,3 +85,22 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
     cert.private_key_pem.write_to_path(str(key_pem))
     ca.cert_pem.write_to_path(str(ca_pem))
     return str(cert_pem), str(key_pem), str(ca_pem)
+
+
+@contextlib.contextmanager
+def serve_handler(handler, *, tls=None) -> Iterator[str]:
+    """A ``http.server`` handler class on 127.0.0.1 (an ephemeral port) in a thread; yields its
+    base URL (https with an ``ssl.SSLContext`` as ``tls``) and stops it afterwards."""
+    import http.server
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)

@@ -12,7 +12,7 @@ import httpx
 
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
-from tests.servers import run_app
+from tests.servers import run_app, serve_handler
 from tests.test_upstream_fidelity import JSON, SHA, Index, _file, index_server
 
 
@@ -125,7 +125,6 @@ def test_row10_head_and_range_on_a_cold_file_need_no_whole_download_first(tmp_pa
     Range is read from upstream as it comes; the whole file is cached behind them, once."""
     import hashlib
     import http.server
-    import threading
 
     data = bytes(range(256)) * 8192  # 2 MiB
     sha = hashlib.sha256(data).hexdigest()
@@ -165,24 +164,16 @@ def test_row10_head_and_range_on_a_cold_file_need_no_whole_download_first(tmp_pa
                 self.wfile.write(data[i:i + (1 << 17)])
                 time.sleep(0.25)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        up = f"http://127.0.0.1:{httpd.server_address[1]}"
-        with run_app(create_app(_server(tmp_path, up))) as url, httpx.Client(base_url=url) as c:
-            c.get("/simple/cold/", headers={"Accept": JSON})
-            started = time.monotonic()
-            head = c.head("/files/cold-1.0.tar.gz")
-            tail = c.get("/files/cold-1.0.tar.gz", headers={"Range": "bytes=2097000-2097151"})
-            answered = time.monotonic() - started
-            assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
-            assert tail.status_code == 206 and tail.content == data[2097000:]
-            assert answered < 2.0  # the whole download takes about 4 s
-            whole = c.get("/files/cold-1.0.tar.gz")  # joins the download started behind
-            assert whole.content == data
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
+    with serve_handler(Slow) as up, run_app(create_app(_server(tmp_path, up))) as url, \
+            httpx.Client(base_url=url) as c:
+        c.get("/simple/cold/", headers={"Accept": JSON})
+        started = time.monotonic()
+        head = c.head("/files/cold-1.0.tar.gz")
+        tail = c.get("/files/cold-1.0.tar.gz", headers={"Range": "bytes=2097000-2097151"})
+        answered = time.monotonic() - started
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+        assert tail.status_code == 206 and tail.content == data[2097000:]
+        assert answered < 2.0  # the whole download takes about 4 s
+        whole = c.get("/files/cold-1.0.tar.gz")  # joins the download started behind
+        assert whole.content == data
     assert log.count("GET whole") == 1

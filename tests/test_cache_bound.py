@@ -143,3 +143,19 @@ def test_cache_warm_downloads_a_pipeline_once(tmp_path, capsys):
     assert (tmp_path / "files" / sha[:2] / sha).read_bytes() == data
     (entry,) = CacheIndex(tmp_path).entries()
     assert entry.project == "en-core-web-sm"
+
+
+def test_evictions_are_counted_in_the_metrics(tmp_path):
+    server = build_server(load_config(None, {}, upstream="http://127.0.0.1:9/simple/"),
+                          cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
+    server.bound.max_size = 150
+    for i, data in enumerate((b"a" * 100, b"b" * 100)):
+        sha = hashlib.sha256(data).hexdigest()
+        path = tmp_path / "files" / sha[:2] / sha
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        server.bound.stored(FILES, sha, f"p-1.{i}.tar.gz", "p", len(data))  # no loop: now
+    assert server.bound.evicted == 1
+    rendered = server.metrics.render()
+    text = rendered.decode() if isinstance(rendered, bytes) else rendered
+    assert 'spacy_index_cache_evictions_total{kind="file"} 1.0' in text

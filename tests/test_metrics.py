@@ -261,7 +261,7 @@ def test_fast_path_counting_costs_well_under_a_microsecond(tmp_path):
     extra = best(on) - best(off)
     print(f"log_fast: +{extra * 1e9:.0f} ns per fast-path answer with metrics")
     assert extra < 1e-6
-    assert on.metrics._fast[("GET", 200)] == 5 * n  # every call counted
+    assert on.metrics.fast_counts["GET"][200] == 5 * n  # every call counted
 
 
 # ----------------------------------------------------------------------------- over HTTP
@@ -440,7 +440,7 @@ def test_several_servers_in_one_process_and_metrics_off(world):
     assert value(sa, "spacy_index_cache_evictions_total", kind="metadata") == 0
     assert value(sb, "spacy_index_cache_evictions_total", kind="metadata") == 1
     assert value(sb, "spacy_index_cache_evictions_total", kind="file") == 0
-    assert not off.metrics._requests and not off.metrics._fast  # nothing counted
+    assert not off.metrics._requests and not any(off.metrics.fast_counts.values())
 
 
 def test_metrics_keep_label_sets_bounded(world):

@@ -11,7 +11,6 @@ import logging
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from typing import ClassVar
@@ -22,7 +21,7 @@ import pytest
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from tests.fakegithub import FakeGitHub
-from tests.servers import run_app, tls_files
+from tests.servers import run_app, serve_handler, tls_files
 
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
               "text/html; q=0.01")
@@ -78,15 +77,8 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def upstream():
     Upstream.mode, Upstream.log = "ok", []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
+    with serve_handler(Upstream) as url:
+        yield url
 
 
 @pytest.fixture

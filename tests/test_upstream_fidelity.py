@@ -12,7 +12,6 @@ import http.server
 import json
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,7 +24,7 @@ from spacy_index.http import describe_error, make_client, ssl_context
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.sources import parse_page
-from tests.servers import run_app, tls_files
+from tests.servers import run_app, serve_handler, tls_files
 
 JSON = "application/vnd.pypi.simple.v1+json"
 SHA = {n: hashlib.sha256(n.encode()).hexdigest() for n in ("a", "b", "c", "d", "e", "f")}
@@ -80,17 +79,8 @@ class Index(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def index_server(tls: ssl.SSLContext | None = None) -> Iterator[str]:
     Index.log = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
-    if tls is not None:
-        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
+    with serve_handler(Index, tls=tls) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -321,15 +311,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def proxy_server() -> Iterator[str]:
     Proxy.seen = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
+    with serve_handler(Proxy) as url:
+        yield url
 
 
 @pytest.mark.parametrize("how", ["environment", "config"])
@@ -377,18 +360,10 @@ def test_pages_are_revalidated_with_the_upstreams_etag(tmp_path):
         {"meta": {"api-version": "1.0"}, "name": "etag",
          "files": [_file("etag-1.0.tar.gz", SHA["a"])]}).encode())}
     Index.log = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Conditional)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        up = f"http://127.0.0.1:{httpd.server_address[1]}"
-        with serving(tmp_path, up + "/simple/", page_ttl=0.0, stale_while_revalidate=0.0) as url:
-            first = _json(url, "/simple/etag/")
-            second = _json(url, "/simple/etag/")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
+    with serve_handler(Conditional) as up, \
+            serving(tmp_path, up + "/simple/", page_ttl=0.0, stale_while_revalidate=0.0) as url:
+        first = _json(url, "/simple/etag/")
+        second = _json(url, "/simple/etag/")
     assert first.status_code == second.status_code == 200
     assert second.json() == first.json()
     assert Index.log == ["/simple/etag/", "304 /simple/etag/"]
@@ -412,3 +387,23 @@ def test_access_log_counts_zero_copy_bytes_and_escapes_control_characters(tmp_pa
     assert "hit" in files[1]
     (forged,) = [x for x in lines if "forged" in x]
     assert "\n" not in forged and "\x1b" not in forged and "a\\x0aGET /forged\\x1b[31m" in forged
+
+
+def test_metadata_for_one_project_does_not_re_render_another_projects_page(tmp_path):
+    """A cold install stores metadata for 45 wheels: pages of other projects stay rendered."""
+    from spacy_index.model import Distribution, Project
+    from spacy_index.server.app import build_server
+    from spacy_index.server.config import load_config
+
+    server = build_server(load_config(None, {}, upstream="http://127.0.0.1:9/simple/"),
+                          cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
+    from packaging.version import Version
+
+    big = Project("big", "big", tuple(Distribution("big", f"big-1.{i}.tar.gz", "http://u/x",
+                                                   Version(f"1.{i}"), "sdist", SHA["a"])
+                                      for i in range(3)))
+    body, etag = server.render(big, JSON)
+    server.metadata.put(SHA["b"], b"Metadata-Version: 2.1\nName: other\n", "other")
+    assert server.rendered(big, JSON) == (body, etag)
+    server.metadata.put(SHA["c"], b"Metadata-Version: 2.1\nName: big\n", "big")
+    assert server.rendered(big, JSON) is None  # its own metadata: re-rendered next time

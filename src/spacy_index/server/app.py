@@ -178,6 +178,8 @@ class CacheBound:
         self.max_size, self.pin, self.in_use = max_size, pin, in_use
         self.evicted = 0
         self._evict_lock = threading.Lock()
+        #: called (kind, bytes) for every eviction: the metrics count them
+        self.on_evict: Callable[[str, int], None] | None = None
         try:
             self.index: CacheIndex | None = CacheIndex(root)
         except (OSError, sqlite3.Error) as e:
@@ -220,6 +222,8 @@ class CacheBound:
                 return
             for entry in self.index.evict(self.max_size, pin=self.pin, in_use=self.in_use):
                 self.evicted += 1
+                if self.on_evict is not None:
+                    self.on_evict(entry.kind, entry.size)
                 log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
                          entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
 
@@ -274,6 +278,7 @@ class Server:
         self.auth_enabled = self.auth is not None
         #: the cache index: hit counts, last use, and the [cache] max_size bound (LRU)
         self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
+        self.bound.on_evict = self.metrics.count_eviction
 
     def source_for(self, name: NormalizedName) -> Source:
         source = self._routes.get(name)

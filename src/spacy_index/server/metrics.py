@@ -123,8 +123,10 @@ class Metrics:
         self._sent: dict[str, int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._served: dict[tuple[str, str], int] = {}
-        self._fast: dict[tuple[str, int], int] = {}
-        self._fast_sent = 0
+        #: fast-path answers: method -> status -> count, and their body bytes; ``AccessLog``
+        #: updates them inline (no call, no tuple per request: nothing for the GC to track)
+        self.fast_counts: dict[str, dict[int, int]] = {"GET": {}, "HEAD": {}}
+        self.fast_sent = [0]
         #: requests streaming a file whose download is still running (or just ended)
         self.flight_consumers = 0
         # the rest: ordinary prometheus_client instruments (thread-safe; evictions and
@@ -199,10 +201,11 @@ class Metrics:
 
     def count_fast(self, method: str, status: int, sent: int) -> None:
         """One page the protocol answered itself (``AccessLog.log_fast``): two dict updates."""
-        key = (method, status)
-        fast = self._fast
-        fast[key] = fast.get(key, 0) + 1
-        self._fast_sent += sent
+        counts = self.fast_counts.get(method)
+        if counts is None:  # the protocol only answers GET and HEAD
+            counts = self.fast_counts.setdefault(method if method in METHODS else "other", {})
+        counts[status] = counts.get(status, 0) + 1
+        self.fast_sent[0] += sent
 
     def response_started(self, scope: Scope) -> bool:
         """A file answer starts: True (and counted) when it streams from a running download."""
@@ -225,11 +228,12 @@ class Metrics:
     def instrument(self, source: Any) -> None:
         """Meter ``source``'s HTTP client and (GitHub sources) its catalog loads."""
         name = source.name
-        client = getattr(source, "client", None)
-        if (isinstance(client, httpx.AsyncClient)
-                and not getattr(client, "_spacy_index_metered", False)
-                and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
-            client._spacy_index_metered = True  # type: ignore[attr-defined]
+        # every client the source holds (pages and files may have pools of their own)
+        for client in list(vars(source).values()):
+            if (isinstance(client, httpx.AsyncClient)
+                    and not getattr(client, "_spacy_index_metered", False)
+                    and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
+                client._spacy_index_metered = True  # type: ignore[attr-defined]
         load = getattr(source, "_load", None)
         if callable(load) and hasattr(source, "_catalog"):
             source._load = self._timed_load(name, load, "ok")
@@ -350,7 +354,8 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
-        fast = dict(self._fast)
+        fast = {(method, status): n for method, counts in list(self.fast_counts.items())
+                for status, n in list(counts.items())}
         requests = dict(self._requests)
         for (method, status), n in fast.items():
             key = ("page", method, status)
@@ -390,8 +395,8 @@ class Metrics:
         yield hist
 
         sent = dict(self._sent)
-        if self._fast_sent:
-            sent["page"] = sent.get("page", 0) + self._fast_sent
+        if self.fast_sent[0]:
+            sent["page"] = sent.get("page", 0) + self.fast_sent[0]
         family = CounterMetricFamily("spacy_index_response_bytes", "Body bytes sent, by route "
                                      "kind (sendfile spans included)", labels=["kind"])
         for kind, n in sorted(sent.items()):

@@ -3,9 +3,11 @@
 1. **Zero-copy files.** Each connection's scope advertises the ASGI *Zero Copy Send*
    extension (``http.response.zerocopysend``, asgi.readthedocs.io/en/latest/extensions.html)
    on plain-TCP connections. The app then hands over an open file, an offset and a count, and
-   the bytes go from the page cache to the socket with ``loop.sendfile`` (``sendfile(2)``),
-   never through Python. TLS connections do not advertise it (the kernel cannot encrypt), so
-   the app streams them in chunks.
+   the bytes go from the page cache to the socket with ``sendfile(2)``, never through Python:
+   spans of ``THREAD_MIN`` bytes or more by blocking calls in a worker thread (a 200 MB file
+   in a handful of calls, while the event loop serves other requests), smaller ones with
+   ``loop.sendfile``. TLS connections do not advertise it (the kernel cannot encrypt), so the
+   app streams them in chunks.
 
 2. **Answers without a task.** A ``fast`` callable (:meth:`Server.fast_response`) may answer a
    request synchronously from already-rendered bytes (a cached project page). Such requests
@@ -183,11 +185,11 @@ def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractE
         try:
             # Full segments while the file goes out, flushed when uncorked: nginx's
             # `tcp_nopush on` with sendfile (asyncio sets TCP_NODELAY on every connection).
-            corked = _CORK and _cork(transport, True)
-            if _SNDBUF:
-                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
-            if _MODE == "loop" or count < THREAD_MIN or not await _threaded_sendfile(
-                    loop, transport, file, offset, count):
+            corked = _cork(transport, True)
+            # Large spans: blocking sendfile(2) in a worker thread (the kernel moves the span
+            # in a few calls); small ones, or when no thread is free: the event loop's.
+            if count < THREAD_MIN or not await _threaded_sendfile(loop, transport, file,
+                                                                  offset, count):
                 await loop.sendfile(transport, file, offset, count)
             if corked:
                 _cork(transport, False)
@@ -212,9 +214,6 @@ MAX_THREADS = 32
 _STEP = 64 << 20  #: bytes per blocking sendfile(2) call (the stop flag is checked between)
 _TIMEOUT = struct.pack("ll", 1, 0)  #: SO_SNDTIMEO while blocking: re-check the stop flag each 1 s
 _NO_TIMEOUT = struct.pack("ll", 0, 0)
-_MODE = os.environ.get("SPACY_INDEX_SENDFILE", "thread")  # EXPERIMENT KNOB, remove
-_CORK = os.environ.get("SPACY_INDEX_CORK", "1") == "1"  # EXPERIMENT KNOB, remove
-_SNDBUF = int(os.environ.get("SPACY_INDEX_SNDBUF", "0"))  # EXPERIMENT KNOB, remove
 
 
 class _Senders:
@@ -326,14 +325,12 @@ async def _threaded_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio
                     dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
                     dup.setblocking(False)
                 dup.close()  # closes sock_fd
-        except BaseException as e:  # noqa: BLE001 - handed to the loop
+        except BaseException as e:  # handed to the loop
             exc = e
         finally:
             os.close(file_fd)
-        try:
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed
             loop.call_soon_threadsafe(done, sent, exc)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
 
     reading = transport.is_reading()
     transport.pause_reading()
