@@ -241,6 +241,9 @@ def test_challenge_probes_metrics_and_the_fast_path(world):
         assert server.fast_response(scope) is None
         data = c.get("/files/authpkg-1.0-py3-none-any.whl", headers={"Authorization": f"Bearer {TOKEN}"})
         assert data.content == world["wheel"][1]
+        # a shared cache in front must not hand an authenticated answer to anyone else
+        assert "public" not in data.headers["cache-control"]
+        assert "private" in data.headers["cache-control"]
         assert c.get("/files/authpkg-1.0-py3-none-any.whl.metadata",
                      headers={"Authorization": basic("__token__", "another-token-0123456789")}).status_code == 200
         metrics = c.get("/metrics", headers=good)

@@ -159,3 +159,45 @@ def test_evictions_are_counted_in_the_metrics(tmp_path):
     rendered = server.metrics.render()
     text = rendered.decode() if isinstance(rendered, bytes) else rendered
     assert 'spacy_index_cache_evictions_total{kind="file"} 1.0' in text
+
+
+def test_cache_commands_are_safe_while_serve_runs(tmp_path, capsys):
+    """prune, verify and rm against the folder a running serve uses: every answer stays
+    right (files evicted under it are fetched again), and the commands finish."""
+    import threading
+
+    blobs = {f"live-1.{i}.tar.gz": os.urandom(50_000) for i in range(6)}
+    page = {"meta": {"api-version": "1.0"}, "name": "live",
+            "files": [_file(n, hashlib.sha256(d).hexdigest()) for n, d in blobs.items()]}
+    Index.routes = {"/simple/live/": (200, JSON, json.dumps(page).encode()),
+                    **{f"/packages/{n}": (200, "application/gzip", d) for n, d in blobs.items()}}
+    cache = tmp_path / "cache"
+    wrong: list[str] = []
+    with index_server() as up:
+        server = build_server(load_config(None, {}, upstream=up + "/simple/"), cache_dir=cache,
+                              api_url="http://127.0.0.1:9", token=None)
+        with run_app(create_app(server)) as url, httpx.Client(base_url=url, timeout=30) as c:
+            c.get("/simple/live/", headers={"Accept": JSON})
+            stop = threading.Event()
+
+            def clients() -> None:
+                with httpx.Client(base_url=url, timeout=30) as own:
+                    while not stop.is_set():
+                        for name, data in blobs.items():
+                            if own.get(f"/files/{name}").content != data:
+                                wrong.append(name)
+
+            workers = [threading.Thread(target=clients) for _ in range(3)]
+            for w in workers:
+                w.start()
+            env = {"SPACY_INDEX_CACHE_DIR": str(cache)}
+            try:
+                for _ in range(5):
+                    assert main(["cache", "prune", "--max-size", "60000"], env) == 0
+                    assert main(["cache", "verify"], env) == 0
+                    assert main(["cache", "rm", "live"], env) == 0
+            finally:
+                stop.set()
+                for w in workers:
+                    w.join(30)
+    assert wrong == []

@@ -342,9 +342,23 @@ class AuthMiddleware:
         client = scope.get("client")
         verdict, wait = await self.auth.authenticate(header, client[0] if client else "")
         if verdict == OK:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _private(send))
             return
         await self.auth.refusal(verdict, wait)(scope, receive, send)
+
+
+def _private(send: Send) -> Send:
+    """An authenticated answer may not be kept by a shared cache for others: ``public`` in
+    Cache-Control becomes ``private`` (``no-store`` and the rest stay)."""
+
+    async def wrapped(message):  # type: ignore[no-untyped-def]
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (k, v.replace(b"public", b"private")) if k.lower() == b"cache-control" else (k, v)
+                for k, v in message.get("headers", [])]
+        await send(message)
+
+    return wrapped
 
 
 __all__ = ["BAD", "BLOCKED", "EXEMPT", "MISSING", "OK", "AuthMiddleware", "Authenticator"]
