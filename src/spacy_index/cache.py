@@ -461,6 +461,8 @@ class FileCache:
         #: on every hit: the cache index (cache_index.py) counts and bounds with them
         self.on_stored: Callable[[Upstream, str, int], None] | None = None
         self.on_hit: Callable[[Upstream, str], None] | None = None
+        #: called (in a thread) with a verified file's size just before it is stored
+        self.make_room: Callable[[int], None] | None = None
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -730,6 +732,9 @@ class FileCache:
             if up.sha256 is not None and actual != up.sha256:
                 raise DigestMismatch(up.filename, up.sha256, actual)
             final = self.path(actual)
+            if self.make_room is not None:  # a bounded cache: evict before the file lands
+                with contextlib.suppress(Exception):
+                    await _in_thread(self.make_room, size)
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(fl.partial, final)

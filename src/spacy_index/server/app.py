@@ -178,6 +178,7 @@ class CacheBound:
         self.max_size, self.pin, self.in_use = max_size, pin, in_use
         self.evicted = 0
         self._evict_lock = threading.Lock()
+        self._reserved = 0
         #: called (kind, bytes) for every eviction: the metrics count them
         self.on_evict: Callable[[str, int], None] | None = None
         try:
@@ -212,20 +213,38 @@ class CacheBound:
         if self.index is not None:
             self._later(self._stored, kind, sha, filename, project, size)
 
+    def make_room(self, size: int) -> None:
+        """Before a file of ``size`` bytes lands: evict so that it fits under the bound, and
+        reserve its size until the index counts it (two downloads finishing together each
+        make room for themselves)."""
+        if self.index is None or self.max_size is None:
+            return
+        with self._evict_lock:
+            target = max(0, self.max_size - size - self._reserved)
+            if self.index.total() > target:
+                self._evict(target)
+            self._reserved += size
+
     def _stored(self, kind: str, sha: str, filename: str, project: str, size: int) -> None:
         assert self.index is not None
         self.index.stored(kind, sha, filename, project, size)
         if self.max_size is None:
             return
         with self._evict_lock:  # one at a time, and every new entry is checked after the last
-            if self.index.total() <= self.max_size:
-                return
-            for entry in self.index.evict(self.max_size, pin=self.pin, in_use=self.in_use):
-                self.evicted += 1
-                if self.on_evict is not None:
-                    self.on_evict(entry.kind, entry.size)
-                log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
-                         entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
+            if kind == FILES:
+                self._reserved = max(0, self._reserved - size)
+            if self.index.total() + self._reserved > self.max_size:
+                self._evict(max(0, self.max_size - self._reserved))
+
+    def _evict(self, target: int) -> None:
+        """Evict down to ``target`` bytes (the caller holds the eviction lock)."""
+        assert self.index is not None
+        for entry in self.index.evict(target, pin=self.pin, in_use=self.in_use):
+            self.evicted += 1
+            if self.on_evict is not None:
+                self.on_evict(entry.kind, entry.size)
+            log.info("evicted %s (%d bytes, last used %s)", entry.filename or entry.sha256,
+                     entry.size, time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.last_used)))
 
 
 class Server:
@@ -298,6 +317,7 @@ class Server:
                 FILES, sha, up.filename, self._project_of(up.filename), size)
             cache.on_hit = lambda up, sha: self.bound.used(FILES, sha, up.filename,
                                                           self._project_of(up.filename))
+            cache.make_room = self.bound.make_room
         return cache
 
     def _project_of(self, filename: str) -> str:
