@@ -148,3 +148,21 @@ def assemble(
                 requires_dist=meta.requires_dist() if meta else None,
             )
     return list(dists.values()), warnings
+
+
+def catalog_from_files_json(doc: Mapping[str, object]) -> Catalog:
+    """A catalog from the cached-catalog JSON's ``files`` (``snapshot.catalog_to_json``).
+    Pure, and light to import: ``install`` reads its cache with it at start-up."""
+    from spacy_index.model import parse_timestamp
+
+    dists = []
+    for f in doc["files"]:  # type: ignore[attr-defined]
+        parsed = parse_filename(f["filename"])
+        dists.append(Distribution(
+            project=parsed.name, filename=f["filename"], url=f["url"], version=parsed.version,
+            kind=parsed.kind, sha256=f.get("sha256"), size=f.get("size"),
+            upload_time=parse_timestamp(f.get("upload_time")),
+            requires_dist=tuple(f["requires_dist"]) if f.get("requires_dist") is not None else None,
+        ))
+    return Catalog.from_distributions(dists, source=str(doc.get("source", "")),
+                                      snapshot_date=doc.get("snapshot_date"))  # type: ignore[arg-type]

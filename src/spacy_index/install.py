@@ -1024,19 +1024,9 @@ def _read_catalog(path: Path, projects: Iterable[str] | None) -> Catalog:
         from spacy_index.sources import snapshot as snapshots
 
         return snapshots.catalog_from_json(doc)
-    from spacy_index.model import parse_filename, parse_timestamp
+    from spacy_index.catalog import catalog_from_files_json
 
-    dists = []
-    for f in doc["files"]:
-        parsed = parse_filename(f["filename"])
-        dists.append(Distribution(
-            project=parsed.name, filename=f["filename"], url=f["url"], version=parsed.version,
-            kind=parsed.kind, sha256=f.get("sha256"), size=f.get("size"),
-            upload_time=parse_timestamp(f.get("upload_time")),
-            requires_dist=tuple(f["requires_dist"]) if f.get("requires_dist") is not None else None,
-        ))
-    return Catalog.from_distributions(dists, source=doc.get("source", ""),
-                                      snapshot_date=doc.get("snapshot_date"))
+    return catalog_from_files_json(doc)
 
 
 def load_cached_catalog(cache_dir: Path, api_url: str, *, projects: Iterable[str] | None = None,

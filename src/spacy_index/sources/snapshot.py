@@ -32,11 +32,9 @@ from typing import Any
 from spacy_index.catalog import Catalog
 from spacy_index.errors import SnapshotError
 from spacy_index.model import (
-    Distribution,
     ModelMeta,
     Release,
     ReleaseAsset,
-    parse_filename,
     parse_timestamp,
     upload_time_text,
 )
@@ -254,14 +252,6 @@ def catalog_to_json(catalog: Catalog) -> dict[str, Any]:
 def catalog_from_json(doc: Mapping[str, Any]) -> Catalog:
     if doc.get("format") != FORMAT:
         raise SnapshotError("unsupported cached catalog format")
-    dists = []
-    for f in doc["files"]:
-        parsed = parse_filename(f["filename"])
-        dists.append(Distribution(
-            project=parsed.name, filename=f["filename"], url=f["url"], version=parsed.version,
-            kind=parsed.kind, sha256=f.get("sha256"), size=f.get("size"),
-            upload_time=parse_timestamp(f.get("upload_time")),
-            requires_dist=tuple(f["requires_dist"]) if f.get("requires_dist") is not None else None,
-        ))
-    return Catalog.from_distributions(dists, source=doc.get("source", ""),
-                                      snapshot_date=doc.get("snapshot_date"))
+    from spacy_index.catalog import catalog_from_files_json
+
+    return catalog_from_files_json(doc)
