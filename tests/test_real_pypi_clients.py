@@ -60,7 +60,7 @@ MODEL_VERSION = "3.8.0"
 SPACY_SPEC = "spacy>=3.8,<3.9"
 INSTALL = [SPACY_SPEC, "en_core_web_sm"]
 LOCK_REQS = [SPACY_SPEC, f"en_core_web_sm=={MODEL_VERSION}"]
-TOKEN = "ghp_REALPYPIfakeTOKEN0123456789abcdefABCD"
+TOKEN = "fake-ghp-REALPYPItokenREALPYPI0123456789"  # planted: must never leak
 PRIVATE_USER = "realpypi-private-USER-7f3a9c"
 PRIVATE_PASSWORD = "realpypi-private-PASSWORD-b81e0d"
 SECRETS = (TOKEN, PRIVATE_USER, PRIVATE_PASSWORD)
