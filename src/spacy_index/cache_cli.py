@@ -96,53 +96,28 @@ def _stats(index, out: Console, *, as_json: bool) -> int:
 
 
 def _warm(args: argparse.Namespace, env: Mapping[str, str], index, out: Console, err: Console) -> int:
-    """Download the chosen pipelines into the cache (verified, resumable, once)."""
+    """Download the chosen pipelines into the cache (verified, resumable, once): the newest
+    wheel of each (``NAME==VER`` pins it; ``--spacy X.Y``: the newest for that spaCy)."""
     from spacy_index import install as inst
-    from spacy_index.api import fetch_catalog
     from spacy_index.cache_index import FILES
-    from spacy_index.config import Settings
+    from spacy_index.cli import _install_catalog
 
-    settings = Settings.from_env(env)
-    catalog, _how = inst.cached_catalog(
-        index.root, max_age=24 * 3600, refresh=False, api_url=settings.api_url,
-        fetch=lambda: fetch_catalog(api_url=settings.api_url, token=settings.token,
-                                    state_dir=index.root / "github", max_wait=10, retries=1,
-                                    ca_bundle=args.ca_bundle).catalog)
+    catalog, _how, _ = _install_catalog(args, env, err, projects=args.names)
     target = (inst.resolve_spacy(args.spacy, inst.Environment("", None, {}, False))
               if args.spacy else None)
     failed = 0
     for name in args.names:
         try:
-            # without --spacy: the newest pipeline, whatever spaCy it is for
-            choice = inst.choose(catalog, name, target) if target else _choose_any(inst, catalog, name)
+            choice = inst.choose(catalog, name, target)
             d = choice.dist
             path, downloaded = inst.download(choice, index.root, progress=err.is_terminal,
                                              ca_bundle=args.ca_bundle)
-            index.stored(FILES, d.sha256 or path.name, d.filename, d.project, path.stat().st_size)
+            index.stored(FILES, path.name, d.filename, d.project, path.stat().st_size)
             out.print(f"{'downloaded' if downloaded else 'already cached'}: {d.filename}")
         except SpacyIndexError as e:
             err.print(f"error: {e}")
             failed += 1
     return 1 if failed else 0
-
-
-def _choose_any(inst, catalog, name: str):
-    """The newest hashed stable wheel of ``name`` (``NAME==VER`` pins it)."""
-    from packaging.utils import canonicalize_name
-
-    from spacy_index.model import Distribution
-
-    bare, pinned = inst.split_model(name)
-    project = catalog.projects.get(canonicalize_name(bare))
-    if project is None:
-        raise UsageError(f"no spaCy pipeline named {bare!r} (see `spacy-index list`)")
-    wheels = [d for d in project.files if d.kind == "wheel" and d.sha256 and d.version is not None]
-    if pinned is not None:
-        wheels = [d for d in wheels if pinned.contains(d.version, prereleases=True)]
-    stable = [d for d in wheels if not d.version.is_prerelease] or wheels
-    if not stable:
-        raise UsageError(f"no hashed wheel of {project.display_name} matches {name!r}")
-    return inst.Choice(max(stable, key=Distribution.sort_key), inst.SpacyTarget("any", ()))
 
 
 __all__ = ["run_cache"]

@@ -503,7 +503,8 @@ def _install_catalog(args: argparse.Namespace, env: Mapping[str, str], err: Cons
                              ca_bundle=args.ca_bundle).catalog
 
     catalog, how = inst.cached_catalog(cache_dir, fetch=fetch, max_age=inst.CATALOG_MAX_AGE,
-                                       refresh=args.refresh, api_url=api_url, projects=projects)
+                                       refresh=getattr(args, "refresh", False), api_url=api_url,
+                                       projects=projects)
     return catalog, how, cache_dir
 
 

@@ -723,21 +723,9 @@ class _progress:
         self._enabled = enabled
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from spacy_index.progress import transfer_progress
 
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
-        )
+        self._progress = transfer_progress()
         self._task = self._progress.add_task(name, total=total)
 
     def __enter__(self) -> Callable[[int], None]:

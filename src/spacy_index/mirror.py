@@ -113,21 +113,9 @@ class RichProgress(MirrorProgress):  # pragma: no cover - needs a terminal
     """A rich display on stderr: files done of total, bytes, speed, ETA, files in flight."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from spacy_index.progress import transfer_progress
 
-        self._progress = Progress(
-            TextColumn("{task.fields[files]}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-            console=Console(stderr=True), transient=False,
-        )
+        self._progress = transfer_progress("{task.fields[files]}", "{task.description}")
         self._task = self._progress.add_task("", total=None, files="")
         self._n = 0
         self._done = 0

@@ -301,10 +301,10 @@ def load_config(
     if server.spacy_models and not any(s.kind == "spacy-models" for s in sources):
         sources.append(default_spacy_models_source())
     server_ca = ca_bundle or (_expand(server.ca_bundle, env, "[server]") if server.ca_bundle else None)
-    server_proxy = _url_setting(server.proxy, env, "[server] proxy", secrets_ok=True)
+    server_proxy = _url_setting(server.proxy, env, "[server] proxy")
     sources = [replace(s, ca_bundle=s.ca_bundle or server_ca, proxy=s.proxy or server_proxy)
                for s in sources]
-    chosen = upstream or _url_setting(server.upstream, env, "[server] upstream", secrets_ok=True)
+    chosen = upstream or _url_setting(server.upstream, env, "[server] upstream")
     return ServeConfig(
         sources=tuple(sources),
         upstream=chosen or DEFAULT_UPSTREAM,
@@ -353,8 +353,7 @@ def _expand(value: str, env: Mapping[str, str], where: str) -> str:
     return _ENV.sub(sub, value)
 
 
-def _url_setting(raw: str | None, env: Mapping[str, str], where: str, *,
-                 secrets_ok: bool = False) -> str | None:
+def _url_setting(raw: str | None, env: Mapping[str, str], where: str) -> str | None:
     """An http(s) URL from the config: ``${VAR}`` expanded; userinfo only from ``${VAR}``."""
     if raw is None:
         return None
@@ -369,7 +368,6 @@ def _url_setting(raw: str | None, env: Mapping[str, str], where: str, *,
     if userinfo and not _ENV.fullmatch(secret):
         raise UsageError(f"{where}: the URL carries a literal credential ({redact_url(raw)}); "
                          "use ${ENV} in its place, credentials = \"netrc\" or \"keyring\"")
-    del secrets_ok
     return _expand(raw, env, where)
 
 
