@@ -153,6 +153,11 @@ CLI_CASES = [
     Case("unknown-command", ["publish"], 2, "invalid choice: 'publish'", max_lines=12),
     Case("unknown-option", ["build", "--out", "OUT", "--fast"], 2, "unrecognized arguments: --fast",
          max_lines=12),
+    # what follows -- is for pip (install, download); serve must not start with it ignored
+    Case("unknown-after-dashes-serve", ["serve", "--", "--config", "/nonexistent.toml"], 2,
+         "serve takes none: --config /nonexistent.toml", max_lines=12),
+    Case("unknown-after-dashes-build", ["build", "--out", "OUT", "--", "--offline"], 2,
+         "build takes none: --offline", max_lines=12),
 ]
 
 CASES = CONFIG_CASES + CLI_CASES
@@ -265,6 +270,7 @@ def test_random_argv_gives_a_clean_error_or_success(argv, tmp_path_factory):
     """Nothing here may start a server or reach a network: serve gets no usable port."""
     import contextlib
     import io
+    from unittest import mock
 
     if "serve" in argv:
         argv = [*argv, "--config", "/nonexistent.toml"]
@@ -273,7 +279,15 @@ def test_random_argv_gives_a_clean_error_or_success(argv, tmp_path_factory):
     argv = [str(folder / "o") if a == "x" else a for a in argv]
     env = {"GITHUB_API_URL": DEAD_API, "SPACY_INDEX_CACHE_DIR": str(folder / "c"), "HOME": str(folder)}
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+
+    class ServerStarted(BaseException):  # not an Exception: main() must not turn it into a line
+        pass
+
+    def no_server(*args, **kwargs):
+        raise ServerStarted(f"{argv} started a server")
+
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            mock.patch("uvicorn.Server.run", no_server):
         code = main([*argv, "--offline"] if argv[:1] == ["build"] else argv, env)
     assert isinstance(code, int)
     assert "Traceback" not in err.getvalue()

@@ -230,6 +230,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         args, unknown = parser.parse_known_args(argv)
         if unknown and args.command != "download":  # download passes them on, as spaCy's does
             parser.error("unrecognized arguments: " + " ".join(unknown))
+        if passthrough and args.command not in ("install", "download"):
+            # only install and download hand what follows -- on (to pip or uv)
+            parser.error(f"arguments after -- go to the installer with install and download; {args.command} "
+                         "takes none: " + " ".join(passthrough))
     except SystemExit as e:
         return int(e.code or 0)
     args.passthrough = [*unknown, *passthrough]
