@@ -138,3 +138,30 @@ def test_netrc_credentials_for_a_private_index(tmp_path, monkeypatch):
         httpd.server_close()
         t.join(10)
     assert seen and all(a and a.startswith("Basic ") for a in seen)
+
+
+def test_limits_table_has_defaults_sizes_and_clear_errors(tmp_path):
+    from spacy_index.server.config import LimitsConfig
+
+    assert load_config(None, {}).limits == LimitsConfig()
+    path = tmp_path / "serve.toml"
+    path.write_text('[limits]\nmax_header_size = "32KiB"\nmax_header_line = 4096\n'
+                    "max_connections = 10\nshutdown_grace = 0\n")
+    limits = load_config(path, {}).limits
+    assert (limits.max_header_size, limits.max_header_line) == (32 << 10, 4096)
+    assert (limits.max_connections, limits.shutdown_grace) == (10, 0)
+    for text, says in (('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
+                       ('[limits]\nmax_header_line = "1MiB"\n', "larger than max_header_size"),
+                       ('[limits]\nmax_connections = 0\n', "max_connections"),
+                       ('[limits]\nmax_header_size = "lots"\n', "not a size")):
+        path.write_text(text)
+        with pytest.raises(UsageError, match=says):
+            load_config(path, {})
+
+
+@pytest.mark.parametrize(("open_files", "expected"), [
+    (None, 1000), (256, 128), (1024, 768), (1 << 20, 1000), (100, 1)])
+def test_the_connection_table_leaves_descriptors_for_files_and_upstreams(open_files, expected):
+    from spacy_index.server.config import LimitsConfig
+
+    assert LimitsConfig().effective_connections(open_files) == expected

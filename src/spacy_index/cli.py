@@ -688,7 +688,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
 
     from spacy_index.http import redact_url
     from spacy_index.server.app import build_server, create_app
-    from spacy_index.server.config import load_config
+    from spacy_index.server.config import ACCEPT_BATCH, load_config
+    from spacy_index.server.limits import Guard
     from spacy_index.server.logbuffer import BufferedStreamHandler
     from spacy_index.server.protocol import protocol_class
 
@@ -711,11 +712,15 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     # one access-log line per request: the HTTP libraries' own request lines only at debug
     for noisy in ("httpx", "httpcore", "hpack", "botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    limits = config.limits
+    guard = Guard(limits, limits.effective_connections(_raise_open_file_limit()))
     uv_config = uvicorn.Config(
         None, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
         ssl_keyfile=str(args.tls_key) if args.tls_key else None,
-        timeout_graceful_shutdown=10, backlog=1024, loop="asyncio",
+        timeout_graceful_shutdown=limits.shutdown_grace, backlog=ACCEPT_BATCH, loop="asyncio",
+        timeout_keep_alive=limits.idle_timeout,
+        h11_max_incomplete_event_size=limits.max_header_size,  # uvicorn's h11 fallback
         # forwarded headers only from proxies the operator named (a shared cache in front
         # could otherwise be poisoned with https://evil.example/ links)
         proxy_headers=bool(args.forwarded_allow_ips),
@@ -732,7 +737,9 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
         # httptools with zero-copy files and task-free cached pages (server/protocol.py);
         # uvicorn's default when that protocol is unavailable. The plain asyncio loop, because
         # zero-copy needs its loop.sendfile.
-        uv_config.http = protocol_class(app.fast) or "auto"
+        uv_config.http = protocol_class(app.fast, guard) or "auto"
+        if uv_config.http == "auto":  # uvicorn's own cap there (503 beyond it)
+            uv_config.limit_concurrency = guard.max_connections
         try:
             uv_config.load()
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
@@ -757,15 +764,57 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
         # fields (the logging HOWTO's "Optimization" settings).
         logging._srcfile = None  # type: ignore[attr-defined]
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-        uvicorn.Server(uv_config).run(sockets=[sock])
+        _GuardedServer(uv_config, guard, sock).run(sockets=[sock])
     finally:
         sock.close()
     return 0
 
 
+def _raise_open_file_limit() -> int | None:
+    """Raise the soft open-file limit to the hard one (as nginx's worker_rlimit_nofile);
+    the limit now in force, or None where there is none to read."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return None if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return soft
+    return hard
+
+
+def _GuardedServer(config, guard, sock):
+    """uvicorn's Server that, once its loop runs, reports accept() failures once per 10 s,
+    and keeps the kernel's listen backlog at ``LISTEN_BACKLOG`` while asyncio accepts at
+    most ``ACCEPT_BATCH`` connections per wake-up (uvicorn's ``backlog`` sets both)."""
+    import asyncio
+
+    import uvicorn
+
+    from spacy_index.server.config import LISTEN_BACKLOG
+    from spacy_index.server.limits import quiet_accept_errors
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            quiet_accept_errors(asyncio.get_running_loop(), guard)
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                sock.listen(LISTEN_BACKLOG)
+
+    return Server(config)
+
+
 def _listen(host: str, port: int):
     """A listening socket on ``host:port`` (as uvicorn binds it), or one clear error."""
     import socket
+
+    from spacy_index.server.config import LISTEN_BACKLOG
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -776,7 +825,7 @@ def _listen(host: str, port: int):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.set_inheritable(True)
     except OSError as e:
         sock.close()

@@ -20,6 +20,15 @@ A TOML file (all keys optional)::
     ca_bundle = "…"            # per source; else [server].ca_bundle
     proxy = "…"                # per source; else [server].proxy
 
+    [limits]                   # per client connection (defaults shown)
+    max_connections = 1000     # open at once; beyond: 503 and close (lowered to fit ulimit -n)
+    header_timeout = 15        # seconds to send a request's head
+    idle_timeout = 5           # seconds a keep-alive connection waits for its next request
+    max_header_size = "64KiB"  # request line + headers (431)
+    max_header_line = "8KiB"   # one header line (431); the request target (414)
+    max_headers = 100          # header lines (431)
+    shutdown_grace = 10        # seconds transfers may finish after SIGTERM, then cut
+
 Sources are tried in file order; the first whose ``projects`` globs match a name answers it,
 alone: a routed name is never merged with the upstream. Globs compare normalized names.
 Secrets are only ever taken from the environment, netrc or keyring, never from the file.
@@ -99,6 +108,45 @@ class CacheConfig:
     pin: tuple[str, ...] = ()
 
 
+#: connections asyncio accepts per wake-up of the listener (its ``backlog`` argument; the
+#: kernel's listen backlog is set larger apart from it). Up to about three batches are open
+#: beyond the table at once: accepted, not yet in it, or closed for room but not yet freed.
+ACCEPT_BATCH = 16
+LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: what one client connection may take (nginx-class defaults)."""
+
+    #: client connections open at once; beyond it a new one gets 503 and is closed (the
+    #: effective cap is lower when the process's open-file limit is: see ``effective``)
+    max_connections: int = 1000
+    #: seconds from a request's first byte (or the connection's start) to its blank line
+    header_timeout: float = 15.0
+    #: seconds a keep-alive connection may wait for its next request
+    idle_timeout: float = 5.0
+    #: bytes of one request's request line and headers together (431 beyond)
+    max_header_size: int = 64 << 10
+    #: bytes of one header line (431), and of the request target (414)
+    max_header_line: int = 8 << 10
+    #: header lines in one request (431 beyond)
+    max_headers: int = 100
+    #: seconds running transfers may finish after SIGTERM before they are cut
+    shutdown_grace: float = 10.0
+
+    def effective_connections(self, open_files: int | None) -> int:
+        """``max_connections``, lowered so that the process keeps file descriptors for
+        cached files, upstream connections, the listener and the connections of ``accept()``
+        batches not yet in the table or not yet freed (``ACCEPT_BATCH``): a quarter of its
+        limit, at least 64 + 4 × ``ACCEPT_BATCH``. A full table then makes room
+        or refuses cleanly instead of failing ``accept()``."""
+        if open_files is None or open_files <= 0:
+            return self.max_connections
+        reserve = max(64 + 4 * ACCEPT_BATCH, open_files // 4)
+        return max(1, min(self.max_connections, open_files - reserve))
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """``[auth]``: optional client authentication (off when nothing is set)."""
@@ -146,6 +194,7 @@ class ServeConfig:
     public_url: str | None = None
     cache: CacheConfig = field(default_factory=lambda: CacheConfig())
     auth: AuthConfig = field(default_factory=lambda: AuthConfig())
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
 
     def route(self, name: str) -> SourceConfig | None:
         """The one source that answers ``name``, or ``None`` for the upstream."""
@@ -193,6 +242,16 @@ class _CacheTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pin: list[Annotated[str, msgspec.Meta(min_length=1)]] = msgspec.field(default_factory=list)
 
 
+class _LimitsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_connections
+    header_timeout: Annotated[float, msgspec.Meta(gt=0)] = LimitsConfig.header_timeout
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = LimitsConfig.idle_timeout
+    max_header_size: str | int = LimitsConfig.max_header_size
+    max_header_line: str | int = LimitsConfig.max_header_line
+    max_headers: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_headers
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = LimitsConfig.shutdown_grace
+
+
 class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     htpasswd: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     tokens_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
@@ -206,6 +265,7 @@ class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: list[_SourceTable] = msgspec.field(default_factory=list)
     cache: _CacheTable = msgspec.field(default_factory=_CacheTable)
     auth: _AuthTable = msgspec.field(default_factory=_AuthTable)
+    limits: _LimitsTable = msgspec.field(default_factory=_LimitsTable)
 
 
 _FIELDS = {
@@ -214,6 +274,7 @@ _FIELDS = {
     "source": [f.name for f in msgspec.structs.fields(_SourceTable)],
     "cache": [f.name for f in msgspec.structs.fields(_CacheTable)],
     "auth": [f.name for f in msgspec.structs.fields(_AuthTable)],
+    "limits": [f.name for f in msgspec.structs.fields(_LimitsTable)],
 }
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `(.*)`)?$")
 _AT = re.compile(r"^(.*) - at `(.*)`$")
@@ -244,7 +305,7 @@ def _schema_error(e: msgspec.ValidationError, text: str, origin: str) -> UsageEr
     unknown = _UNKNOWN.match(message)
     if unknown:
         key, at = unknown.group(1), unknown.group(2) or "$"
-        table = next((t for t in ("server", "source", "cache", "auth") if at.startswith(f"$.{t}")), "$")
+        table = next((t for t in ("server", "source", "cache", "auth", "limits") if at.startswith(f"$.{t}")), "$")
         known = _FIELDS[table]
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
@@ -320,7 +381,20 @@ def load_config(
             if table.cache.max_size is not None else None,
             pin=tuple(table.cache.pin)),
         auth=_auth(table.auth, env),
+        limits=_limits(table.limits),
     )
+
+
+def _limits(raw: _LimitsTable) -> LimitsConfig:
+    head = parse_size(raw.max_header_size, "[limits] max_header_size")
+    line = parse_size(raw.max_header_line, "[limits] max_header_line")
+    if line > head:
+        raise UsageError(f"[limits] max_header_line ({line:,} bytes) is larger than "
+                         f"max_header_size ({head:,} bytes); a header line is part of the head")
+    return LimitsConfig(max_connections=raw.max_connections, header_timeout=raw.header_timeout,
+                        idle_timeout=raw.idle_timeout, max_header_size=head,
+                        max_header_line=line, max_headers=raw.max_headers,
+                        shutdown_grace=raw.shutdown_grace)
 
 
 def _auth(raw: _AuthTable, env: Mapping[str, str]) -> AuthConfig:

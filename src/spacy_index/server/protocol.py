@@ -13,7 +13,10 @@
    request synchronously from already-rendered bytes (a cached project page). Such requests
    skip the task, Starlette's routing and the middleware; everything else goes the usual way.
 
-Both hook into uvicorn's documented ``http=`` protocol-class option and its
+3. **Limits and a clean drain** per connection (:mod:`.limits`): request-head size, header
+   timeout, a connection cap, and one line per transfer cut at shutdown.
+
+All three hook into uvicorn's documented ``http=`` protocol-class option and its
 ``_start_asgi_task`` step. :func:`protocol_class` returns ``None`` when that shape is missing
 (another uvicorn layout, no httptools), and the CLI then runs uvicorn's default protocol: slower,
 same answers.
@@ -32,6 +35,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from spacy_index.server.config import LimitsConfig
+from spacy_index.server.limits import ConnectionLimits, Guard, drain_guarded
+
 log = logging.getLogger("spacy_index.server")
 
 #: ``fast(scope) -> (status, headers, body) | None``; headers are lower-case byte pairs
@@ -44,8 +50,11 @@ ZEROCOPY = "http.response.zerocopysend"
 _HEADS: dict[tuple[int, bool, bool], tuple[Any, Any, int, bytes]] = {}
 
 
-def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] | None:
-    """A subclass of uvicorn's ``HttpToolsProtocol`` with zero-copy send and ``fast``."""
+def protocol_class(fast: FastResponder | None = None,
+                   guard: Guard | None = None) -> type[asyncio.Protocol] | None:
+    """A subclass of uvicorn's ``HttpToolsProtocol`` with zero-copy send, ``fast`` and the
+    per-connection limits and shutdown drain of ``guard`` (:mod:`.limits`; the defaults of
+    ``[limits]`` when not given)."""
     try:
         import httptools
         from uvicorn.protocols.http.httptools_impl import (
@@ -55,13 +64,19 @@ def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] 
         )
     except ImportError:  # httptools missing
         return None
-    needed = ("_start_asgi_task", "on_headers_complete", "on_response_complete")
+    needed = ("_start_asgi_task", "on_headers_complete", "on_response_complete", "on_url",
+              "on_header", "on_message_begin", "shutdown", "send_400_response",
+              "_unset_keepalive_if_required", "_should_upgrade")
     if not all(hasattr(HttpToolsProtocol, n) for n in needed) or not hasattr(
             RequestResponseCycle, "send"):
         return None
 
-    class Protocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+    if guard is None:
+        guard = Guard(LimitsConfig(), LimitsConfig().max_connections)
+
+    class Protocol(ConnectionLimits, HttpToolsProtocol):  # type: ignore[misc, valid-type]
         def on_headers_complete(self) -> None:
+            self._head_done()
             # Keep-alive requests after the first: try the cached answer before uvicorn builds
             # a request cycle. Only in order (no response in progress, nothing pipelined) and
             # only for plain paths; anything else takes uvicorn's way (and _start_asgi_task).
@@ -104,7 +119,7 @@ def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] 
             if self.transport.get_extra_info("sslcontext") is None:
                 scope["extensions"] = {**scope.get("extensions", {}), ZEROCOPY: {}}
                 cycle.send = _zerocopy_send(cycle, cycle.send, self.loop)
-            super()._start_asgi_task(cycle, app)
+            super()._start_asgi_task(cycle, drain_guarded(app, cycle, self.guard))
 
         def _write_fast(self, method: str, keep_alive: bool, default_headers: Any, status: int,
                         headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -136,6 +151,7 @@ def protocol_class(fast: FastResponder | None = None) -> type[asyncio.Protocol] 
             if not keep_alive:
                 self.transport.close()
 
+    Protocol.guard = guard
     Protocol.__name__ = Protocol.__qualname__ = "SpacyIndexHttpProtocol"
     return Protocol
 
