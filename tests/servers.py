@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import uvicorn
 
 from spacy_index.server.protocol import protocol_class
@@ -77,7 +76,7 @@ def wait_healthy(base: str, *, attempts: int = 400) -> None:
 
 def tls_files(folder: Path) -> tuple[str, str, str]:
     """A throwaway CA and a 127.0.0.1 certificate (trustme): cert, key and CA files."""
-    trustme = pytest.importorskip("trustme")
+    import trustme  # the [test] extra
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert_pem, key_pem, ca_pem = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"

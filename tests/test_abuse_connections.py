@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -145,7 +146,7 @@ def test_row1_oversized_request_heads_get_431_or_414_with_memory_bounded(tmp_pat
         attackers = [connect(srv.port, timeout=1.0) for _ in range(18)]
         goals = [48 * MiB] * 16 + [128 * MiB, 200_000 * 10]
         lines = [b"X-Big: "] * 17 + [b""]
-        for sock, line in zip(attackers, lines):
+        for sock, line in zip(attackers, lines, strict=True):
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + line)
         sent = [0] * len(attackers)
         cut = [False] * len(attackers)
@@ -240,7 +241,8 @@ class Stalling(http.server.BaseHTTPRequestHandler):
     ``stall``, of which it sends 1,000 bytes and then nothing."""
 
     protocol_version = "HTTP/1.1"
-    data = {"whole-1.0.tar.gz": os.urandom(8 * MiB), "stall-1.0.tar.gz": os.urandom(MiB)}
+    data: ClassVar[dict[str, bytes]] = {"whole-1.0.tar.gz": os.urandom(8 * MiB),
+                                        "stall-1.0.tar.gz": os.urandom(MiB)}
     release = threading.Event()
 
     def log_message(self, *args: object) -> None:

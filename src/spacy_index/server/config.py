@@ -139,7 +139,7 @@ class LimitsConfig:
         """``max_connections``, lowered so that the process keeps file descriptors for
         cached files, upstream connections, the listener and the connections of ``accept()``
         batches not yet in the table or not yet freed (``ACCEPT_BATCH``): a quarter of its
-        limit, at least 64 + 4 × ``ACCEPT_BATCH``. A full table then makes room
+        limit, at least 64 + 4 * ``ACCEPT_BATCH``. A full table then makes room
         or refuses cleanly instead of failing ``accept()``."""
         if open_files is None or open_files <= 0:
             return self.max_connections
