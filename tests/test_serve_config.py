@@ -146,10 +146,10 @@ def test_limits_table_has_defaults_sizes_and_clear_errors(tmp_path):
     assert load_config(None, {}).limits == LimitsConfig()
     path = tmp_path / "serve.toml"
     path.write_text('[limits]\nmax_header_size = "32KiB"\nmax_header_line = 4096\n'
-                    "max_connections = 10\nshutdown_grace = 0\n")
+                    "max_connections = 10\nshutdown_grace = 0\nmax_url_length = 100\n")
     limits = load_config(path, {}).limits
     assert (limits.max_header_size, limits.max_header_line) == (32 << 10, 4096)
-    assert (limits.max_connections, limits.shutdown_grace) == (10, 0)
+    assert (limits.max_connections, limits.shutdown_grace, limits.max_url_length) == (10, 0, 100)
     for text, says in (('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
                        ('[limits]\nmax_header_line = "1MiB"\n', "larger than max_header_size"),
                        ('[limits]\nmax_connections = 0\n', "max_connections"),

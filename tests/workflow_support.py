@@ -333,6 +333,9 @@ def ensure_tools(requirements: Path = TOOLS_REQUIREMENTS, base: Path = TOOL_VENV
             return Tools(venv)
         shutil.rmtree(venv, ignore_errors=True)
         env = clean_env(cache_dir=base / ".cache")
+        # uv's own roots miss a TLS-inspecting proxy's CA: the system store, as pip uses
+        # (UV_SYSTEM_CERTS in current uv, UV_NATIVE_TLS before it)
+        env.update(UV_SYSTEM_CERTS="1", UV_NATIVE_TLS="1")
         run([uv_bin(), "venv", "--quiet", "--python", base_python(), venv], env=env)
         run([uv_bin(), "pip", "install", "--quiet", "--python", venv / "bin" / "python",
              "--require-hashes", "-r", requirements], env=env, timeout=600)

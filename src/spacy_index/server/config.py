@@ -25,7 +25,8 @@ A TOML file (all keys optional)::
     header_timeout = 15        # seconds to send a request's head
     idle_timeout = 5           # seconds a keep-alive connection waits for its next request
     max_header_size = "64KiB"  # request line + headers (431)
-    max_header_line = "8KiB"   # one header line (431); the request target (414)
+    max_header_line = "8KiB"   # one header line (431)
+    max_url_length = "8KiB"    # the request target (414)
     max_headers = 100          # header lines (431)
     shutdown_grace = 10        # seconds transfers may finish after SIGTERM, then cut
 
@@ -128,8 +129,10 @@ class LimitsConfig:
     idle_timeout: float = 5.0
     #: bytes of one request's request line and headers together (431 beyond)
     max_header_size: int = 64 << 10
-    #: bytes of one header line (431), and of the request target (414)
+    #: bytes of one header line (431)
     max_header_line: int = 8 << 10
+    #: bytes of the request target, path and query (414)
+    max_url_length: int = 8 << 10
     #: header lines in one request (431 beyond)
     max_headers: int = 100
     #: seconds running transfers may finish after SIGTERM before they are cut
@@ -248,6 +251,7 @@ class _LimitsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = LimitsConfig.idle_timeout
     max_header_size: str | int = LimitsConfig.max_header_size
     max_header_line: str | int = LimitsConfig.max_header_line
+    max_url_length: str | int = LimitsConfig.max_url_length
     max_headers: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_headers
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = LimitsConfig.shutdown_grace
 
@@ -394,6 +398,8 @@ def _limits(raw: _LimitsTable) -> LimitsConfig:
     return LimitsConfig(max_connections=raw.max_connections, header_timeout=raw.header_timeout,
                         idle_timeout=raw.idle_timeout, max_header_size=head,
                         max_header_line=line, max_headers=raw.max_headers,
+                        max_url_length=parse_size(raw.max_url_length,
+                                                  "[limits] max_url_length"),
                         shutdown_grace=raw.shutdown_grace)
 
 

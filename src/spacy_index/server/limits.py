@@ -6,7 +6,8 @@ cut tasks log a traceback and answer 500. :class:`ConnectionLimits` adds, per co
 nginx-class servers enforce (``[limits]`` in the serve config, :class:`~.config.LimitsConfig`):
 
 - the request head: ``max_header_size`` bytes in all (431), ``max_header_line`` bytes per
-  header line (431) and for the request target (414), ``max_headers`` lines (431). The size
+  header line (431), ``max_url_length`` for the request target (414), ``max_headers`` lines
+  (431). The size
   is counted twice: header by header as httptools completes them, and as raw bytes arrive
   across reads, before httptools joins them, so a 128 MiB header line costs at most the
   limit plus one read (256 KiB) of memory;
@@ -203,8 +204,8 @@ class ConnectionLimits:
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)  # type: ignore[misc]
-        if len(self.url) > self.guard.limits.max_header_line:  # type: ignore[attr-defined]
-            raise Refused(414, "request target over [limits] max_header_line")
+        if len(self.url) > self.guard.limits.max_url_length:  # type: ignore[attr-defined]
+            raise Refused(414, "request target over [limits] max_url_length")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self.guard.limits
