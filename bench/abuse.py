@@ -83,19 +83,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     REPO,
-    VENV_BIN,
     ManagedProcess,
     cpu_seconds,
-    free_port,
     log,
     machine_info,
     md_table,
     median,
     reset_peak_rss,
     run_measured,
+    spacy_index_serve,
     status_kib,
     system_cpu,
-    wait_http,
     wait_quiet,
     write_results,
 )
@@ -530,31 +528,13 @@ def client_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- serve
 @contextlib.contextmanager
 def start_serve(config: Path, upstream: str, cache: Path, log_dir: Path):
-    """``spacy-index serve --config`` on a free 127.0.0.1 port (common.spacy_index_serve has
-    no --config); yields the ManagedProcess and its URL."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith(("PIP_", "UV_", "GITHUB_", "SPACY_INDEX_"))
-           and "proxy" not in k.lower()}
-    env["GITHUB_API_URL"] = "http://127.0.0.1:9"  # never asked (spacy_models = false)
-    for attempt in range(5):
-        port = free_port()
-        argv = [str(VENV_BIN / "spacy-index"), "serve", "--config", str(config), "--host",
-                "127.0.0.1", "--port", str(port), "--cache-dir", str(cache), "--upstream",
-                upstream, "--log-level", "warning"]
-        mp = ManagedProcess(argv, env=env, log_path=log_dir / f"serve-{port}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/health", timeout=30, proc=mp.proc)
-        except RuntimeError:
-            mp.stop()
-            if attempt == 4:
-                raise RuntimeError("spacy-index serve did not start:\n" + mp.tail()) from None
-            continue
-        break
-    try:
-        yield mp, url, port
-    finally:
-        mp.stop()
+    """``spacy-index serve --config`` on a free 127.0.0.1 port (common.spacy_index_serve);
+    yields the ManagedProcess, its URL and its port. GitHub is never asked
+    (``spacy_models = false``)."""
+    with spacy_index_serve(cache_dir=cache, upstream=upstream, api_url="http://127.0.0.1:9",
+                           token=None, log_dir=log_dir,
+                           extra_args=["--config", str(config)]) as handle:
+        yield handle.process, handle.url, int(handle.url.rsplit(":", 1)[1])
 
 
 @contextlib.contextmanager

@@ -271,13 +271,16 @@ class ServeHandle:
 @contextlib.contextmanager
 def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: str | None,
                       log_dir: Path, log_level: str = "warning",
-                      python: str | None = None) -> Iterator[ServeHandle]:
+                      python: str | None = None,
+                      extra_args: Sequence[str] = ()) -> Iterator[ServeHandle]:
     """``spacy-index serve`` as a real subprocess on 127.0.0.1 (a free port picked here: the
     CLI would accept --port 0 but then nobody learns the port at --log-level warning).
     ``python``: run the CLI with that interpreter instead of the venv's console script (to
-    compare server stacks, e.g. a venv that also has uvloop/httptools)."""
+    compare server stacks, e.g. a venv that also has uvloop/httptools). ``extra_args``: more
+    serve options (``--config FILE``)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith(("PIP_", "UV_", "GITHUB_")) and "proxy" not in k.lower()}
+           if not k.upper().startswith(("PIP_", "UV_", "GITHUB_", "SPACY_INDEX_"))
+           and "proxy" not in k.lower()}
     env["GITHUB_API_URL"] = api_url
     if token:
         env["GITHUB_TOKEN"] = token
@@ -286,7 +289,8 @@ def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: st
     for attempt in range(5):
         port = free_port()
         argv = [*exe, "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--cache-dir", str(cache_dir), "--upstream", upstream, "--log-level", log_level]
+                "--cache-dir", str(cache_dir), "--upstream", upstream, "--log-level", log_level,
+                *extra_args]
         mp = ManagedProcess(argv, env=env, log_path=log_dir / f"serve-{port}.log")
         url = f"http://127.0.0.1:{port}"
         try:
