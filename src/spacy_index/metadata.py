@@ -18,11 +18,15 @@ ranges it still needs) that the async and sync wrappers share.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import re
 import struct
+import threading
 import zipfile
 import zlib
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +67,38 @@ DEFAULT_TAIL = 65536
 LOCAL_HEADER_SLACK = 1024
 #: A METADATA member larger than this (compressed or not) is refused.
 MAX_METADATA_SIZE = 32 << 20
-#: the largest central directory read by HTTP ranges (a 100k-member wheel has about 8 MB)
+#: the largest central directory read by HTTP ranges (a 100k-member wheel has about 8 MB),
+#: or from a wheel on disk (:mod:`zipfile` would read all of it, whatever it claims)
 MAX_CENTRAL_DIRECTORY = 16 << 20
+#: larger range answers are parsed in a worker thread by the async reader
+_PARSE_ON_LOOP = 256 * 1024
+
+_gc_lock = threading.Lock()
+_gc_pauses = [0, True]  #: (pauses in progress, whether the collector was on before the first)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a zip directory is parsed: 100k entries
+    are 100k short-lived objects, whose allocation triggers full collections (about 90 ms
+    each, holding the GIL: a server's event loop stalls); reference counting frees them."""
+    with _gc_lock:
+        if _gc_pauses[0] == 0:
+            _gc_pauses[1] = gc.isenabled()
+            gc.disable()
+        _gc_pauses[0] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses[0] -= 1
+            if _gc_pauses[0] == 0 and _gc_pauses[1]:
+                gc.enable()
+
+
+def _advance_without_gc(session: _Session, data: bytes) -> tuple[int, int] | None:
+    with _gc_paused():
+        return session.advance(data)
 
 _EOCD_SIG = b"PK\x05\x06"
 _EOCD_SIZE = 22
@@ -440,6 +474,23 @@ def extract_member(local_bytes: bytes, entry: ZipEntry) -> bytes:
 # --------------------------------------------------------------------------- #
 # Local files
 # --------------------------------------------------------------------------- #
+def _check_central_directory(path: Path) -> None:
+    """Refuse a wheel whose end record claims a central directory over
+    ``MAX_CENTRAL_DIRECTORY`` before :mod:`zipfile` reads all of it into memory (a hostile
+    upstream's 401 MiB file claiming 400 MiB); anything else is left to zipfile."""
+    with open(path, "rb") as f:
+        total = f.seek(0, 2)
+        f.seek(max(0, total - _MAX_EOCD_AREA))
+        tail = f.read()
+    try:
+        eocd = parse_eocd(tail, total)
+    except (NeedMoreData, MetadataError):
+        return
+    if eocd.cd_size > MAX_CENTRAL_DIRECTORY:
+        raise CorruptWheel(f"the central directory claims {eocd.cd_size:,} bytes, over the "
+                           f"{MAX_CENTRAL_DIRECTORY:,} byte limit")
+
+
 def metadata_from_wheel_file(path: Path, filename: str | None = None) -> bytes:
     """Byte-exact content of the wheel's ``<name>-<version>.dist-info/METADATA``.
 
@@ -448,7 +499,8 @@ def metadata_from_wheel_file(path: Path, filename: str | None = None) -> bytes:
     path = Path(path)
     filename = filename or path.name
     try:
-        with zipfile.ZipFile(path) as zf:
+        _check_central_directory(path)
+        with _gc_paused(), zipfile.ZipFile(path) as zf:
             member = select_metadata_name(zf.namelist(), filename)
             info = zf.getinfo(member)
             if max(info.compress_size, info.file_size) > MAX_METADATA_SIZE:
@@ -751,7 +803,9 @@ async def metadata_from_remote_wheel(
         async with client.stream("GET", first_url, headers=headers, follow_redirects=True) as r:
             s.count(r)
             data = await _aread(s, r, s.check_first(r))
-        while (want := s.advance(data)) is not None:
+        # a big central directory (100k members: 6 MB, a second of parsing) off the loop
+        while (want := (s.advance(data) if len(data) <= _PARSE_ON_LOOP
+                        else await asyncio.to_thread(_advance_without_gc, s, data))) is not None:
             for target in s.urls():
                 async with client.stream(
                     "GET", target, headers=s.range_headers(*want), follow_redirects=True

@@ -27,12 +27,13 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -68,15 +69,18 @@ from spacy_index.server.metrics import Metrics, observability_routes
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.protocol import ZEROCOPY
 from spacy_index.server.sources import (
+    FILE_POOL,
     MAX_METADATA,
     CatalogSource,
     FolderSource,
     IndexSource,
     Source,
+    in_batches,
     read_capped,
 )
 from spacy_index.server.stats import CacheStats, CountCache
 
+_T = TypeVar("_T")
 log = logging.getLogger("spacy_index.server")
 access = logging.getLogger("spacy_index.access")
 
@@ -312,7 +316,9 @@ class Server:
         cache = self._caches.get(source.name)
         if cache is None:
             client = getattr(source, "files_client", source.client)  # its own pool, if any
-            cache = self._caches[source.name] = FileCache(self.cache_dir, client)
+            # downloads nobody waits for any more make room for new ones (see FileCache)
+            cache = self._caches[source.name] = FileCache(
+                self.cache_dir, client, max_flights=FILE_POOL.max_connections)
             cache.on_stored = lambda up, sha, size: self.bound.stored(
                 FILES, sha, up.filename, self._project_of(up.filename), size)
             cache.on_hit = lambda up, sha: self.bound.used(FILES, sha, up.filename,
@@ -343,7 +349,7 @@ class Server:
         source = self.source_for(name)
         project = await source.project(name)
         if project is not None and self._indexed.get(name) is not project:
-            for d in project.files:
+            async for d in in_batches(project.files):  # the loop runs between batches
                 self.located[d.filename] = Located(source, d)
             self._indexed[name] = project
         return source, project
@@ -631,6 +637,10 @@ def _media_type(filename: str) -> str:
 def create_app(server: Server, *, metrics: bool = True) -> Starlette:
     """The ASGI app of ``server``. ``metrics=False``: nothing is counted and there is no
     ``/metrics`` (the metrics benchmark's baseline)."""
+    # Big pages, renders and zip directories are parsed in worker threads. While one runs,
+    # the event loop takes the GIL back after each of its system calls only when the switch
+    # interval (5 ms) is up: a /health answer (a dozen of them) took 60 ms. With 1 ms: 10 ms.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "sources": sorted(server.sources)})
@@ -755,7 +765,8 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
             return await _upstream_span(request, cache.client, up, etag)
         stream = cache.open(up)
         try:
-            await stream.__aenter__()
+            if not await _unless_gone(request, stream.__aenter__()):
+                return Response(status_code=499)  # the client left while the download waited
         except CacheWriteError as e:
             return await _pass_through(request, found.source.client, up, e)
         except SpacyIndexError as e:
@@ -774,14 +785,23 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         # its first chunk (the cache holds back the last chunk until the sha256 matched) gets
         # a clean 502 naming both hashes instead of a broken 200.
         chunks = stream.__aiter__()
+
+        async def first_chunk() -> bytes:
+            try:
+                return await chunks.__anext__()
+            except StopAsyncIteration:
+                return b""
+
         try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = b""
+            got = await _unless_gone(request, first_chunk())
         except SpacyIndexError as e:
             await stream.__aexit__(None, None, None)
             log.error("%s: %s", filename, e)
             return _error(502, str(e))
+        if not got:  # the client left before the first chunk: stop waiting for it
+            await stream.__aexit__(None, None, None)
+            return Response(status_code=499)
+        first = got[0]
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -874,6 +894,28 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
     #: (none with client authentication on: see Server.fast_response)
     logged.fast = server.fast_response if server.auth is None else None
     return logged  # type: ignore[return-value]
+
+
+async def _unless_gone(request: Request, step: Awaitable[_T]) -> tuple[_T] | None:
+    """``(result,)`` of ``step``, or None when the client went away first (``step`` is then
+    cancelled). A request waiting for a slow upstream (a download's start or its first
+    chunk) stops waiting when its client leaves, so it no longer counts as a consumer of the
+    download (see FileCache.max_flights); the 499 it returns is never sent."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(step), asyncio.ensure_future(gone())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks[0].cancelled():
+        return None
+    return (tasks[0].result(),)
 
 
 async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstream,

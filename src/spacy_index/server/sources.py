@@ -15,11 +15,12 @@ import logging
 import netrc
 import os
 import time
-from collections.abc import Callable, Generator, Mapping
+import zlib
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
@@ -42,6 +43,7 @@ from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import SourceConfig
 
 log = logging.getLogger("spacy_index.server")
+_T = TypeVar("_T")
 
 
 class Source(Protocol):
@@ -99,22 +101,87 @@ class TooLarge(UpstreamError):
     """An upstream body over its cap (compressed or decoded): refused, never stored."""
 
 
+#: inflated bytes per step: a gzip bomb is never inflated more than this at once
+_INFLATE_STEP = 1 << 20
+
+
+class _Inflater:
+    """Content-Encoding decoding with a bound: at most ``_INFLATE_STEP`` bytes per step.
+
+    httpx inflates each network read at once (a 64 KiB read of a gzip bomb is 64 MiB, and
+    ``gzip, gzip`` a gigabyte from a few KB); only ``identity``, ``gzip`` and ``deflate``,
+    one of them, are accepted (what is asked for), anything else is an upstream error."""
+
+    def __init__(self, encoding: str, what: str) -> None:
+        enc = encoding.strip().lower()
+        self.raw_deflate_tried = enc != "deflate"
+        if enc in ("", "identity"):
+            self.z: Any = None
+        elif enc in ("gzip", "x-gzip"):
+            self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
+            self.z = zlib.decompressobj()
+        else:
+            raise UpstreamError(f"{what} came with an unsupported Content-Encoding {encoding!r}")
+        self.what = what
+
+    def steps(self, data: bytes) -> Generator[bytes, None, None]:
+        """The decoded bytes of ``data`` (the next bytes on the wire), a step at a time."""
+        while True:
+            try:
+                out = self.z.decompress(data, _INFLATE_STEP)
+            except zlib.error as e:
+                if self.raw_deflate_tried:
+                    raise UpstreamError(f"{self.what} does not decode ({e})") from None
+                self.raw_deflate_tried = True
+                self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+                continue
+            self.raw_deflate_tried = True
+            data = self.z.unconsumed_tail
+            if out:
+                yield out
+            if not data and len(out) < _INFLATE_STEP:  # a full step may leave more pending
+                return
+
+    def decode_into(self, body: bytearray, data: bytes, limit: int) -> bool:
+        """Append the decoded bytes of ``data`` to ``body``; False as soon as ``body`` holds
+        more than ``limit`` bytes (blocking: zlib releases the GIL, so this runs in a worker
+        thread; only ``body``, one growing buffer, outlives a step)."""
+        for out in self.steps(data):
+            body += out
+            if len(body) > limit:
+                return False
+        return True
+
+
 async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str, str],
                       limit: int, what: str) -> tuple[httpx.Response, bytes]:
     """GET ``url`` and read at most ``limit`` bytes, counting both the bytes on the wire and
-    the decoded ones, so a small gzip that expands to a gigabyte stops at ``limit``."""
-    async with client.stream("GET", url, headers=dict(headers)) as resp:
+    the decoded ones, so a small gzip that expands to a gigabyte stops at ``limit`` (inflated
+    1 MiB at a time, in a worker thread: the event loop never inflates)."""
+    headers = {"Accept-Encoding": "gzip, deflate", **headers}
+    async with client.stream("GET", url, headers=headers) as resp:
         declared = resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise TooLarge(f"{what} is {int(declared):,} bytes, over the {limit:,} byte limit")
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > limit or resp.num_bytes_downloaded > limit:
-                raise TooLarge(f"{what} is over the {limit:,} byte limit (decoded)")
-            parts.append(chunk)
-    return resp, b"".join(parts)
+        inflater = _Inflater(resp.headers.get("content-encoding", ""), what)
+        body = bytearray()
+        try:
+            async for raw in resp.aiter_raw():
+                if resp.num_bytes_downloaded > limit:
+                    raise TooLarge(f"{what} is over the {limit:,} byte limit")
+                if inflater.z is None:
+                    body += raw
+                elif not await asyncio.to_thread(inflater.decode_into, body, raw, limit):
+                    raise TooLarge(f"{what} is over the {limit:,} byte limit (decoded)")
+                if len(body) > limit:
+                    raise TooLarge(f"{what} is over the {limit:,} byte limit")
+        except BaseException:
+            # the exception's traceback (this frame) can outlive the call in a reference
+            # cycle until the garbage collector runs: not the up to ``limit`` bytes read
+            body.clear()
+            raise
+    return resp, bytes(body)
 
 
 def source_client(cfg_url: str | None, username: str | None, password: str | None,
@@ -452,6 +519,15 @@ class _Cached:
 _PARSE_IN_THREAD = 256 * 1024
 
 
+async def in_batches(items: Iterable[_T], size: int = 2000) -> AsyncIterator[_T]:
+    """``items``, letting the event loop run between batches of ``size`` (work on the loop
+    over every file of a 200k-link page)."""
+    for i, item in enumerate(items):
+        if i and not i % size:
+            await asyncio.sleep(0)
+        yield item
+
+
 class IndexSource:
     """An existing simple index (``simple``: one page per project) or a flat
     ``find-links`` page, possibly private.
@@ -521,7 +597,10 @@ class IndexSource:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
-        digest = hashlib.sha256(body).hexdigest()
+        if len(body) > _PARSE_IN_THREAD:  # hashlib lets go of the GIL: the loop runs on
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+        else:
+            digest = hashlib.sha256(body).hexdigest()
         validators = {"etag": resp.headers.get("etag"),
                       "last_modified": resp.headers.get("last-modified")}
         if previous is not None and previous.digest == digest:
@@ -616,8 +695,11 @@ class IndexSource:
                 self._errors[name] = (time.monotonic() + self.error_ttl, str(error))
                 raise error from None
             self._errors.pop(name, None)
+            # before the page is visible (a page rendered meanwhile would miss them), a few
+            # thousand at a time: a 200k-link page must not hold the loop for a second
+            async for item in in_batches(fresh.files.items()):
+                self.upstream_files[item[0]] = item[1]
             self._pages[key] = fresh
-            self.upstream_files.update(fresh.files)
             return fresh.project
 
     async def project_names(self) -> list[str]:
