@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -637,10 +636,6 @@ def _media_type(filename: str) -> str:
 def create_app(server: Server, *, metrics: bool = True) -> Starlette:
     """The ASGI app of ``server``. ``metrics=False``: nothing is counted and there is no
     ``/metrics`` (the metrics benchmark's baseline)."""
-    # Big pages, renders and zip directories are parsed in worker threads. While one runs,
-    # the event loop takes the GIL back after each of its system calls only when the switch
-    # interval (5 ms) is up: a /health answer (a dozen of them) took 60 ms. With 1 ms: 10 ms.
-    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "sources": sorted(server.sources)})
