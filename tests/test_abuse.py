@@ -76,6 +76,34 @@ def test_row7_malformed_upstream_json_is_an_upstream_error_and_the_last_page_sta
             assert r.status_code == 502 and "unreadable page" in r.text
 
 
+def test_row5_page_limits_files_and_parse_time_are_upstream_errors(tmp_path):
+    """A page listing more files than ``max_page_files`` (counted in the raw body, before
+    parsing) or whose parse outlasts ``parse_budget`` is an upstream error: 502 naming the
+    limit for a name never seen, the last good page for one seen before."""
+    files = [_file(f"lim-1.0.{i}.tar.gz", SHA["a"]) for i in range(20)]
+    page = {"meta": {"api-version": "1.0"}, "name": "lim", "files": files[:5]}
+    Index.routes = {"/simple/lim/": (200, JSON, json.dumps(page).encode()),
+                    "/simple/many/": (200, JSON, json.dumps({**page, "name": "many",
+                                                             "files": files}).encode()),
+                    "/simple/slow/": (200, JSON, json.dumps({**page, "name": "slow"}).encode())}
+    with index_server() as up:
+        server = _server(tmp_path, up)
+        server.upstream.max_files = 10
+        with run_app(create_app(server)) as url:
+            first = httpx.get(url + "/simple/lim/", headers={"Accept": JSON})
+            many = httpx.get(url + "/simple/many/", headers={"Accept": JSON})
+            server.upstream.parse_budget = 1e-9
+            slow = httpx.get(url + "/simple/slow/", headers={"Accept": JSON})
+            server.upstream.ttl = server.upstream.stale = 0.0
+            Index.routes["/simple/lim/"] = (200, JSON, json.dumps({**page, "files": files[:6]}).encode())
+            again = httpx.get(url + "/simple/lim/", headers={"Accept": JSON})
+    assert first.status_code == 200 and len(first.json()["files"]) == 5
+    assert many.status_code == 502 and "lists up to 20 files" in many.text
+    assert "max_page_files limit of 10" in many.text
+    assert slow.status_code == 502 and "parse_budget" in slow.text, slow.text
+    assert again.status_code == 200 and again.json() == first.json()  # the last good page
+
+
 def test_row8_long_lived_maps_are_bounded(tmp_path):
     """Every map that lives as long as the server is an LRU with a size."""
     from cachetools import LRUCache
@@ -177,3 +205,38 @@ def test_row10_head_and_range_on_a_cold_file_need_no_whole_download_first(tmp_pa
         whole = c.get("/files/cold-1.0.tar.gz")  # joins the download started behind
         assert whole.content == data
     assert log.count("GET whole") == 1
+
+
+def test_the_garbage_collector_pauses_nest_across_threads():
+    """gc_paused: the collector stays off while any pause runs, on again after the last
+    (if it was on before the first), whatever order the threads finish in."""
+    import gc
+    import threading
+
+    from spacy_index.gcpause import gc_paused, without_gc
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gc_paused():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    inside.wait(10)
+    with gc_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the thread's pause still runs
+    release.set()
+    t.join(10)
+    assert gc.isenabled()
+    assert without_gc(gc.isenabled) is False and gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # off before: stays off
+    finally:
+        gc.enable()

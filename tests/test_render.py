@@ -135,3 +135,14 @@ def test_rendering_never_emits_unescaped_input(url_tail, rp):
     for ch in '<>"':
         assert page.count(ch) == baseline.count(ch)
     assert json.loads(dumps(doc)) == doc
+
+
+@given(st.integers(0, 1300), st.integers(0, 1300))
+def test_dumps_in_chunks_is_byte_identical_to_one_json_dumps(files, releases):
+    """Big members are encoded a few hundred at a time (the GIL is let go between), with
+    exactly the bytes of one json.dumps call."""
+    doc = {"name": "x", "files": [{"url": f"u{i}", "hashes": {"sha256": "é" * (i % 3)}}
+                                  for i in range(files)],
+           "releases": {f"1.{i}": [{"n": i}] for i in range(releases)}, "meta": {}}
+    one_call = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+    assert dumps(doc) == one_call

@@ -150,7 +150,13 @@ def test_limits_table_has_defaults_sizes_and_clear_errors(tmp_path):
     limits = load_config(path, {}).limits
     assert (limits.max_header_size, limits.max_header_line) == (32 << 10, 4096)
     assert (limits.max_connections, limits.shutdown_grace, limits.max_url_length) == (10, 0, 100)
-    for text, says in (('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
+    path.write_text('[limits]\nmax_page_size = "8MiB"\nmax_page_files = 20000\n'
+                    'max_metadata_size = "1MiB"\n')
+    limits = load_config(path, {}).limits
+    assert (limits.max_page_size, limits.max_page_files, limits.max_metadata_size) == (
+        8 << 20, 20_000, 1 << 20)
+    for text, says in (('[limits]\nmax_page_files = 0\n', "max_page_files"),
+                       ('[limits]\nmax_page_size = "huge"\n', "max_page_size"),('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
                        ('[limits]\nmax_header_line = "1MiB"\n', "larger than max_header_size"),
                        ('[limits]\nmax_connections = 0\n', "max_connections"),
                        ('[limits]\nmax_header_size = "lots"\n', "not a size")):

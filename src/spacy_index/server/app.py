@@ -55,6 +55,7 @@ from spacy_index.cache import CacheWriteError, FileCache, Upstream
 from spacy_index.cache_index import FILES, METADATA, CacheIndex
 from spacy_index.catalog import Catalog
 from spacy_index.errors import DigestMismatch, InvalidFilename, SpacyIndexError
+from spacy_index.gcpause import without_gc
 from spacy_index.http import describe_error, redact_url
 from spacy_index.metadata import MetadataError, metadata_from_remote_wheel, metadata_from_wheel_file
 from spacy_index.model import Distribution, Project, parse_filename
@@ -69,7 +70,6 @@ from spacy_index.server.negotiate import negotiate
 from spacy_index.server.protocol import ZEROCOPY
 from spacy_index.server.sources import (
     FILE_POOL,
-    MAX_METADATA,
     CatalogSource,
     FolderSource,
     IndexSource,
@@ -369,7 +369,7 @@ class Server:
             return self.render(project, ctype)
         # the work in a thread; the (not thread-safe) page map is written on the loop
         version = self.metadata.version_of(project.name)
-        entry = await asyncio.to_thread(self._render_entry, project, ctype, version)
+        entry = await asyncio.to_thread(without_gc, self._render_entry, project, ctype, version)
         self.pages[(project.name, ctype)] = entry
         return entry[2], entry[3]
 
@@ -654,12 +654,17 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         body = dumps(doc).encode() if ctype == JSON_CONTENT_TYPE else html.root_page(doc).encode()
         return _page(request, body, ctype)
 
-    async def lookup(name: NormalizedName) -> Project | Response:
-        """The routed source's project, or the error response to send instead."""
+    async def lookup(request: Request, name: NormalizedName) -> Project | Response:
+        """The routed source's project, or the error response to send instead. A client
+        that leaves while the upstream is asked stops waiting (499, never sent): the fetch
+        is cancelled when nobody else waits for it (IndexSource.project)."""
         try:
-            _source, project = await server.project(name)
+            got = await _unless_gone(request, server.project(name))
         except SpacyIndexError as e:
             return _error(502, str(e))
+        if got is None:
+            return Response(status_code=499)
+        _source, project = got[0]
         if project is None:
             return _error(404, f"no project named {name!r}")
         return project
@@ -675,7 +680,7 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         ctype = negotiate(request.headers.get("accept"))
         if ctype is None:
             return _error(406, "not acceptable: this index serves PEP 691 JSON and PEP 503 HTML")
-        project = await lookup(name)
+        project = await lookup(request, name)
         if isinstance(project, Response):
             return project
         body, etag = await server.render_async(project, ctype)
@@ -685,14 +690,14 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
         name = _valid_name(request.path_params["project"])
         if name is None:
             return _error(404, "not a valid project name")
-        project = await lookup(name)
+        project = await lookup(request, name)
         if isinstance(project, Response):
             return project
         base = server.config.public_url or str(request.base_url).rstrip("/")
         found = server.pypi_json(project, base)
         if found is None:
             if len(project.files) > 1000:
-                entry = await asyncio.to_thread(server.pypi_json_entry, project, base)
+                entry = await asyncio.to_thread(without_gc, server.pypi_json_entry, project, base)
             else:
                 entry = server.pypi_json_entry(project, base)
             server.pages[(project.name, "pypi-json")] = entry
@@ -1003,7 +1008,8 @@ async def _fetch_metadata(server: Server, found: Located) -> bytes:
     upstream_meta = getattr(found.source, "upstream_files", {}).get(d.filename)
     if upstream_meta is not None and upstream_meta.has_metadata:
         resp, data = await read_capped(found.source.client, d.url + ".metadata", {},
-                                       MAX_METADATA, f"the metadata of {d.filename!r}")
+                                       server.config.limits.max_metadata_size,
+                                       f"the metadata of {d.filename!r}")
         if resp.status_code == 200:
             expected = upstream_meta.metadata_sha256
             if expected is None or hashlib.sha256(data).hexdigest() == expected:
@@ -1132,6 +1138,10 @@ def build_server(
     """Wire real sources from ``config`` (the CLI's entry point into the server)."""
     from spacy_index.api import fetch_catalog
 
+    page_limits = {"max_page": config.limits.max_page_size,
+                   "max_files": config.limits.max_page_files,
+                   "parse_budget": config.limits.parse_budget}
+
     def factory(cfg: SourceConfig) -> Source:
         if cfg.kind in ("github", "spacy-models"):
             assert cfg.repo is not None
@@ -1154,12 +1164,12 @@ def build_server(
         if cfg.kind == "folder":
             return FolderSource(cfg)
         return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links",
-                           stale=config.stale_while_revalidate)
+                           stale=config.stale_while_revalidate, **page_limits)
 
     upstream = IndexSource(
         SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream,
                      ca_bundle=config.ca_bundle, proxy=config.proxy),
-        ttl=config.page_ttl, stale=config.stale_while_revalidate,
+        ttl=config.page_ttl, stale=config.stale_while_revalidate, **page_limits,
     )
     return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,
                   s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url, s3_lock_ttl=s3_lock_ttl)

@@ -29,6 +29,10 @@ A TOML file (all keys optional)::
     max_url_length = "8KiB"    # the request target (414)
     max_headers = 100          # header lines (431)
     shutdown_grace = 10        # seconds transfers may finish after SIGTERM, then cut
+    max_page_size = "96MiB"    # one upstream page, on the wire and decoded (502 beyond)
+    max_page_files = 50000     # files one upstream page may list (502 beyond)
+    max_metadata_size = "32MiB" # one upstream .metadata, on the wire and decoded
+    parse_budget = 10          # seconds parsing one upstream page may take (502 beyond)
 
 Sources are tried in file order; the first whose ``projects`` globs match a name answers it,
 alone: a routed name is never merged with the upstream. Globs compare normalized names.
@@ -137,6 +141,15 @@ class LimitsConfig:
     max_headers: int = 100
     #: seconds running transfers may finish after SIGTERM before they are cut
     shutdown_grace: float = 10.0
+    #: bytes of one upstream page (PEP 691 JSON or HTML), on the wire and decoded
+    max_page_size: int = 96 << 20
+    #: files one upstream page may list (counted before it is parsed); PyPI's longest pages
+    #: list about 15,000 (pydantic-core), so 50,000 leaves room
+    max_page_files: int = 50_000
+    #: bytes of one upstream ``.metadata`` file, on the wire and decoded
+    max_metadata_size: int = 32 << 20
+    #: seconds parsing one upstream page may take (in a worker thread), else a 502
+    parse_budget: float = 10.0
 
     def effective_connections(self, open_files: int | None) -> int:
         """``max_connections``, lowered so that the process keeps file descriptors for
@@ -254,6 +267,10 @@ class _LimitsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_url_length: str | int = LimitsConfig.max_url_length
     max_headers: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_headers
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = LimitsConfig.shutdown_grace
+    max_page_size: str | int = LimitsConfig.max_page_size
+    max_page_files: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_page_files
+    max_metadata_size: str | int = LimitsConfig.max_metadata_size
+    parse_budget: Annotated[float, msgspec.Meta(gt=0)] = LimitsConfig.parse_budget
 
 
 class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -400,7 +417,12 @@ def _limits(raw: _LimitsTable) -> LimitsConfig:
                         max_header_line=line, max_headers=raw.max_headers,
                         max_url_length=parse_size(raw.max_url_length,
                                                   "[limits] max_url_length"),
-                        shutdown_grace=raw.shutdown_grace)
+                        shutdown_grace=raw.shutdown_grace,
+                        max_page_size=parse_size(raw.max_page_size, "[limits] max_page_size"),
+                        max_page_files=raw.max_page_files,
+                        max_metadata_size=parse_size(raw.max_metadata_size,
+                                                     "[limits] max_metadata_size"),
+                        parse_budget=raw.parse_budget)
 
 
 def _auth(raw: _AuthTable, env: Mapping[str, str]) -> AuthConfig:

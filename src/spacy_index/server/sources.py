@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import netrc
 import os
 import time
@@ -29,6 +30,7 @@ from packaging.utils import NormalizedName
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, SpacyIndexError, UpstreamError
+from spacy_index.gcpause import without_gc
 from spacy_index.http import describe_error, make_async_client, origin, redact_url
 from spacy_index.model import (
     Distribution,
@@ -40,7 +42,7 @@ from spacy_index.model import (
     parse_timestamp,
 )
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
-from spacy_index.server.config import SourceConfig
+from spacy_index.server.config import LimitsConfig, SourceConfig
 
 log = logging.getLogger("spacy_index.server")
 _T = TypeVar("_T")
@@ -92,9 +94,18 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
 #: connections per source: pages (short answers, never behind a download) and files
 PAGE_POOL = httpx.Limits(max_connections=32, max_keepalive_connections=16)
 FILE_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-#: the largest upstream page (or .metadata, JSON) read, before and after decoding
-MAX_PAGE = 96 << 20
-MAX_METADATA = 32 << 20
+#: the defaults of the ``[limits]`` on upstream bodies (see LimitsConfig)
+MAX_PAGE = LimitsConfig.max_page_size
+MAX_METADATA = LimitsConfig.max_metadata_size
+MAX_PAGE_FILES = LimitsConfig.max_page_files
+
+
+def _links_at_most(body: bytes, ctype: str) -> int:
+    """How many files a page can list at most: every PEP 691 file has a ``"filename"`` key,
+    every PEP 503 file an ``<a`` tag (what else contains them only makes the count larger)."""
+    if ctype == JSON_CONTENT_TYPE:
+        return body.count(b'"filename"')
+    return body.count(b"<a") + body.count(b"<A")
 
 
 class TooLarge(UpstreamError):
@@ -164,6 +175,10 @@ async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str,
         declared = resp.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise TooLarge(f"{what} is {int(declared):,} bytes, over the {limit:,} byte limit")
+        if resp.is_stream_consumed:  # a response built in memory (a test's transport)
+            if len(resp.content) > limit:
+                raise TooLarge(f"{what} is over the {limit:,} byte limit")
+            return resp, resp.content
         inflater = _Inflater(resp.headers.get("content-encoding", ""), what)
         body = bytearray()
         try:
@@ -341,12 +356,14 @@ class FolderSource:
 
 # --------------------------------------------------------------------------- indexes
 class _Anchors(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, budget: _Budget) -> None:
         super().__init__(convert_charrefs=True)
         self.links: list[dict[str, str | None]] = []
         self.meta: dict[str, str] = {}
+        self.budget = budget
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.budget.check()
         if tag == "a":
             self.links.append(dict(attrs))
         elif tag == "meta":
@@ -390,8 +407,32 @@ class ParsedPage:
     refused: tuple[str, ...] = ()
 
 
-def _json_entries(body: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    doc = json.loads(body)
+class OverBudget(ValueError):
+    """Parsing a page took longer than its time budget."""
+
+
+class _Budget:
+    """A deadline, checked once per JSON object, HTML tag and file while a page is parsed.
+
+    Called as json.loads's ``object_hook``, it also makes a Python call per JSON object,
+    where another thread can take the GIL: one C call over a 9 MB page would hold it for
+    100-500 ms and stall the event loop."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.deadline = math.inf if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise OverBudget(f"parsing took over {self.seconds:g} s")
+
+    def __call__(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.check()
+        return obj
+
+
+def _json_entries(body: bytes, budget: _Budget) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    doc = json.loads(body, object_hook=budget)
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise ValueError("not a PEP 691 project page")
     entries = []
@@ -412,8 +453,8 @@ def _json_entries(body: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return entries, doc
 
 
-def _html_entries(body: bytes) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    parser = _Anchors()
+def _html_entries(body: bytes, budget: _Budget) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    parser = _Anchors(budget)
     parser.feed(body.decode("utf-8", errors="replace"))
     entries = []
     for a in parser.links:
@@ -441,7 +482,8 @@ def _status(value: Any, reason: Any) -> tuple[str, str | None] | None:
 
 
 def parse_page(
-    body: bytes, content_type: str, page_url: str, project: NormalizedName | None
+    body: bytes, content_type: str, page_url: str, project: NormalizedName | None,
+    *, budget: float | None = None,
 ) -> ParsedPage:
     """Parse a PEP 691 JSON or PEP 503 HTML page (or a flat find-links page when ``project``
     is None) into distributions, in the upstream's order.
@@ -450,10 +492,13 @@ def parse_page(
     ``.exe``, ``.tar.bz2``, legacy versions): pip and uv skip what they cannot use. Only names
     that are unsafe as a path are refused. On a flat page (no project), only wheels and sdists
     can say which project they belong to, so only those are kept.
+
+    ``budget``: seconds the parse may take, else :class:`OverBudget` (a ``ValueError``).
     """
     versions = status = None
+    clock = _Budget(budget)
     if content_type.startswith("application/vnd.pypi.simple.v1+json"):
-        entries, doc = _json_entries(body)
+        entries, doc = _json_entries(body, clock)
         listed = doc.get("versions")
         if isinstance(listed, list) and all(isinstance(v, str) for v in listed):
             versions = tuple(listed)
@@ -461,12 +506,13 @@ def parse_page(
         if isinstance(ps, dict):
             status = _status(ps.get("status"), ps.get("reason"))
     else:
-        entries, meta = _html_entries(body)
+        entries, meta = _html_entries(body, clock)
         status = _status(meta.get("pypi:project-status"), meta.get("pypi:project-status-reason"))
     dists: list[Distribution] = []
     extra: dict[str, UpstreamFile] = {}
     refused: list[str] = []
     for e in entries:
+        clock.check()
         filename = e["filename"]
         if not isinstance(filename, str) or not isinstance(e["url"], str):
             continue
@@ -528,6 +574,14 @@ async def in_batches(items: Iterable[_T], size: int = 2000) -> AsyncIterator[_T]
         yield item
 
 
+@dataclass(eq=False)
+class _Flight:
+    """A page fetch and how many requests wait for it."""
+
+    task: asyncio.Task[Project | None]
+    waiters: int = 0
+
+
 class IndexSource:
     """An existing simple index (``simple``: one page per project) or a flat
     ``find-links`` page, possibly private.
@@ -541,7 +595,9 @@ class IndexSource:
     """
 
     def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False,
-                 stale: float = 86400.0) -> None:
+                 stale: float = 86400.0, max_page: int = MAX_PAGE,
+                 max_files: int = MAX_PAGE_FILES,
+                 parse_budget: float = LimitsConfig.parse_budget) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.flat = flat
@@ -557,7 +613,12 @@ class IndexSource:
                                              cfg.credentials, ca_bundle=cfg.ca_bundle,
                                              proxy=cfg.proxy, pool=FILE_POOL)
         #: the largest upstream page accepted, compressed or decoded (a gzip bomb stops here)
-        self.max_page = MAX_PAGE
+        self.max_page = max_page
+        #: the most files one page may list, counted before parsing (a 200k-link page would
+        #: hold the GIL for seconds in json.loads and the garbage collector)
+        self.max_files = max_files
+        #: seconds one page's parse may take (in its worker thread), else an upstream error
+        self.parse_budget = parse_budget
         assert clean is not None
         self.base = clean if (flat or clean.endswith("/")) else clean + "/"
         self.display = redact_url(self.base)
@@ -568,6 +629,8 @@ class IndexSource:
         #: recent failures per name: the same error for a few seconds, not one request each
         self._errors: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=10_000)
         self._refreshing: dict[str, asyncio.Task[Project | None]] = {}
+        #: page fetches in flight for requests (not background refreshes), by name
+        self._flights: dict[str, _Flight] = {}
         self.upstream_files: LRUCache[str, UpstreamFile] = LRUCache(maxsize=400_000)
 
     def _page_url(self, name: NormalizedName) -> str:
@@ -597,23 +660,37 @@ class IndexSource:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
             raise UpstreamError(f"{self.display}: unexpected content type {ctype!r} for {name!r}")
+        def digest_and_count() -> tuple[str, int]:
+            # the links counted (an upper bound, by scans in C, no objects made) before
+            # anything is parsed
+            return hashlib.sha256(body).hexdigest(), _links_at_most(body, ctype)
+
         if len(body) > _PARSE_IN_THREAD:  # hashlib lets go of the GIL: the loop runs on
-            digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+            digest, listed = await asyncio.to_thread(digest_and_count)
         else:
-            digest = hashlib.sha256(body).hexdigest()
+            digest, listed = digest_and_count()
         validators = {"etag": resp.headers.get("etag"),
                       "last_modified": resp.headers.get("last-modified")}
         if previous is not None and previous.digest == digest:
             return replace(previous, fetched=time.monotonic(), **validators)
+        if listed > self.max_files:
+            raise UpstreamError(f"{self.display}: the page for {name!r} lists up to {listed:,} "
+                                f"files, over the [limits] max_page_files limit of "
+                                f"{self.max_files:,}")
         if len(body) > _PARSE_IN_THREAD:
-            parsed = await asyncio.to_thread(self._parse, body, ctype, str(resp.url), name)
+            parsed = await asyncio.to_thread(without_gc, self._parse, body, ctype,
+                                             str(resp.url), name)
         else:
             parsed = self._parse(body, ctype, str(resp.url), name)
         return replace(parsed, digest=digest, **validators)
 
     def _parse(self, body: bytes, ctype: str, page_url: str, name: NormalizedName) -> _Cached:
         try:
-            page = parse_page(body, ctype, page_url, None if self.flat else name)
+            page = parse_page(body, ctype, page_url, None if self.flat else name,
+                              budget=self.parse_budget)
+        except OverBudget as e:
+            raise UpstreamError(f"{self.display}: the page for {name!r}: {e}, over the "
+                                f"[limits] parse_budget") from None
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise UpstreamError(f"{self.display}: unreadable page for {name!r}") from e
         for refused in page.refused:
@@ -670,7 +747,28 @@ class IndexSource:
         failed = self._errors.get(name)
         if failed is not None and time.monotonic() < failed[0]:
             raise UpstreamError(failed[1])  # failed moments ago: the same answer, no request
-        return await self._refresh(name)
+        # One fetch per name, shared by every request waiting for it. When the last of them
+        # stops waiting (its client left: the route cancels it), the fetch is cancelled too,
+        # so abandoned lookups of a slow upstream do not keep the page pool full.
+        flight = self._flights.get(name)
+        if flight is None:
+            flight = self._flights[name] = _Flight(
+                asyncio.get_running_loop().create_task(self._refresh(name)))
+            flight.task.add_done_callback(lambda t: self._landed(name, flight))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done():
+                self._flights.pop(name, None)  # a request arriving now starts a new fetch
+                flight.task.cancel()
+
+    def _landed(self, name: NormalizedName, flight: _Flight) -> None:
+        if self._flights.get(name) is flight:
+            del self._flights[name]
+        if not flight.task.cancelled():
+            flight.task.exception()  # raised to its waiters; retrieved for asyncio's sake
 
     async def _refresh(self, name: NormalizedName, *, force: bool = False) -> Project | None:
         key = self._key(name)
@@ -706,9 +804,10 @@ class IndexSource:
         return []
 
     async def aclose(self) -> None:
-        for task in list(self._refreshing.values()):
+        tasks = [*self._refreshing.values(), *(f.task for f in self._flights.values())]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
         await self.files_client.aclose()
 
