@@ -27,16 +27,11 @@ from spacy_index.metadata import (
     BadRangeResponse,
     CorruptWheel,
     MetadataError,
-    NeedMoreData,
     RangeNotSupported,
     RemoteMetadata,
-    extract_member,
-    find_metadata_entry,
     metadata_from_remote_wheel,
-    metadata_from_remote_wheel_sync,
     metadata_from_wheel_file,
-    parse_central_directory,
-    parse_eocd,
+    metadata_plan,
 )
 from tests.fakegithub import FakeGitHub, Fault
 
@@ -302,16 +297,26 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
-def fetch(url: str, *, filename: str, sync: bool = False, **kwargs: Any) -> RemoteMetadata:
-    if sync:
-        with httpx.Client(trust_env=False) as client:
-            return metadata_from_remote_wheel_sync(client, url, filename=filename, **kwargs)
-
+def fetch(url: str, *, filename: str, event_hooks: Any = None, **kwargs: Any) -> RemoteMetadata:
     async def run() -> RemoteMetadata:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(trust_env=False, event_hooks=event_hooks) as client:
             return await metadata_from_remote_wheel(client, url, filename=filename, **kwargs)
 
     return asyncio.run(run())
+
+
+def drive(data: bytes, tail: int = TAIL, filename: str = "demo_pkg-1.0-py3-none-any.whl",
+          ) -> tuple[bytes, list[tuple[int, int]]]:
+    """Run the sans-I/O plan over ``data`` in memory: (the METADATA, the ranges it asked for)."""
+    plan = metadata_plan(filename, len(data), data[len(data) - min(tail, len(data)):])
+    asked: list[tuple[int, int]] = []
+    try:
+        want = next(plan)
+        while True:
+            asked.append(want)
+            want = plan.send(data[want[0]:want[1]])
+    except StopIteration as done:
+        return done.value, asked
 
 
 def compressed_size(path: Path) -> int:
@@ -387,52 +392,61 @@ def test_wheel_file_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- #
 # Pure parsing
 # --------------------------------------------------------------------------- #
-def test_pure_parsers(wheels: dict[str, Path]) -> None:
+def test_the_plan_over_bytes_in_memory(wheels: dict[str, Path]) -> None:
     for key in ("deflated-pad-before", "zip64-pad-after", "zip64-sentinels", "stored-pad-after"):
         data = wheels[key].read_bytes()
-        eocd = parse_eocd(data[-TAIL:], len(data))
-        assert eocd.zip64 == key.startswith("zip64")
-        assert eocd.base_offset == 0
-        entries = parse_central_directory(data[eocd.cd_offset:eocd.cd_end], eocd.entries)
         with zipfile.ZipFile(wheels[key]) as zf:
-            infos = zf.infolist()
-        assert [(e.name, e.header_offset, e.compressed_size, e.file_size, e.crc) for e in entries] \
-            == [(i.filename, i.header_offset, i.compress_size, i.file_size, i.CRC) for i in infos]
-        entry = find_metadata_entry(entries, wheels[key].name)
-        assert extract_member(data[entry.header_offset:], entry) == METADATA
-        # the central directory lies before a 100-byte tail: the parser finds the EOCD anyway
-        eocd_small = parse_eocd(data[-100:], len(data))
-        assert eocd_small == eocd
+            info = zf.getinfo("demo_pkg-1.0.dist-info/METADATA")
+            cd = zf.start_dir
+        got, asked = drive(data, filename=wheels[key].name)
+        assert got == METADATA
+        if "pad-before" in key:  # the member, the directory and the end records in the tail
+            assert asked == []
+        else:  # the member, from its local header, in one range
+            assert len(asked) == 1 and asked[0][0] == info.header_offset
+        # the central directory lies before a 100-byte tail: the plan asks for the rest of it
+        got, asked = drive(data, tail=100, filename=wheels[key].name)
+        assert got == METADATA and asked[0] == (cd, len(data) - 100)
 
 
-def test_parse_eocd_asks_for_more() -> None:
+def test_the_plan_asks_for_the_largest_end_area_when_there_is_a_comment() -> None:
     comment = b"c" * 60000
     body = raw_zip([("demo_pkg-1.0.dist-info/METADATA", METADATA, 0, b"")])
     data = body[:-2] + struct.pack("<H", len(comment)) + comment
     assert zip_metadata(data) == METADATA
-    with pytest.raises(NeedMoreData) as more:
-        parse_eocd(data[-1000:], len(data))
-    assert more.value.start == 0  # the file is smaller than the largest possible EOCD area
-    eocd = parse_eocd(data, len(data))
-    assert eocd.cd_end == len(body) - 22
-    with pytest.raises(CorruptWheel, match="not a ZIP"):
-        parse_eocd(b"x" * 30, 30)
-    with pytest.raises(CorruptWheel, match="not a ZIP"):
-        parse_eocd(b"", 0)
+    got, asked = drive(data, tail=1000)
+    assert got == METADATA
+    assert asked[0] == (0, len(data) - 1000)  # the file is smaller than the largest end area
+    for junk in (b"x" * 30, b""):
+        with pytest.raises(CorruptWheel, match="not a ZIP"):
+            drive(junk)
+
+
+def test_the_plan_refuses_a_central_directory_over_the_cap() -> None:
+    body = raw_zip([("demo_pkg-1.0.dist-info/METADATA", METADATA, 0, b"")])
+    claim = 17 << 20
+    data = bytes(claim) + body[:-10] + struct.pack("<LL", claim, 0) + body[-2:]
+    with pytest.raises(MetadataError, match="byte limit for range reads"):
+        drive(data)
+    # a member's sizes as the central directory records them: over MAX_METADATA_SIZE
+    big = bytearray(body)
+    at = big.index(b"PK\x01\x02")
+    big[at + 20:at + 28] = struct.pack("<LL", 40 << 20, 40 << 20)
+    with pytest.raises(CorruptWheel, match="implausibly large"):
+        drive(bytes(big))
 
 
 def test_prepended_data_is_allowed(wheels: dict[str, Path]) -> None:
     for key in ("prepended-deflated-pad-after", "prepended-zip64-pad-after"):
         data = wheels[key].read_bytes()
-        eocd = parse_eocd(data[-TAIL:], len(data))
-        assert eocd.base_offset == 25 * 40
+        assert not data.startswith(b"PK")
+        assert drive(data, filename=wheels[key].name)[0] == METADATA
         assert metadata_from_wheel_file(wheels[key]) == METADATA
 
 
 # --------------------------------------------------------------------------- #
 # Remote wheels
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
 @pytest.mark.parametrize(
     "key",
     [
@@ -449,11 +463,11 @@ def test_prepended_data_is_allowed(wheels: dict[str, Path]) -> None:
         "small",
     ],
 )
-def test_remote_metadata(wheels: dict[str, Path], key: str, sync: bool) -> None:
+def test_remote_metadata(wheels: dict[str, Path], key: str) -> None:
     path = wheels[key]
     data = path.read_bytes()
     with serve({path.name: data}) as server:
-        got = fetch(server.url(path.name), filename=path.name, sync=sync, size=len(data))
+        got = fetch(server.url(path.name), filename=path.name, size=len(data))
     assert got.metadata == METADATA == metadata_from_wheel_file(path) == zip_metadata(path)
     assert got.size == len(data)
     assert got.requests == len(server.requests)
@@ -471,11 +485,10 @@ def test_remote_metadata(wheels: dict[str, Path], key: str, sync: bool) -> None:
         assert server.requests[1].headers.get("if-range") == '"v1"'
 
 
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-def test_remote_follows_redirects_once(wheels: dict[str, Path], sync: bool) -> None:
+def test_remote_follows_redirects_once(wheels: dict[str, Path]) -> None:
     path = wheels["deflated-pad-after"]
     with serve({path.name: path.read_bytes()}) as server:
-        got = fetch(server.url(path.name, redirect=True), filename=path.name, sync=sync)
+        got = fetch(server.url(path.name, redirect=True), filename=path.name)
     assert got.metadata == METADATA
     # the redirect, the tail (Range kept across the redirect), the member straight from the
     # redirect target
@@ -488,15 +501,16 @@ def test_remote_follows_redirects_once(wheels: dict[str, Path], sync: bool) -> N
 def test_remote_small_tail_fetches_exactly_the_missing_directory(wheels: dict[str, Path]) -> None:
     path = wheels["deflated-pad-before"]
     data = path.read_bytes()
-    eocd = parse_eocd(data, len(data))
+    with zipfile.ZipFile(path) as zf:
+        cd_offset = zf.start_dir
     with serve({path.name: data}) as server:
         got = fetch(server.url(path.name), filename=path.name, tail=100)
     assert got.metadata == METADATA
-    assert server.ranges_asked[:2] == ["bytes=-100", f"bytes={eocd.cd_offset}-{len(data) - 101}"]
+    assert server.ranges_asked[:2] == ["bytes=-100", f"bytes={cd_offset}-{len(data) - 101}"]
     # then the member, which ends where the central directory starts
     assert len(server.requests) == 3
-    assert server.ranges_asked[2].endswith(f"-{eocd.cd_offset - 1}")  # type: ignore[union-attr]
-    assert server.bytes_sent < 100 + (len(data) - eocd.cd_offset) + compressed_size(path) + 200
+    assert server.ranges_asked[2].endswith(f"-{cd_offset - 1}")  # type: ignore[union-attr]
+    assert server.bytes_sent < 100 + (len(data) - cd_offset) + compressed_size(path) + 200
 
 
 @pytest.mark.parametrize("tail", [22, 30, 100, 1000])
@@ -584,13 +598,12 @@ def test_remote_via_fake_github_expired_signed_url(wheels: dict[str, Path]) -> N
 
         injected: list[Fault] = []
 
-        def expire(response: httpx.Response) -> None:
+        async def expire(response: httpx.Response) -> None:
             if response.status_code == 206 and not injected:
                 injected.append(Fault.status(403, origin="objects"))
                 gh.inject(injected[0])
 
-        with httpx.Client(trust_env=False, event_hooks={"response": [expire]}) as client:
-            got = metadata_from_remote_wheel_sync(client, url, filename=path.name)
+        got = fetch(url, filename=path.name, event_hooks={"response": [expire]})
         seen = [(r.origin, r.status) for r in gh.requests]
     assert got.metadata == METADATA
     assert seen == [("web", 302), ("objects", 206), ("objects", 403), ("web", 302),
@@ -601,15 +614,14 @@ def test_remote_via_fake_github_expired_signed_url(wheels: dict[str, Path]) -> N
 # --------------------------------------------------------------------------- #
 # Remote failures
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-def test_no_range_support_raises_without_reading(sync: bool) -> None:
+def test_no_range_support_raises_without_reading() -> None:
     body = bytes(32 << 20)
     name = "demo_pkg-1.0-py3-none-any.whl"
     with serve({name: body}, ranges=False) as server:
         url = server.url(name)
         start = time.monotonic()
         with pytest.raises(RangeNotSupported) as e:
-            fetch(url, filename=name, sync=sync)
+            fetch(url, filename=name)
         assert server.requests[0].done.wait(10)
     assert isinstance(e.value, MetadataError) and isinstance(e.value, UpstreamError)
     assert e.value.status == 200
@@ -643,22 +655,17 @@ class _TrackedStream(httpx.AsyncByteStream, httpx.SyncByteStream):
         self.closed = True
 
 
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-def test_no_range_support_body_is_never_iterated(sync: bool) -> None:
+def test_no_range_support_body_is_never_iterated() -> None:
     stream = _TrackedStream(b"PK" * 1000)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
     name = "demo_pkg-1.0-py3-none-any.whl"
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await metadata_from_remote_wheel(client, "https://h/x.whl", filename=name)
+
     with pytest.raises(RangeNotSupported):
-        if sync:
-            with httpx.Client(transport=transport) as client:
-                metadata_from_remote_wheel_sync(client, "https://h/x.whl", filename=name)
-        else:
-
-            async def run() -> None:
-                async with httpx.AsyncClient(transport=transport) as client:
-                    await metadata_from_remote_wheel(client, "https://h/x.whl", filename=name)
-
-            asyncio.run(run())
+        asyncio.run(run())
     assert not stream.iterated
     assert stream.closed
 
@@ -674,8 +681,12 @@ def test_wrong_content_range_raises(wheels: dict[str, Path], lie_from: int) -> N
 
 
 def _mock_fetch(handler: Any, name: str = "demo_pkg-1.0-py3-none-any.whl", **kw: Any) -> Any:
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        return metadata_from_remote_wheel_sync(client, "https://h/x.whl", filename=name, **kw)
+    async def run() -> RemoteMetadata:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await metadata_from_remote_wheel(client, "https://h/x.whl", filename=name,
+                                                    **kw)
+
+    return asyncio.run(run())
 
 
 def test_bad_range_answers_raise() -> None:
@@ -724,14 +735,13 @@ def test_file_changing_between_requests(wheels: dict[str, Path]) -> None:
     assert calls[1].headers["If-Range"] == '"a"'
 
 
-@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
-def test_corrupted_member_fails_crc(tmp_path: Path, sync: bool) -> None:
+def test_corrupted_member_fails_crc(tmp_path: Path) -> None:
     path = make_wheel(tmp_path, pad=100_000, pad_first=False, compression=zipfile.ZIP_STORED)
     data = bytearray(path.read_bytes())
     data[data.index(b"A description")] ^= 0x20  # still a well-formed zip; the CRC is wrong
     with serve({path.name: bytes(data)}) as server, \
-            pytest.raises(CorruptWheel, match="CRC-32 mismatch") as e:
-        fetch(server.url(path.name), filename=path.name, sync=sync)
+            pytest.raises(CorruptWheel, match="Bad CRC-32") as e:
+        fetch(server.url(path.name), filename=path.name)
     assert e.value.filename == path.name
     assert e.value.source == server.url(path.name)
 

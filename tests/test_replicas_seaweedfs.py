@@ -415,12 +415,12 @@ def test_seaweedfs_conditional_writes_have_exactly_one_winner(weed):
 def test_two_replicas_never_both_take_over_one_stale_lock(weed, tmp_path):
     """Two waiters that read the same stale lock both try ``If-Match`` on its ETag; one
     must lose. S3 ETags are the MD5 of the body, so that holds only if no two owners ever
-    write the same lock body (publish_s3's lock has a random ``owner`` token for this)."""
+    write the same lock body (every write of a :class:`~spacy_index.s3.Lease` has a random ``owner`` token)."""
     from botocore.exceptions import ClientError
 
     from spacy_index.cache import FileCache
     from spacy_index.cache_s3 import S3FileStore
-    from spacy_index.publish_s3 import S3Location
+    from spacy_index.s3 import S3Location
 
     location = S3Location(CACHE_BUCKET, "cache-owners")
     # two stores in one process: one host name and one pid, as two replicas in containers
@@ -428,13 +428,12 @@ def test_two_replicas_never_both_take_over_one_stale_lock(weed, tmp_path):
               for name in ("a", "b")]
     sha = hashlib.sha256(b"owners").hexdigest()
     key = stores[0].lock_key(sha)
-    dead = weed.client.put_object(Bucket=CACHE_BUCKET, Key=key, IfNoneMatch="*",
-                                  **stores[0]._lock_body("x.whl"))["ETag"]
+    dead = weed.client.put_object(IfNoneMatch="*",
+                                  **stores[0]._lease(sha, "x.whl").put_args())["ETag"]
     won = []
     for store in stores:  # both saw the dead holder's ETag; both try to take over
         with contextlib.suppress(ClientError):
-            weed.client.put_object(Bucket=CACHE_BUCKET, Key=key, IfMatch=dead,
-                                   **store._lock_body("x.whl"))
+            weed.client.put_object(IfMatch=dead, **store._lease(sha, "x.whl").put_args())
             won.append(store)
     weed.client.delete_object(Bucket=CACHE_BUCKET, Key=key)
     assert len(won) == 1, f"{len(won)} owners of one lock"

@@ -521,6 +521,38 @@ class FileCache:
             self._say(f"evicted corrupt cache entry {path.name} ({reason})")
             return None
 
+    def add(self, sha256: str, write: Callable[[Path], None], *, filename: str = "") -> Path:
+        """Store a file that comes from somewhere other than its upstream (the shared S3
+        cache, :mod:`spacy_index.cache_s3`) and return its final path. Blocking: async code
+        runs this in a thread.
+
+        ``write(path)`` creates the file at ``path`` (a new, private partial file under this
+        cache's root). Its bytes are hashed; if they are ``sha256`` the file is moved into
+        place and known as verified in this process (later :meth:`cached` calls only compare
+        its size). Otherwise :class:`DigestMismatch` is raised; whatever ``write`` raises
+        propagates. Either way the partial file is removed. The ``on_stored`` and
+        ``make_room`` hooks are not called (they count upstream downloads).
+        """
+        sha = _check_sha(sha256)
+        folder = self.root / "partial"
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{sha}.{os.getpid()}-{secrets.token_hex(4)}.add"
+        try:
+            write(partial)
+            actual = _hash_file(partial)
+            if actual != sha:
+                raise DigestMismatch(filename or sha, sha, actual)
+            size = partial.stat().st_size
+            final = self.path(sha)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock_for(sha):
+                os.replace(partial, final)
+                self._verified[sha] = size
+            return final
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
     def _lock_for(self, sha: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(sha, threading.Lock())

@@ -7,14 +7,17 @@ metadata ``sha256``) and ``locks/<sha>.lock`` (who is downloading it).
 :meth:`S3FileStore.fetch` for one sha256:
 
 1. the local :class:`~spacy_index.cache.FileCache` has it → done (no S3 request);
-2. the object is in the bucket → it is downloaded (boto3's managed transfer), its sha256
-   checked, and it is moved into the local cache;
-3. otherwise we try to create the lock with a conditional put (``If-None-Match: *``). The one
-   process that succeeds calls ``download()`` (the upstream download into its local cache),
-   checks the sha256, uploads the file, and deletes the lock. While it downloads, it renews
-   the lock every ``lock_ttl / 3`` with ``If-Match`` on its ETag;
-4. everyone else polls (HEAD object, HEAD lock; backing off to ``poll_interval``) until the
-   object appears, then does 2. A lock that was not renewed for ``lock_ttl`` (its holder
+2. the object is in the bucket → it is downloaded (boto3's managed transfer) into the local
+   cache with :meth:`FileCache.add <spacy_index.cache.FileCache.add>`, which checks its
+   sha256;
+3. otherwise we try to take the lock, a :class:`~spacy_index.s3.Lease` (a conditional put
+   with ``If-None-Match: *``; see :mod:`spacy_index.s3` for the protocol and what 409 and
+   412 mean). The one process that gets it calls ``download()`` (the upstream download into
+   its local cache), checks the sha256, uploads the file, and deletes the lock. While it
+   downloads, an asyncio task renews the lock every ``lock_ttl / 3`` with ``If-Match`` on
+   its ETag;
+4. everyone else polls (HEAD object, then the lock; backing off to ``poll_interval``) until
+   the object appears, then does 2. A lock that was not renewed for ``lock_ttl`` (its holder
    died or hangs) is taken over with ``If-Match`` on the stale ETag, so exactly one of the
    waiters becomes the new downloader.
 
@@ -35,11 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-import os
 import re
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,19 +46,18 @@ from typing import Any
 
 from spacy_index.cache import CacheError, FileCache, InvalidDigest
 from spacy_index.errors import DigestMismatch
-from spacy_index.publish_s3 import (
+from spacy_index.s3 import (
+    NOT_FOUND,
+    Lease,
     S3Location,
-    _error_code,
-    _is_client_error,
-    _server_now,
+    error_code,
+    is_client_error,
     make_s3_client,
 )
 
 __all__ = ["S3CacheError", "S3FileStore"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _HASH_BLOCK = 1 << 20
 
 Notify = Callable[[str], None]
@@ -127,7 +125,7 @@ class S3FileStore:
         try:
             return self.s3.head_object(Bucket=self.location.bucket, Key=key)
         except Exception as exc:
-            if _is_client_error(exc, _NOT_FOUND):
+            if is_client_error(exc, NOT_FOUND):
                 return None
             raise
 
@@ -163,9 +161,9 @@ class S3FileStore:
                 got = await asyncio.to_thread(self._from_bucket, sha, filename)
                 if got is not None:
                     return got
-                etag = await asyncio.to_thread(self._try_lock, sha, filename)
-                if etag is not None:
-                    return await self._download_as_owner(sha, filename, download, etag)
+                lease = await asyncio.to_thread(self._try_lock, sha, filename)
+                if lease is not None:
+                    return await self._download_as_owner(sha, filename, download, lease)
                 if time.monotonic() > deadline:
                     raise S3CacheError(
                         f"gave up waiting {self.max_wait:g}s for another server to download "
@@ -179,7 +177,7 @@ class S3FileStore:
             from botocore.exceptions import BotoCoreError, ClientError
 
             if isinstance(exc, (BotoCoreError, ClientError)):
-                code = _error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+                code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
                 raise S3CacheError(
                     f"the shared S3 cache {self.location} failed for {filename!r} ({code}); "
                     "check the credentials, the bucket and --s3-endpoint-url"
@@ -187,111 +185,54 @@ class S3FileStore:
             raise
 
     def _from_bucket(self, sha: str, filename: str) -> Path | None:
-        """Blocking: the object, downloaded into the local cache and verified; None if absent."""
+        """Blocking: the object, downloaded into the local cache and verified; None if absent
+        (or corrupt: it is then deleted, conditionally on its ETag)."""
         key = self.object_key(sha)
         head = self._head(key)
         if head is None:
             return None
-        final = self.cache.path(sha)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.parent / f".{sha}.{os.getpid()}-{secrets.token_hex(4)}.s3"
         try:
-            self.s3.download_file(self.location.bucket, key, str(partial))
-            actual = _hash_file(partial)
-            if actual != sha:
-                self.stats["corrupt"] += 1
-                self._say(f"{key} in the shared cache is corrupt (sha256 {actual}); removing it")
-                with contextlib.suppress(Exception):
-                    self.s3.delete_object(Bucket=self.location.bucket, Key=key,
-                                          IfMatch=head["ETag"])
-                return None
-            os.replace(partial, final)
+            path = self.cache.add(
+                sha, lambda partial: self.s3.download_file(self.location.bucket, key,
+                                                           str(partial)),
+                filename=filename)
+        except DigestMismatch as exc:
+            self.stats["corrupt"] += 1
+            self._say(f"{key} in the shared cache is corrupt (sha256 {exc.actual}); removing it")
+            with contextlib.suppress(Exception):
+                self.s3.delete_object(Bucket=self.location.bucket, Key=key,
+                                      IfMatch=head["ETag"])
+            return None
         except Exception as exc:
-            if _is_client_error(exc, _NOT_FOUND):  # deleted between HEAD and GET
+            if is_client_error(exc, NOT_FOUND):  # deleted between HEAD and GET
                 return None
             raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
         self.stats["s3_fetches"] += 1
-        return final
+        return path
 
-    def _lock_body(self, filename: str) -> dict[str, Any]:
-        return {
-            # a fresh owner token per put: two replicas with the same host name and pid (pid 1
-            # in containers) never write identical bodies, so their ETags (MD5s) differ and only
-            # one If-Match takeover of a dead lock can succeed
-            "Body": json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "owner": secrets.token_hex(16),
-                                "filename": filename, "ttl": self.lock_ttl}).encode(),
-            "ContentType": "application/json",
-            "Metadata": {"ttl": f"{self.lock_ttl:g}"},
-        }
+    def _lease(self, sha: str, filename: str) -> Lease:
+        """The download lock of one file (``locks/<sha>.lock``)."""
+        return Lease(self.s3, self.location.bucket, self.lock_key(sha), self.lock_ttl,
+                     info={"filename": filename})
 
-    def _try_lock(self, sha: str, filename: str) -> str | None:
-        """Blocking: the lock's ETag if we now own it (created, or taken over), else None."""
-        key = self.lock_key(sha)
-        try:
-            r = self.s3.put_object(Bucket=self.location.bucket, Key=key, IfNoneMatch="*",
-                                   **self._lock_body(filename))
-            # the object may have landed between our HEAD and the lock
-            if self._head(self.object_key(sha)) is not None:
-                self._unlock(sha, r["ETag"])
-                return None
-            return r["ETag"]
-        except Exception as exc:
-            if not _is_client_error(exc, _PRECONDITION):
-                raise
-        head = self._head(key)
-        if head is None:
-            return None  # released meanwhile: look for the object again
-        try:
-            ttl = float(head.get("Metadata", {}).get("ttl", self.lock_ttl))
-        except ValueError:
-            ttl = self.lock_ttl
-        if (_server_now(head) - head["LastModified"]).total_seconds() < ttl:
-            return None
-        try:
-            r = self.s3.put_object(Bucket=self.location.bucket, Key=key, IfMatch=head["ETag"],
-                                   **self._lock_body(filename))
-        except Exception as exc:
-            if _is_client_error(exc, _PRECONDITION | _NOT_FOUND):
-                return None  # another waiter took it over first
-            raise
-        self.stats["takeovers"] += 1
-        self._say(f"took over the stale download lock for {filename}")
+    def _try_lock(self, sha: str, filename: str) -> Lease | None:
+        """Blocking: the lock, if we now hold it (created, or taken over), else None."""
+        lease = self._lease(sha, filename)
+        got = lease.acquire()
+        if got not in ("created", "taken over"):
+            return None  # held by a live downloader, or released meanwhile: look again
+        if got == "taken over":
+            self.stats["takeovers"] += 1
+            self._say(f"took over the stale download lock for {filename}")
+        # the object may have landed between our HEAD and the lock
         if self._head(self.object_key(sha)) is not None:
-            self._unlock(sha, r["ETag"])
+            lease.release()
             return None
-        return r["ETag"]
-
-    def _unlock(self, sha: str, etag: str) -> None:
-        key = self.lock_key(sha)
-        with contextlib.suppress(Exception):  # a leftover lock expires after its TTL
-            try:
-                self.s3.delete_object(Bucket=self.location.bucket, Key=key, IfMatch=etag)
-            except Exception as exc:
-                if _is_client_error(exc, _PRECONDITION | _NOT_FOUND):
-                    return
-                head = self._head(key)  # a store without conditional deletes
-                if head is not None and head.get("ETag") == etag:
-                    self.s3.delete_object(Bucket=self.location.bucket, Key=key)
+        return lease
 
     async def _download_as_owner(self, sha: str, filename: str,
-                                 download: Callable[[], Awaitable[Path]], etag: str) -> Path:
-        state = {"etag": etag}
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lock_ttl / 3)
-                with contextlib.suppress(Exception):  # on failure the lock may expire
-                    r = await asyncio.to_thread(
-                        self.s3.put_object, Bucket=self.location.bucket, Key=self.lock_key(sha),
-                        IfMatch=state["etag"], **self._lock_body(filename))
-                    state["etag"] = r["ETag"]
-
-        renewer = asyncio.get_running_loop().create_task(renew())
-        try:
+                                 download: Callable[[], Awaitable[Path]], lease: Lease) -> Path:
+        async with lease.renewing_in_task():
             self.stats["downloads"] += 1
             path = Path(await download())
             actual = await asyncio.to_thread(_hash_file, path)
@@ -304,8 +245,3 @@ class S3FileStore:
             )
             self.stats["uploads"] += 1
             return path
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await asyncio.to_thread(self._unlock, sha, state["etag"])

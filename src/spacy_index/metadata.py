@@ -3,17 +3,19 @@
 Two ways to get them:
 
 * :func:`metadata_from_wheel_file` reads a wheel on disk with :mod:`zipfile`.
-* :func:`metadata_from_remote_wheel` (and :func:`metadata_from_remote_wheel_sync`) read a wheel
-  on an HTTP server *without downloading it*: one suffix ``Range`` request fetches the tail of
-  the file (end of central directory, usually the central directory itself and, for wheels
-  whose ``.dist-info`` comes last, the METADATA member too); at most one more request fetches
-  a missing part of the central directory and one more the METADATA member. A 450 MB model
-  wheel costs one or two requests and about 64 KiB.
+* :func:`metadata_from_remote_wheel` reads a wheel on an HTTP server *without downloading
+  it*: one suffix ``Range`` request fetches the tail of the file (end of central directory,
+  usually the central directory itself and, for wheels whose ``.dist-info`` comes last, the
+  METADATA member too); at most one more request fetches a missing part of the central
+  directory and one more the METADATA member. A 450 MB model wheel costs one or two
+  requests and about 64 KiB.
 
-The ZIP parsing is pure functions on bytes (:func:`parse_eocd`,
-:func:`parse_central_directory`, :func:`find_metadata_entry`, :func:`local_header_length`,
-:func:`extract_member`), driven by a small sans-I/O plan (a generator that yields the byte
-ranges it still needs) that the async and sync wrappers share.
+Both let :mod:`zipfile` do the ZIP parsing. The remote reader hands it a file object that
+serves reads from the byte ranges fetched so far and raises :class:`NeedMoreData` for any
+other range; a small sans-I/O plan (a generator that yields the byte ranges it still needs,
+:func:`metadata_plan`) fetches them and tries again. Both readers refuse, before zipfile reads
+it, a central directory over :data:`MAX_CENTRAL_DIRECTORY` and a METADATA member over
+:data:`MAX_METADATA_SIZE`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import re
 import struct
 import threading
 import zipfile
 import zlib
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from packaging.utils import canonicalize_name
@@ -40,23 +44,17 @@ from spacy_index.model import parse_filename
 
 __all__ = [
     "DEFAULT_TAIL",
+    "MAX_CENTRAL_DIRECTORY",
     "MAX_METADATA_SIZE",
     "BadRangeResponse",
     "CorruptWheel",
-    "EndOfCentralDirectory",
     "MetadataError",
     "NeedMoreData",
     "RangeNotSupported",
     "RemoteMetadata",
-    "ZipEntry",
-    "extract_member",
-    "find_metadata_entry",
-    "local_header_length",
     "metadata_from_remote_wheel",
-    "metadata_from_remote_wheel_sync",
     "metadata_from_wheel_file",
-    "parse_central_directory",
-    "parse_eocd",
+    "metadata_plan",
     "select_metadata_name",
 ]
 
@@ -100,26 +98,14 @@ def _advance_without_gc(session: _Session, data: bytes) -> tuple[int, int] | Non
     with _gc_paused():
         return session.advance(data)
 
-_EOCD_SIG = b"PK\x05\x06"
-_EOCD_SIZE = 22
-_MAX_COMMENT = 0xFFFF
-_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
-_ZIP64_LOCATOR_SIZE = 20
-_ZIP64_EOCD_SIG = b"PK\x06\x06"
-_ZIP64_EOCD_SIZE = 56
-_CENTRAL_SIG = b"PK\x01\x02"
-_CENTRAL_SIZE = 46
-_LOCAL_SIG = b"PK\x03\x04"
-_LOCAL_SIZE = 30
-_ZIP64_EXTRA_ID = 0x0001
-_U16 = 0xFFFF
-_U32 = 0xFFFFFFFF
+_EOCD_SIZE = zipfile.sizeEndCentDir  # 22
+_LOCAL_SIZE = zipfile.sizeFileHeader  # 30
+#: the end records: the end of central directory, the ZIP64 locator and the ZIP64 record
+_END_AREA = _EOCD_SIZE + zipfile.sizeEndCentDir64Locator + zipfile.sizeEndCentDir64
 _FLAG_ENCRYPTED = 0x1
 _FLAG_UTF8 = 0x800
-_STORED = 0
-_DEFLATED = 8
-#: Everything the EOCD search may need: a maximal comment, the EOCD, the ZIP64 locator and record.
-_MAX_EOCD_AREA = _MAX_COMMENT + _EOCD_SIZE + _ZIP64_LOCATOR_SIZE + _ZIP64_EOCD_SIZE
+#: the compression methods the remote reader accepts for METADATA
+_REMOTE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 # --------------------------------------------------------------------------- #
@@ -187,189 +173,30 @@ class RangeNotSupported(MetadataError):
 
 
 class NeedMoreData(Exception):
-    """Raised by a pure parser: it needs the file's bytes from ``start`` on (to the data it got).
+    """A read of bytes ``[start, end)`` of the remote file that were not fetched yet.
 
-    Not an error a user sees: the remote readers fetch the bytes and call the parser again.
+    Not an error a user sees: the plan fetches the bytes and lets zipfile read again.
+    (Not an :class:`OSError`, which zipfile would turn into "not a zip file".)
     """
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, end: int) -> None:
         self.start = start
-        super().__init__(f"need the bytes from offset {start}")
+        self.end = end
+        super().__init__(f"need bytes {start}-{end - 1}")
+
+
+class _TooBig(Exception):
+    """A read of ``size`` bytes while zipfile opens an archive: its central directory (the
+    only read there that is not a few bytes of the end records) is over the cap."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        super().__init__(f"a read of {size} bytes")
 
 
 # --------------------------------------------------------------------------- #
-# Pure ZIP parsing
+# Choosing and checking the METADATA member
 # --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class EndOfCentralDirectory:
-    """Where the central directory is, from the (ZIP64) end of central directory record.
-
-    Offsets are positions in the file. ``base_offset`` is the length of any data prepended to
-    the archive (0 for ordinary wheels): add it to the offsets stored in the archive.
-    """
-
-    cd_offset: int
-    cd_size: int
-    entries: int
-    eocd_offset: int
-    zip64: bool
-    base_offset: int = 0
-
-    @property
-    def cd_end(self) -> int:
-        return self.cd_offset + self.cd_size
-
-
-@dataclass(frozen=True)
-class ZipEntry:
-    """One central directory entry (sizes and offset already taken from ZIP64 extras)."""
-
-    name: str
-    raw_name: bytes
-    flags: int
-    compress_type: int
-    crc: int
-    compressed_size: int
-    file_size: int
-    #: offset of the local header, as stored in the archive (add ``base_offset``)
-    header_offset: int
-    extra: bytes = b""
-
-
-def parse_eocd(tail: bytes, total: int) -> EndOfCentralDirectory:
-    """Find the end of central directory record (and the ZIP64 one) in ``tail``.
-
-    ``tail`` is the last ``len(tail)`` bytes of a file of ``total`` bytes. Raises
-    :class:`NeedMoreData` when the records may lie (partly) before ``tail``, and
-    :class:`CorruptWheel` when the file is not a ZIP archive.
-    """
-    if len(tail) > total:
-        raise ValueError(f"tail of {len(tail)} bytes is longer than the file ({total})")
-    start = total - len(tail)
-    pos = _find_eocd(tail) if len(tail) >= _EOCD_SIZE else None
-    if pos is None:
-        if start > 0 and len(tail) < _MAX_COMMENT + _EOCD_SIZE:
-            raise NeedMoreData(max(0, total - _MAX_EOCD_AREA))
-        raise CorruptWheel("not a ZIP archive (no end of central directory record)")
-    (_sig, disk, cd_disk, _disk_entries, entries, cd_size, cd_offset, _clen) = struct.unpack_from(
-        "<4s4H2LH", tail, pos
-    )
-    eocd_abs = start + pos
-    # The ZIP64 locator, when there is one, sits right before the EOCD record.
-    loc = pos - _ZIP64_LOCATOR_SIZE
-    if loc < 0 and eocd_abs >= _ZIP64_LOCATOR_SIZE:
-        raise NeedMoreData(max(0, eocd_abs - _ZIP64_LOCATOR_SIZE - _ZIP64_EOCD_SIZE))
-    if loc >= 0 and tail[loc : loc + 4] == _ZIP64_LOCATOR_SIG:
-        _s, z64_disk, rec_offset, disks = struct.unpack_from("<4sLQL", tail, loc)
-        if z64_disk != 0 or disks > 1:
-            raise CorruptWheel("multi-disk ZIP archives are not supported")
-        rec = _find_zip64_record(tail, start, rec_offset, start + loc)
-        (_s, _rsize, _made, _needed, disk, cd_disk, _de, entries, cd_size, cd_offset) = (
-            struct.unpack_from("<4sQ2H2L4Q", tail, rec - start)
-        )
-        if disk != 0 or cd_disk != 0:
-            raise CorruptWheel("multi-disk ZIP archives are not supported")
-        cd_end_actual, zip64 = rec, True
-    else:
-        # (0xFFFF.. values without a ZIP64 locator fail below: the directory would not fit)
-        if disk != 0 or cd_disk != 0:
-            raise CorruptWheel("multi-disk ZIP archives are not supported")
-        cd_end_actual, zip64 = eocd_abs, False
-    base = cd_end_actual - (cd_offset + cd_size)
-    if base < 0:
-        raise CorruptWheel("the central directory does not fit before its end record")
-    return EndOfCentralDirectory(
-        cd_offset=cd_offset + base,
-        cd_size=cd_size,
-        entries=entries,
-        eocd_offset=eocd_abs,
-        zip64=zip64,
-        base_offset=base,
-    )
-
-
-def _find_eocd(tail: bytes) -> int | None:
-    """Position of the EOCD record: the last one whose comment ends the file exactly, else the
-    last one that fits (like :mod:`zipfile`, tolerate a comment length that is too large)."""
-    lowest = max(0, len(tail) - _MAX_COMMENT - _EOCD_SIZE)
-    fallback = None
-    end = len(tail) - _EOCD_SIZE + 4
-    while (pos := tail.rfind(_EOCD_SIG, lowest, end)) >= 0:
-        (clen,) = struct.unpack_from("<H", tail, pos + 20)
-        if pos + _EOCD_SIZE + clen == len(tail):
-            return pos
-        if fallback is None:
-            fallback = pos
-        end = pos + 3
-    return fallback
-
-
-def _find_zip64_record(tail: bytes, start: int, rec_offset: int, locator_abs: int) -> int:
-    """File position of the ZIP64 end of central directory record."""
-    # where the locator says; or right before the locator (the archive was prepended to)
-    for cand in (rec_offset, locator_abs - _ZIP64_EOCD_SIZE):
-        in_tail = start <= cand and cand + _ZIP64_EOCD_SIZE <= locator_abs
-        if in_tail and tail[cand - start : cand - start + 4] == _ZIP64_EOCD_SIG:
-            return cand
-    needed = min(rec_offset, locator_abs - _ZIP64_EOCD_SIZE)
-    if 0 <= needed < start:
-        raise NeedMoreData(needed)
-    raise CorruptWheel("the ZIP64 end of central directory record is missing")
-
-
-def parse_central_directory(data: bytes, count: int | None = None) -> list[ZipEntry]:
-    """The entries of a central directory (``data`` is exactly the central directory)."""
-    entries: list[ZipEntry] = []
-    pos = 0
-    while pos < len(data):
-        if data[pos : pos + 4] != _CENTRAL_SIG or pos + _CENTRAL_SIZE > len(data):
-            raise CorruptWheel(f"bad central directory entry at offset {pos} of the directory")
-        (
-            _sig, _cv, _cs, _ev, _es, flags, method, _time, _date, crc, csize, usize,
-            nlen, elen, clen, disk, _iattr, _eattr, offset,
-        ) = struct.unpack_from("<4s4B4HL2L5H2L", data, pos)
-        name_start = pos + _CENTRAL_SIZE
-        extra_start = name_start + nlen
-        end = extra_start + elen + clen
-        if end > len(data):
-            raise CorruptWheel("truncated central directory entry")
-        raw_name = bytes(data[name_start:extra_start])
-        extra = bytes(data[extra_start : extra_start + elen])
-        usize, csize, offset = _apply_zip64_extra(extra, usize, csize, offset, disk)
-        name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", errors="replace")
-        entries.append(ZipEntry(name, raw_name, flags, method, crc, csize, usize, offset, extra))
-        pos = end
-    if count is not None and count != len(entries):
-        raise CorruptWheel(f"the central directory has {len(entries)} entries, not {count}")
-    return entries
-
-
-def _apply_zip64_extra(
-    extra: bytes, usize: int, csize: int, offset: int, disk: int
-) -> tuple[int, int, int]:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, size = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4 : pos + 4 + size]
-        pos += 4 + size
-        if tag != _ZIP64_EXTRA_ID:
-            continue
-        # only the fields whose header value is the 0xFFFF.. sentinel, in this order
-        fields = [usize == _U32, csize == _U32, offset == _U32]
-        need = sum(fields) * 8 + (4 if disk == _U16 else 0)
-        if len(body) < need:
-            raise CorruptWheel("truncated ZIP64 extra field")
-        values = list(struct.unpack_from(f"<{sum(fields)}Q", body))
-        if usize == _U32:
-            usize = values.pop(0)
-        if csize == _U32:
-            csize = values.pop(0)
-        if offset == _U32:
-            offset = values.pop(0)
-        break
-    return usize, csize, offset
-
-
 def select_metadata_name(names: Iterable[str], filename: str) -> str:
     """The name of the ``METADATA`` member of the wheel ``filename`` among ``names``.
 
@@ -412,112 +239,91 @@ def _dist_info_matches(dirname: str, name: str, version: Version) -> bool:
     return False
 
 
-def find_metadata_entry(entries: Sequence[ZipEntry], filename: str) -> ZipEntry:
-    """The METADATA entry of the wheel ``filename`` (see :func:`select_metadata_name`)."""
-    by_name = {e.name: e for e in entries}  # the last of duplicates wins, as in zipfile
-    entry = by_name[select_metadata_name(by_name, filename)]
-    if entry.flags & _FLAG_ENCRYPTED:
-        raise CorruptWheel(f"{entry.name} is encrypted")
-    if entry.compress_type not in (_STORED, _DEFLATED):
+def _metadata_info(zf: zipfile.ZipFile, filename: str, *, remote: bool) -> zipfile.ZipInfo:
+    """The METADATA member of the wheel ``filename`` (see :func:`select_metadata_name`),
+    refused when it is encrypted, too large, or (``remote``) compressed other than stored or
+    deflated."""
+    info = zf.getinfo(select_metadata_name(zf.namelist(), filename))
+    if info.flag_bits & _FLAG_ENCRYPTED:
+        raise CorruptWheel(f"{info.filename} is encrypted")
+    if remote and info.compress_type not in _REMOTE_METHODS:
         raise MetadataError(
-            f"{entry.name} uses unsupported compression method {entry.compress_type}"
+            f"{info.filename} uses unsupported compression method {info.compress_type}"
         )
-    if max(entry.compressed_size, entry.file_size) > MAX_METADATA_SIZE:
-        raise CorruptWheel(f"{entry.name} is implausibly large ({entry.file_size} bytes)")
-    return entry
+    if max(info.compress_size, info.file_size) > MAX_METADATA_SIZE:
+        raise CorruptWheel(f"{info.filename} is implausibly large ({info.file_size} bytes)")
+    return info
 
 
-def local_header_length(header: bytes) -> int:
-    """Length of a local file header (30 bytes + name + extra) from its first 30 bytes."""
-    if len(header) < _LOCAL_SIZE or header[:4] != _LOCAL_SIG:
-        raise CorruptWheel("bad local file header")
-    nlen, elen = struct.unpack_from("<HH", header, 26)
-    return _LOCAL_SIZE + nlen + elen
+def _zip_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if text == "File is not a zip file":
+        return "not a ZIP archive (no end of central directory record)"
+    return text
 
 
-def extract_member(local_bytes: bytes, entry: ZipEntry) -> bytes:
-    """The content of ``entry``; ``local_bytes`` starts at its local header and holds at least
-    the header and the compressed data. Verifies sizes and the CRC-32 of the central directory."""
-    hlen = local_header_length(local_bytes)
-    (nlen,) = struct.unpack_from("<H", local_bytes, 26)
-    if local_bytes[_LOCAL_SIZE : _LOCAL_SIZE + nlen] != entry.raw_name:
-        raise CorruptWheel(f"the local header of {entry.name} names another file")
-    data = local_bytes[hlen : hlen + entry.compressed_size]
-    if len(data) < entry.compressed_size:
-        raise CorruptWheel(f"{entry.name} is truncated")
-    if entry.compress_type == _STORED:
-        content = bytes(data)
-    elif entry.compress_type == _DEFLATED:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            content = inflater.decompress(data, entry.file_size + 1)
-            if len(content) <= entry.file_size:
-                content += inflater.flush()
-        except zlib.error as e:
-            raise CorruptWheel(f"{entry.name} does not inflate ({e})") from e
-    else:
-        raise MetadataError(
-            f"{entry.name} uses unsupported compression method {entry.compress_type}"
-        )
-    if len(content) != entry.file_size:
-        raise CorruptWheel(
-            f"{entry.name} has {len(content)} bytes, the central directory says {entry.file_size}"
-        )
-    crc = zlib.crc32(content)
-    if crc != entry.crc:
-        raise CorruptWheel(
-            f"CRC-32 mismatch for {entry.name}: {crc:08x}, expected {entry.crc:08x}"
-        )
-    return content
+class _CappedFile:
+    """A binary file for :mod:`zipfile` whose reads of more than ``cap`` bytes raise
+    :class:`_TooBig` (``cap = None``: no limit)."""
+
+    def __init__(self, raw: Any, cap: int | None) -> None:
+        self.raw = raw
+        self.cap = cap
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cap is not None:
+            pos = self.raw.tell()
+            want = n if n is not None and n >= 0 else self.raw.seek(0, 2) - pos
+            self.raw.seek(pos)
+            if want > self.cap:
+                raise _TooBig(want)
+        return self.raw.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seekable(self) -> bool:
+        return True
 
 
 # --------------------------------------------------------------------------- #
 # Local files
 # --------------------------------------------------------------------------- #
-def _check_central_directory(path: Path) -> None:
-    """Refuse a wheel whose end record claims a central directory over
-    ``MAX_CENTRAL_DIRECTORY`` before :mod:`zipfile` reads all of it into memory (a hostile
-    upstream's 401 MiB file claiming 400 MiB); anything else is left to zipfile."""
-    with open(path, "rb") as f:
-        total = f.seek(0, 2)
-        f.seek(max(0, total - _MAX_EOCD_AREA))
-        tail = f.read()
-    try:
-        eocd = parse_eocd(tail, total)
-    except (NeedMoreData, MetadataError):
-        return
-    if eocd.cd_size > MAX_CENTRAL_DIRECTORY:
-        raise CorruptWheel(f"the central directory claims {eocd.cd_size:,} bytes, over the "
-                           f"{MAX_CENTRAL_DIRECTORY:,} byte limit")
-
-
 def metadata_from_wheel_file(path: Path, filename: str | None = None) -> bytes:
     """Byte-exact content of the wheel's ``<name>-<version>.dist-info/METADATA``.
 
     ``filename`` is the wheel's filename when ``path`` has another name (a temporary file).
+    A central directory over :data:`MAX_CENTRAL_DIRECTORY` is refused before zipfile reads
+    it into memory (a hostile upstream's 401 MiB file claiming 400 MiB).
     """
     path = Path(path)
     filename = filename or path.name
     try:
-        _check_central_directory(path)
-        with _gc_paused(), zipfile.ZipFile(path) as zf:
-            member = select_metadata_name(zf.namelist(), filename)
-            info = zf.getinfo(member)
-            if max(info.compress_size, info.file_size) > MAX_METADATA_SIZE:
-                raise CorruptWheel(f"{member} is implausibly large ({info.file_size} bytes)")
-            return zf.read(info)
+        with open(path, "rb") as raw, _gc_paused():
+            capped = _CappedFile(raw, MAX_CENTRAL_DIRECTORY)
+            try:
+                zf = zipfile.ZipFile(capped)  # type: ignore[arg-type]
+            except _TooBig as big:
+                raise CorruptWheel(f"the central directory claims {big.size:,} bytes, over the "
+                                   f"{MAX_CENTRAL_DIRECTORY:,} byte limit") from None
+            capped.cap = None
+            with zf:
+                return zf.read(_metadata_info(zf, filename, remote=False))
     except MetadataError as e:
         if e.filename and e.source:
             raise
         raise e.with_context(filename=filename, source=str(path)) from e.__cause__
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise CorruptWheel(str(e) or type(e).__name__, filename=filename, source=str(path)) from e
+        raise CorruptWheel(_zip_error(e), filename=filename, source=str(path)) from e
     except NotImplementedError as e:
         raise MetadataError(str(e), filename=filename, source=str(path)) from e
 
 
 # --------------------------------------------------------------------------- #
-# Remote files: a sans-I/O plan shared by the async and sync readers
+# Remote files: a sans-I/O plan, zipfile over the bytes fetched so far
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
 class RemoteMetadata:
@@ -570,11 +376,51 @@ class _Buffer:
                 return d[start - s : end - s]
         raise AssertionError(f"bytes {start}-{end} not buffered")  # pragma: no cover
 
-    def suffix(self, total: int) -> bytes:
-        """The known bytes that end the file."""
-        last_start, last = self._segments[-1]
-        assert last_start + len(last) == total
-        return last
+
+class _RangeFile(io.RawIOBase):
+    """The remote file as :mod:`zipfile` sees it: ``total`` bytes, of which reads are served
+    from ``buf``; a read of bytes not fetched yet raises :class:`NeedMoreData` (the position
+    is kept, so zipfile can simply be called again once they are). Reads of more than
+    ``cap`` bytes raise :class:`_TooBig` (``cap = None``: no limit)."""
+
+    def __init__(self, buf: _Buffer, total: int) -> None:
+        super().__init__()
+        self.buf = buf
+        self.total = total
+        self.pos = 0
+        self.cap: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = offset + (0, self.pos, self.total)[whence]
+        if pos < 0:
+            raise OSError(22, "negative seek position")  # as a real file (zipfile expects it)
+        self.pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        start = min(self.pos, self.total)
+        end = self.total if n is None or n < 0 else min(self.total, start + n)
+        if self.cap is not None and end - start > self.cap:
+            raise _TooBig(end - start if n is None or n < 0 else n)
+        gap = self.buf.gap(start, end)
+        if gap is not None:
+            raise NeedMoreData(*gap)
+        self.pos = end
+        return self.buf.get(start, end) if end > start else b""
+
+    def readinto(self, b: Any) -> int:  # pragma: no cover - zipfile calls read()
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 #: A plan yields ``(start, end)`` (half-open) ranges to fetch, is sent their bytes, and
@@ -582,46 +428,74 @@ class _Buffer:
 _Plan = Generator[tuple[int, int], bytes, bytes]
 
 
-def _metadata_plan(filename: str, total: int, tail: bytes) -> _Plan:
+def metadata_plan(filename: str, total: int, tail: bytes) -> _Plan:
+    """The METADATA of the wheel ``filename`` (``total`` bytes, of which ``tail`` ends it),
+    as a sans-I/O plan: it yields each ``(start, end)`` range it needs, is sent its bytes,
+    and returns the METADATA (``StopIteration.value``). Raises :class:`MetadataError`.
+
+    The ranges: the end records if ``tail`` is shorter than them; the part of the central
+    directory that is not in the tail (refused over :data:`MAX_CENTRAL_DIRECTORY`); the
+    METADATA member, guessing that its local header is as long as its central directory
+    entry, plus :data:`LOCAL_HEADER_SLACK`; the rest of the member if the guess was short.
+    """
+    try:
+        return (yield from _plan(filename, total, tail))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise CorruptWheel(_zip_error(e)) from e
+
+
+def _plan(filename: str, total: int, tail: bytes) -> _Plan:
+    if len(tail) > total:
+        raise ValueError(f"tail of {len(tail)} bytes is longer than the file ({total})")
     buf = _Buffer()
     buf.add(total - len(tail), tail)
 
-    def fetch(start: int, end: int) -> _Plan:
+    def fetch(start: int, end: int) -> Generator[tuple[int, int], bytes, None]:
         while (gap := buf.gap(start, end)) is not None:
             data = yield gap
             buf.add(gap[0], data)
-        return buf.get(start, end)
 
-    # 1. end of central directory (ZIP64 included)
+    # 1. the end records, in one request when the tail is shorter than they are
+    yield from fetch(max(0, total - _END_AREA), total)
+    # 2. zipfile reads them and the central directory (capped: a hostile end record may
+    # claim hundreds of MB; the caller then falls back to the whole file)
+    f = _RangeFile(buf, total)
+    f.cap = MAX_CENTRAL_DIRECTORY
     while True:
-        known = buf.suffix(total)
         try:
-            eocd = parse_eocd(known, total)
+            zf = zipfile.ZipFile(f)  # type: ignore[arg-type]
             break
-        except NeedMoreData as more:
-            if more.start >= total - len(known):  # pragma: no cover - parse_eocd guarantees
-                raise CorruptWheel("inconsistent end of central directory") from None
-            yield from fetch(more.start, total - len(known))
-    # 2. the central directory (capped: a hostile end record may claim hundreds of MB; the
-    # caller then falls back to the whole file); 3. its METADATA entry
-    if eocd.cd_size > MAX_CENTRAL_DIRECTORY:
-        raise MetadataError(f"the central directory of {filename} claims {eocd.cd_size:,} bytes, "
-                            f"over the {MAX_CENTRAL_DIRECTORY:,} byte limit for range reads")
-    cd = yield from fetch(eocd.cd_offset, eocd.cd_end)
-    entry = find_metadata_entry(parse_central_directory(cd, eocd.entries), filename)
-    # 4. the member: guess the local header is as long as the central one, plus some slack
-    offset = entry.header_offset + eocd.base_offset
-    guess = _LOCAL_SIZE + len(entry.raw_name) + len(entry.extra) + entry.compressed_size
+        except NeedMoreData as miss:
+            yield from fetch(miss.start, miss.end)
+        except _TooBig as big:
+            raise MetadataError(
+                f"the central directory of {filename} claims {big.size:,} bytes, over the "
+                f"{MAX_CENTRAL_DIRECTORY:,} byte limit for range reads") from None
+    f.cap = None
+    info = _metadata_info(zf, filename, remote=True)
+    # free zipfile's entries now (100k ZipInfo objects for a big directory: tens of ms), in
+    # the worker thread that parses a big directory, not when the plan ends on the event loop
+    zf.filelist, zf.NameToInfo = [info], {info.filename: info}
+    # 3. the member: guess the local header is as long as the central one, plus some slack
+    offset = info.header_offset
     if offset + _LOCAL_SIZE > total:
-        raise CorruptWheel(f"the local header of {entry.name} lies beyond the end of the file")
+        raise CorruptWheel(f"the local header of {info.filename} lies beyond the end of the file")
+    name = info.orig_filename.encode("utf-8" if info.flag_bits & _FLAG_UTF8 else "cp437",
+                                     errors="replace")
+    guess = _LOCAL_SIZE + len(name) + len(info.extra) + info.compress_size
     if buf.gap(offset, min(total, offset + guess)) is not None:
         yield from fetch(offset, min(total, offset + guess + LOCAL_HEADER_SLACK))
-    hlen = local_header_length((yield from fetch(offset, offset + _LOCAL_SIZE)))
-    end = offset + hlen + entry.compressed_size
-    if end > total:
-        raise CorruptWheel(f"{entry.name} extends beyond the end of the file")
-    # 5. decompress and check the CRC
-    return extract_member((yield from fetch(offset, end)), entry)
+    # 4. zipfile reads it (checking the local header, sizes and CRC-32); if the local header
+    # is longer than guessed, the rest of the member in one more request
+    while True:
+        try:
+            return zf.read(info)
+        except NeedMoreData as miss:
+            end = miss.end
+            if buf.gap(offset, offset + _LOCAL_SIZE) is None:
+                nlen, elen = struct.unpack_from("<HH", buf.get(offset, offset + _LOCAL_SIZE), 26)
+                end = max(end, min(total, offset + _LOCAL_SIZE + nlen + elen + info.compress_size))
+            yield from fetch(miss.start, end)
 
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
@@ -630,7 +504,7 @@ _RETRY_ORIGINAL = frozenset({401, 403, 404, 410})
 
 class _Session:
     """The I/O-free bookkeeping of one remote read: headers to send, checks of responses,
-    counters, the plan. The async and sync readers only move bytes."""
+    counters, the plan. The reader only moves bytes."""
 
     def __init__(self, url: str, filename: str, size: int | None, tail: int) -> None:
         if tail < _EOCD_SIZE:
@@ -751,7 +625,7 @@ class _Session:
         try:
             if self.plan is None:
                 assert self.total is not None
-                self.plan = _metadata_plan(self.filename, self.total, data)
+                self.plan = metadata_plan(self.filename, self.total, data)
                 return next(self.plan)
             return self.plan.send(data)
         except StopIteration as done:
@@ -766,15 +640,6 @@ class _Session:
 async def _aread(session: _Session, response: httpx.Response, expected: int) -> bytes:
     body = bytearray()
     async for chunk in response.aiter_bytes():
-        body += chunk
-        session.check_chunk(len(body), expected)
-    session.received(response, bytes(body), expected)
-    return bytes(body)
-
-
-def _read(session: _Session, response: httpx.Response, expected: int) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_bytes():
         body += chunk
         session.check_chunk(len(body), expected)
     session.received(response, bytes(body), expected)
@@ -814,38 +679,6 @@ async def metadata_from_remote_wheel(
                     if s.retry_elsewhere(r, target):
                         continue
                     data = await _aread(s, r, s.check_followup(r, *want))
-                    break
-    except MetadataError as e:
-        if e.filename and e.source:
-            raise
-        raise s.contextualize(e) from e.__cause__
-    return s.result()
-
-
-def metadata_from_remote_wheel_sync(
-    client: httpx.Client,
-    url: str,
-    *,
-    filename: str,
-    size: int | None = None,
-    tail: int = DEFAULT_TAIL,
-) -> RemoteMetadata:
-    """Blocking twin of :func:`metadata_from_remote_wheel` (same requests, same errors)."""
-    s = _Session(url, filename, size, tail)
-    try:
-        first_url, headers = s.first_request()
-        with client.stream("GET", first_url, headers=headers, follow_redirects=True) as r:
-            s.count(r)
-            data = _read(s, r, s.check_first(r))
-        while (want := s.advance(data)) is not None:
-            for target in s.urls():
-                with client.stream(
-                    "GET", target, headers=s.range_headers(*want), follow_redirects=True
-                ) as r:
-                    s.count(r)
-                    if s.retry_elsewhere(r, target):
-                        continue
-                    data = _read(s, r, s.check_followup(r, *want))
                     break
     except MetadataError as e:
         if e.filename and e.source:

@@ -24,11 +24,12 @@ it is adopted without an upload; an object without that metadata that the manife
 list was not written by us and is never overwritten. When nothing changed nothing at all is
 written (no lock, no manifest).
 
-Concurrent publishers to one prefix are excluded by a lock object ``<prefix>/.spacy-index.lock``
-created with a conditional put (``If-None-Match: *``), renewed in the background with
-``If-Match`` on its ETag, and deleted at the end. A lock whose holder stopped renewing it for
-its TTL (a crashed publisher) is taken over, again with ``If-Match``, so only one of several
-waiting publishers wins.
+Concurrent publishers to one prefix are excluded by a lock object ``<prefix>/.spacy-index.lock``,
+a :class:`spacy_index.s3.Lease`: created with a conditional put (``If-None-Match: *``), renewed
+from a thread with ``If-Match`` on its ETag, and deleted at the end. A lock whose holder stopped
+renewing it for its TTL (a crashed publisher) is taken over, again with ``If-Match``, so only
+one of several waiting publishers wins. S3's 412 and 409 answers to these conditional writes
+both mean "another publisher holds or changed the lock" (see :mod:`spacy_index.s3`).
 """
 
 from __future__ import annotations
@@ -37,23 +38,24 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from spacy_index import __version__
-from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused, UsageError
+from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused
 from spacy_index.http import redact_url
 from spacy_index.publish import SHRINK_LIMIT, check_relative_path
 from spacy_index.render.tree import MARKER
+from spacy_index.s3 import (
+    NOT_FOUND,
+    Lease,
+    S3Location,
+    error_code,
+    is_client_error,
+    make_s3_client,
+    parse_s3_url,
+)
 
 __all__ = [
     "LOCK",
@@ -84,76 +86,11 @@ SHA256_METADATA = "sha256"  # x-amz-meta-sha256 on every object we write
 _HASH_BLOCK = 1 << 20
 _PRECONDITION = frozenset({"PreconditionFailed", "412"})
 _CONFLICT = frozenset({"ConditionalRequestConflict", "409"})
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _AUTH = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
 })
 _DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
-
-
-# --------------------------------------------------------------------------- #
-# Locations
-# --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class S3Location:
-    """A bucket and a key prefix (no leading or trailing ``/``; ``""`` is the whole bucket)."""
-
-    bucket: str
-    prefix: str = ""
-
-    @classmethod
-    def parse(cls, url: str) -> S3Location:
-        return parse_s3_url(url)
-
-    def key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def rel(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def _bucket_ok(bucket: str) -> bool:
-    # S3's rules (3-63 of a-z 0-9 . -, alphanumeric at both ends), plus "_", which some
-    # S3-compatible stores and legacy us-east-1 buckets allow.
-    return (
-        3 <= len(bucket) <= 63
-        and all(c.isascii() and (c.islower() or c.isdigit() or c in ".-_") for c in bucket)
-        and bucket[0].isalnum()
-        and bucket[-1].isalnum()
-        and ".." not in bucket
-    )
-
-
-def parse_s3_url(url: str) -> S3Location:
-    """``s3://bucket[/prefix]`` → :class:`S3Location`; :class:`UsageError` otherwise."""
-    shown = redact_url(url) if isinstance(url, str) else repr(url)
-
-    def bad(why: str) -> UsageError:
-        return UsageError(f"not a usable S3 URL ({why}; expected s3://BUCKET[/PREFIX]): {shown!r}")
-
-    if not isinstance(url, str) or not url.startswith("s3://"):
-        raise bad("it must start with s3://")
-    parts = urlsplit(url)
-    if "@" in parts.netloc or ":" in parts.netloc:
-        raise bad("no user, password or port; the endpoint goes in --s3-endpoint-url")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        raise bad("no query or fragment")
-    bucket = parts.netloc
-    if not bucket:
-        raise bad("no bucket")
-    if not _bucket_ok(bucket):
-        raise bad(f"{bucket!r} is not a valid bucket name")
-    prefix = parts.path.strip("/")
-    if prefix:
-        try:
-            check_relative_path(prefix)
-        except PublishError:
-            raise bad("the prefix has an empty, '.' or '..' segment") from None
-    return S3Location(bucket, prefix)
 
 
 # --------------------------------------------------------------------------- #
@@ -302,47 +239,6 @@ def _parse_manifest(body: bytes) -> dict[str, Record]:
 # --------------------------------------------------------------------------- #
 # boto3 plumbing
 # --------------------------------------------------------------------------- #
-def make_s3_client(endpoint_url: str | None = None) -> Any:
-    """An S3 client from the standard AWS configuration (environment, ``~/.aws``, instance
-    roles), talking to ``endpoint_url`` if given. Needs the ``s3`` extra (boto3)."""
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise PublishError(
-            "publishing to S3 needs boto3: pip install 'spacy-index[s3]'"
-        ) from None
-    options: dict[str, Any] = {"user_agent_extra": f"spacy-index/{__version__}"}
-    if "AWS_RETRY_MODE" not in os.environ and "AWS_MAX_ATTEMPTS" not in os.environ:
-        # botocore's "legacy" default backs off for ~15 s on a dead endpoint
-        options["retries"] = {"mode": "standard"}
-    try:
-        return boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, config=Config(**options)
-        )
-    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
-        shown = redact_url(endpoint_url) if endpoint_url else "(none)"
-        raise PublishError(
-            f"cannot use the S3 endpoint {shown!r} ({type(exc).__name__}); "
-            "--s3-endpoint-url must look like https://host[:port]"
-        ) from None
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    if not code:
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(status or "")
-    return code
-
-
-def _is_client_error(exc: BaseException, codes: frozenset[str]) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and _error_code(exc) in codes
-
-
 def _describe_error(
     exc: BaseException, location: S3Location, endpoint: str | None, progress: _Progress
 ) -> str:
@@ -360,7 +256,7 @@ def _describe_error(
         what = (f"cannot reach {target} ({type(exc).__name__}); check --s3-endpoint-url "
                 "and the network")
     elif isinstance(exc, bx.ClientError):
-        code = _error_code(exc)
+        code = error_code(exc)
         op = getattr(exc, "operation_name", "") or "a request"
         if code == "NoSuchBucket":
             what = (f"bucket {location.bucket!r} does not exist"
@@ -389,151 +285,48 @@ def _describe_error(
     return f"{what}; {tail}"
 
 
-def _server_now(response: Mapping[str, Any]) -> datetime:
-    """The server's clock (its ``Date`` header), so clock skew cannot expire a lock early."""
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    if date:
-        with contextlib.suppress(TypeError, ValueError):
-            return parsedate_to_datetime(date)
-    return datetime.now(timezone.utc)
-
-
 # --------------------------------------------------------------------------- #
 # The lock
 # --------------------------------------------------------------------------- #
-class _S3Lock:
-    """``<prefix>/.spacy-index.lock``: created with ``If-None-Match: *``, renewed every
-    ``ttl/3`` with ``If-Match`` on its ETag, taken over (with ``If-Match``) once it was not
-    renewed for its TTL, deleted with ``If-Match`` at the end."""
+class _PublishLock:
+    """``<prefix>/.spacy-index.lock``: a :class:`~spacy_index.s3.Lease` (created with
+    ``If-None-Match: *``, renewed every ``ttl/3`` from a thread with ``If-Match`` on its ETag,
+    taken over with ``If-Match`` once it was not renewed for its TTL, deleted with
+    ``If-Match`` at the end), and what the publisher does when it is lost."""
 
     def __init__(self, s3: Any, location: S3Location, ttl: float) -> None:
-        self.s3 = s3
         self.location = location
-        self.key = location.key(LOCK)
-        self.ttl = ttl
-        self.token = secrets.token_hex(16)
-        self.etag: str | None = None
-        self.lost = False
-        self._stop = threading.Event()
-        self._guard = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def _body(self) -> bytes:
-        return json.dumps({
-            "owner": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-            "ttl": self.ttl, "renewed": time.time(),
-        }).encode()
-
-    def _put(self, **condition: str) -> str:
-        r = self.s3.put_object(
-            Bucket=self.location.bucket, Key=self.key, Body=self._body(),
-            ContentType="application/json", CacheControl="no-store", **condition,
-        )
-        return r["ETag"]
+        self.lease = Lease(s3, location.bucket, location.key(LOCK), ttl)
 
     def acquire(self) -> None:
-        for _ in range(3):
-            try:
-                self.etag = self._put(IfNoneMatch="*")
+        for _ in range(3):  # "gone": released while we looked, try again
+            got = self.lease.acquire()
+            if got in ("created", "taken over"):
+                return
+            if got == "held":
                 break
-            except Exception as exc:
-                if not _is_client_error(exc, _PRECONDITION | _CONFLICT):
-                    raise
-            if self._take_over_if_stale():
-                break
-        else:
-            raise OutputLocked(str(self.location))
-        self._thread = threading.Thread(target=self._renew_loop, name="spacy-index s3 lock",
-                                        daemon=True)
-        self._thread.start()
-
-    def _take_over_if_stale(self) -> bool:
-        """True if we took over a stale lock; False if it vanished (try again)."""
-        try:
-            r = self.s3.get_object(Bucket=self.location.bucket, Key=self.key)
-            body = r["Body"].read()
-        except Exception as exc:
-            if _is_client_error(exc, _NOT_FOUND):
-                return False
-            raise
-        ttl = self.ttl
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            ttl = float(json.loads(body)["ttl"])
-        age = (_server_now(r) - r["LastModified"]).total_seconds()
-        if age < ttl:
-            raise OutputLocked(str(self.location))
-        try:
-            self.etag = self._put(IfMatch=r["ETag"])
-        except Exception as exc:
-            if _is_client_error(exc, _PRECONDITION | _CONFLICT | _NOT_FOUND):
-                raise OutputLocked(str(self.location)) from None
-            raise
-        return True
-
-    def _renew_loop(self) -> None:
-        last_ok = time.monotonic()
-        while not self._stop.wait(self.ttl / 3):
-            with self._guard:
-                if self._stop.is_set():
-                    return
-                try:
-                    self.etag = self._put(IfMatch=self.etag or "")
-                    last_ok = time.monotonic()
-                except Exception as exc:
-                    if _is_client_error(exc, _PRECONDITION | _NOT_FOUND) or (
-                        time.monotonic() - last_ok > self.ttl * 0.9
-                    ):
-                        self.lost = True
-                        return
+        raise OutputLocked(str(self.location))
 
     def check(self) -> None:
-        if self.lost:
+        if self.lease.lost:
             raise PublishError(
                 f"lost the publish lock on {self.location} (it was not renewed within "
-                f"{self.ttl:g}s and another publisher took it over); rerun when it is done"
+                f"{self.lease.ttl:g}s and another publisher took it over); rerun when it is done"
             )
 
     def verify(self) -> None:
         """Before the roots go live: is the lock object still ours?"""
         self.check()
-        with self._guard:
-            try:
-                h = self.s3.head_object(Bucket=self.location.bucket, Key=self.key)
-            except Exception as exc:
-                if not _is_client_error(exc, _NOT_FOUND):
-                    raise
-                h = {}
-            if h.get("ETag") != self.etag:
-                self.lost = True
+        self.lease.still_held()
         self.check()
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.lost or self.etag is None:
-            return
-        with contextlib.suppress(Exception):  # a leftover lock expires after its TTL
-            try:
-                self.s3.delete_object(Bucket=self.location.bucket, Key=self.key,
-                                      IfMatch=self.etag)
-            except Exception as exc:
-                if _is_client_error(exc, _PRECONDITION | _NOT_FOUND):
-                    return
-                # a store without conditional deletes: compare, then delete
-                h = self.s3.head_object(Bucket=self.location.bucket, Key=self.key)
-                if h.get("ETag") == self.etag:
-                    self.s3.delete_object(Bucket=self.location.bucket, Key=self.key)
 
 
 @contextlib.contextmanager
-def _locked(s3: Any, location: S3Location, ttl: float) -> Iterator[_S3Lock]:
-    lock = _S3Lock(s3, location, ttl)
+def _locked(s3: Any, location: S3Location, ttl: float) -> Iterator[_PublishLock]:
+    lock = _PublishLock(s3, location, ttl)
     lock.acquire()
-    try:
+    with lock.lease.renewing_in_thread():
         yield lock
-    finally:
-        lock.release()
 
 
 # --------------------------------------------------------------------------- #
@@ -553,7 +346,7 @@ def _read_remote(s3: Any, location: S3Location) -> _Remote:
         try:
             body = s3.get_object(Bucket=location.bucket, Key=location.key(MANIFEST))["Body"].read()
         except Exception as exc:
-            if not _is_client_error(exc, _NOT_FOUND):
+            if not is_client_error(exc, NOT_FOUND):
                 raise
         else:
             manifest = _parse_manifest(body)
@@ -615,7 +408,7 @@ def _marker_count(s3: Any, location: S3Location, remote: _Remote) -> int | None:
     except (ValueError, KeyError, TypeError):
         return None
     except Exception as exc:
-        if _is_client_error(exc, _NOT_FOUND):
+        if is_client_error(exc, NOT_FOUND):
             return None
         raise
 

@@ -275,7 +275,7 @@ class Server:
         self.s3_endpoint_url = s3_endpoint_url
         self.s3_lock_ttl = s3_lock_ttl
         if s3_cache:
-            from spacy_index.publish_s3 import parse_s3_url
+            from spacy_index.s3 import parse_s3_url
 
             self.s3_location = parse_s3_url(s3_cache)
         self._routes: dict[str, Source] = {}
