@@ -233,6 +233,17 @@ def test_the_garbage_collector_pauses_nest_across_threads():
     t.join(10)
     assert gc.isenabled()
     assert without_gc(gc.isenabled) is False and gc.isenabled()
+    def collectable(obj: object) -> bool:  # in one of the collector's three generations
+        return any(o is obj for o in gc.get_objects())
+
+    with gc_paused():  # nothing kept: nothing frozen
+        made = []
+    assert collectable(made)
+    with gc_paused(keeps=True):  # kept: what is alive is frozen out of every generation
+        kept = []
+    assert not collectable(kept) and not collectable(made)
+    gc.unfreeze()
+    assert collectable(kept)
     gc.disable()
     try:
         with gc_paused():

@@ -34,6 +34,8 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -562,36 +564,62 @@ def huge_page(name: str, links: int) -> bytes:
     return json.dumps({"meta": {"api-version": "1.1"}, "name": name, "files": files}).encode()
 
 
-def test_row5_a_page_of_200k_links_is_refused_before_it_is_parsed(tmp_path):
-    """A 36 MB page of 200k links is over ``[limits] max_page_files`` (50,000): the links
-    are counted in the raw body (one scan in C, no objects made) and the page is an
-    upstream error before json.loads would hold the GIL for a second. Asked again, the
-    error comes from memory. The well-behaved clients keep p99 under 50 ms."""
-    body = huge_page("huge", 200_000)
+@dataclass
+class PageAttack:
+    """What :func:`ask_twice` saw: both answers, serve's peak RSS before and after, its
+    log, the upstream's request log, the two well-behaved clients."""
+
+    first: tuple[int | None, bytes, float]
+    again: tuple[int | None, bytes, float]
+    rss: tuple[float, float]
+    log: str
+    asked: list[str]
+    probes: tuple[TimedProber, TimedProber]
+
+    def report(self, what: str, body: bytes) -> None:
+        code, got, took = self.first
+        report(what, page=f"{len(body) / 1e6:.1f} MB", status=code, took=f"{took:.2f}s",
+               says=got[-120:] if code != 200 else "", again=(self.again[0],
+                                                               f"{self.again[2]:.3f}s"),
+               upstream_asked=len(self.asked), rss="{:.0f}->{:.0f} MiB".format(*self.rss),
+               health=self.probes[0].summary(), page_probe=self.probes[1].summary())
+
+
+def ask_twice(tmp_path: Path, name: str, body: bytes) -> PageAttack:
+    """``/simple/<name>/`` (the upstream answers ``body`` at once) asked twice through a
+    real serve, a well-behaved client on ``/health`` and one on a cached page beside it."""
     routes: dict[str, Route] = {
         "/simple/cached/": page("cached", [listed("cached-1.0.tar.gz", b"c")]),
-        "/simple/huge/": lambda h: h.reply(200, body),
+        f"/simple/{name}/": lambda h: h.reply(200, body),
     }
     with upstream(routes) as up, serve(tmp_path, upstream=up.simple) as srv:
         assert get(srv.port, "/simple/cached/")[0] == 200
         before = peak_rss_mib(srv)
         with TimedProber(srv.port) as probe, PageProber(srv.port, "cached") as pages:
             time.sleep(0.5)
-            code, got, took = get(srv.port, "/simple/huge/", timeout=30)
-            again = get(srv.port, "/simple/huge/", timeout=30)
+            first = get(srv.port, f"/simple/{name}/", timeout=90)
+            again = get(srv.port, f"/simple/{name}/", timeout=30)
             time.sleep(1.0)
         peak = peak_rss_mib(srv)
         log = srv.text()
-        asked = [line for line in up.stats()["log"] if line.startswith("/simple/huge/")]
-    report("row5", page=f"{len(body) / 1e6:.1f} MB", status=code, took=f"{took:.2f}s",
-           says=got[-120:], again=(again[0], f"{again[2]:.3f}s"), upstream_asked=len(asked),
-           rss=f"{before:.0f}->{peak:.0f} MiB", health=probe.summary(),
-           page_probe=pages.summary())
+        asked = [line for line in up.stats()["log"] if line.startswith(f"/simple/{name}/")]
+    return PageAttack(first, again, (before, peak), log, asked, (probe, pages))
+
+
+def test_row5_a_page_of_200k_links_is_refused_before_it_is_parsed(tmp_path):
+    """A 36 MB page of 200k links is over ``[limits] max_page_files`` (50,000): the links
+    are counted in the raw body (one scan in C, no objects made) and the page is an
+    upstream error before json.loads would hold the GIL for a second. Asked again, the
+    error comes from memory. The well-behaved clients keep p99 under 50 ms."""
+    body = huge_page("huge", 200_000)
+    seen = ask_twice(tmp_path, "huge", body)
+    seen.report("row5", body)
+    code, got, _took = seen.first
     assert code == 502 and b"max_page_files" in got and b"200,000" in got, got[-200:]
-    assert again[0] == 502 and again[2] < 1.0 and len(asked) == 1, (again[0::2], asked)
-    well_behaved(probe, pages)
-    rss_bounded(before, peak, growth=120)  # the 36 MB body, once, freed
-    assert "Traceback" not in log, log[-3000:]
+    assert seen.again[0] == 502 and seen.again[2] < 1.0 and len(seen.asked) == 1, seen.asked
+    well_behaved(*seen.probes)
+    rss_bounded(*seen.rss, growth=120)  # the 36 MB body, once, freed
+    assert "Traceback" not in seen.log, seen.log[-3000:]
 
 
 def test_row5_a_page_at_the_limit_is_parsed_off_the_loop(tmp_path):
@@ -600,28 +628,14 @@ def test_row5_a_page_at_the_limit_is_parsed_off_the_loop(tmp_path):
     file on the loop a few thousand at a time, while the well-behaved clients ask."""
     links = 50_000
     body = huge_page("big", links)
-    routes: dict[str, Route] = {
-        "/simple/cached/": page("cached", [listed("cached-1.0.tar.gz", b"c")]),
-        "/simple/big/": lambda h: h.reply(200, body),
-    }
-    with upstream(routes) as up, serve(tmp_path, upstream=up.simple) as srv:
-        assert get(srv.port, "/simple/cached/")[0] == 200
-        before = peak_rss_mib(srv)
-        with TimedProber(srv.port) as probe, PageProber(srv.port, "cached") as pages:
-            time.sleep(0.5)
-            code, got, took = get(srv.port, "/simple/big/", timeout=90)
-            again = get(srv.port, "/simple/big/", timeout=30)  # rendered once
-            time.sleep(1.0)
-        peak = peak_rss_mib(srv)
-        log = srv.text()
-    report("row5-at-limit", page=f"{len(body) / 1e6:.1f} MB", status=code, took=f"{took:.1f}s",
-           again=(again[0], f"{again[2]:.2f}s"), rss=f"{before:.0f}->{peak:.0f} MiB",
-           health=probe.summary(), page_probe=pages.summary())
+    seen = ask_twice(tmp_path, "big", body)
+    seen.report("row5-at-limit", body)
+    code, got, _took = seen.first
     assert code == 200 and len(json.loads(got)["files"]) == links
-    assert again[0] == 200 and again[1] == got and again[2] < 5
-    well_behaved(probe, pages)
-    rss_bounded(before, peak, growth=300, absolute=400)
-    assert "Traceback" not in log, log[-3000:]
+    assert seen.again[0] == 200 and seen.again[1] == got and seen.again[2] < 5  # rendered once
+    well_behaved(*seen.probes)
+    rss_bounded(*seen.rss, growth=300, absolute=400)
+    assert "Traceback" not in seen.log, seen.log[-3000:]
 
 
 # --------------------------------------------------------------------------- rows 6 and 17

@@ -21,15 +21,12 @@ it, a central directory over :data:`MAX_CENTRAL_DIRECTORY` and a METADATA member
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import io
 import re
 import struct
-import threading
 import zipfile
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from spacy_index.errors import InvalidFilename, UpstreamError
+from spacy_index.gcpause import gc_paused
 from spacy_index.http import redact_url
 from spacy_index.model import parse_filename
 
@@ -71,31 +69,8 @@ MAX_CENTRAL_DIRECTORY = 16 << 20
 #: larger range answers are parsed in a worker thread by the async reader
 _PARSE_ON_LOOP = 256 * 1024
 
-_gc_lock = threading.Lock()
-_gc_pauses = [0, True]  #: (pauses in progress, whether the collector was on before the first)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while a zip directory is parsed: 100k entries
-    are 100k short-lived objects, whose allocation triggers full collections (about 90 ms
-    each, holding the GIL: a server's event loop stalls); reference counting frees them."""
-    with _gc_lock:
-        if _gc_pauses[0] == 0:
-            _gc_pauses[1] = gc.isenabled()
-            gc.disable()
-        _gc_pauses[0] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses[0] -= 1
-            if _gc_pauses[0] == 0 and _gc_pauses[1]:
-                gc.enable()
-
-
 def _advance_without_gc(session: _Session, data: bytes) -> tuple[int, int] | None:
-    with _gc_paused():
+    with gc_paused():
         return session.advance(data)
 
 _EOCD_SIZE = zipfile.sizeEndCentDir  # 22
@@ -302,7 +277,7 @@ def metadata_from_wheel_file(path: Path, filename: str | None = None) -> bytes:
     path = Path(path)
     filename = filename or path.name
     try:
-        with open(path, "rb") as raw, _gc_paused():
+        with open(path, "rb") as raw, gc_paused():
             capped = _CappedFile(raw, MAX_CENTRAL_DIRECTORY)
             try:
                 zf = zipfile.ZipFile(capped)  # type: ignore[arg-type]
