@@ -5,10 +5,12 @@ Each test plays one row of the red-team table (issue 14) and asserts the limit i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import httpx
+import pytest
 
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
@@ -251,3 +253,44 @@ def test_the_garbage_collector_pauses_nest_across_threads():
         assert not gc.isenabled()  # off before: stays off
     finally:
         gc.enable()
+
+
+def test_page_fetches_run_on_their_own_loop_and_cancel_across_it():
+    """LoopThread: the coroutine runs in the thread's loop, its result or exception comes
+    back, cancelling the caller cancels it there, and aclose stops the thread."""
+    import threading
+
+    from spacy_index.server.loopthread import LoopThread
+
+    async def main() -> None:
+        pages = LoopThread("pages:test")
+        here = threading.get_ident()
+        cancelled = threading.Event()
+
+        async def where() -> int:
+            return threading.get_ident()
+
+        async def fails() -> None:
+            raise ValueError("upstream said no")
+
+        async def forever() -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        assert await pages.run(where()) != here
+        with pytest.raises(ValueError, match="upstream said no"):
+            await pages.run(fails())
+        waiting = asyncio.ensure_future(pages.run(forever()))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.to_thread(cancelled.wait, 5)
+        thread = pages._thread
+        await pages.aclose()
+        assert thread is not None and not thread.is_alive()
+
+    asyncio.run(main())

@@ -16,7 +16,7 @@ For every project in ``tests/data/conformance_projects.txt`` it compares:
 and counts every 5xx serve answers.
 
 Race-free by construction: PyPI can publish between two fetches, so the strict comparison is
-never against a second download. ``server.upstream.client`` is replaced by a client whose
+never against a second download. ``server.upstream.pages_client`` is replaced by a client whose
 transport records the exact body of every ``https://pypi.org/simple/<name>/`` response serve
 receives, and the page TTL is raised so that serve fetches each page exactly once during the
 run (a second fetch is itself reported). Transient PyPI failures (transport errors, 429,
@@ -464,12 +464,12 @@ def test_serve_matches_pypi(tmp_path: Path) -> None:
 
     server = build_server(config, cache_dir=tmp_path / "cache", api_url="http://127.0.0.1:9/",
                           token=None)
-    original = getattr(server.upstream, "client", None)
+    original = getattr(server.upstream, "pages_client", None)
     if not isinstance(original, httpx.AsyncClient):
-        pytest.fail("server.upstream.client is not an httpx.AsyncClient any more: the "
+        pytest.fail("server.upstream.pages_client is not an httpx.AsyncClient any more: the "
                     "recording transport needs another hook")
     client, transport = recording_client()
-    server.upstream.client = client
+    server.upstream.pages_client = client
     asyncio.run(original.aclose())
     app = create_app(server)
 

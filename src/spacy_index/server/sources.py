@@ -43,6 +43,7 @@ from spacy_index.model import (
 )
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import LimitsConfig, SourceConfig
+from spacy_index.server.loopthread import LoopThread
 
 log = logging.getLogger("spacy_index.server")
 _T = TypeVar("_T")
@@ -608,6 +609,12 @@ class IndexSource:
         self.client, clean = source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
                                            ca_bundle=cfg.ca_bundle, proxy=cfg.proxy,
                                            pool=PAGE_POOL)
+        #: page fetches: their own client, used only on their own loop (see LoopThread);
+        #: ``client`` serves the rest (``.metadata``, range reads) on the server's loop
+        self.pages_client, _ = source_client(cfg.url, cfg.username, cfg.password,
+                                             cfg.credentials, ca_bundle=cfg.ca_bundle,
+                                             proxy=cfg.proxy, pool=PAGE_POOL)
+        self.pages_loop = LoopThread(f"pages:{cfg.name}")
         #: file downloads get their own pool: a page lookup never waits behind them
         self.files_client, _ = source_client(cfg.url, cfg.username, cfg.password,
                                              cfg.credentials, ca_bundle=cfg.ca_bundle,
@@ -647,8 +654,9 @@ class IndexSource:
                 headers["If-None-Match"] = previous.etag
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
-        resp, body = await read_capped(self.client, url, headers, self.max_page,
-                                       f"{self.display}: the page for {name!r}")
+        resp, body = await self.pages_loop.run(read_capped(
+            self.pages_client, url, headers, self.max_page,
+            f"{self.display}: the page for {name!r}"))
         if resp.status_code == 304 and previous is not None and previous.project is not None:
             return replace(previous, fetched=time.monotonic())
         if resp.status_code == 404 and not self.flat:
@@ -808,6 +816,7 @@ class IndexSource:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pages_loop.aclose(self.pages_client.aclose())
         await self.client.aclose()
         await self.files_client.aclose()
 
