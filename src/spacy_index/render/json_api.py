@@ -8,10 +8,19 @@ from typing import Any
 from spacy_index.model import Distribution, Project, upload_time_text
 from spacy_index.render.pep691 import UrlFor, _origin_url
 
+#: deterministic, compact JSON (sorted keys, ASCII-escaped); one encoder for every call
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
 
 def dumps(doc: dict[str, Any]) -> str:
-    """Deterministic, compact JSON (sorted keys, ASCII-escaped)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+    """Deterministic, compact JSON (sorted keys, ASCII-escaped), newline-terminated."""
+    return _ENCODER.encode(doc) + "\n"
+
+
+def dumps_value(value: Any) -> str:
+    """One value as :func:`dumps` writes it inside a document (no newline): a list's items
+    encoded one by one and joined with ``,`` are the bytes of the whole list."""
+    return _ENCODER.encode(value)
 
 
 def pypi_project_document(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
