@@ -152,11 +152,13 @@ class MetadataStore:
     def digest(self, wheel_sha: str, listed: frozenset[str] | None = None) -> str | None:
         """The metadata's sha256 if it is at hand (on disk, or in memory), else None.
         ``listed``: a :meth:`listed` taken just before (a render's many lookups): a wheel
-        not in it and not in memory has none, without asking the disk."""
+        not in it and not in memory has none, one in it is on disk, without asking the disk
+        (the metadata route passes none: it checks the file, and heals a removed one)."""
         if listed is not None and wheel_sha not in listed and wheel_sha not in self.in_memory:
             return None
         known = self._digests.get(wheel_sha)
-        if known is not None and (wheel_sha in self.in_memory or self.path(wheel_sha).exists()):
+        if known is not None and (wheel_sha in self.in_memory or listed is not None
+                                  or self.path(wheel_sha).exists()):
             return known
         try:
             data = self.path(wheel_sha).read_bytes()
@@ -603,7 +605,7 @@ def _local_url(d: Distribution) -> str:
 
 def _entry_size(entry: PageEntry) -> int:
     parts = entry[5]
-    return len(entry[2]) + 512 + (0 if parts is None else 16 * len(parts.metas))
+    return len(entry[2]) + 512 + (0 if parts is None else 24 * len(parts.metas))
 
 
 # --------------------------------------------------------------------------- responses
