@@ -407,3 +407,93 @@ def test_metadata_for_one_project_does_not_re_render_another_projects_page(tmp_p
     assert server.rendered(big, JSON) == (body, etag)
     server.metadata.put(SHA["c"], b"Metadata-Version: 2.1\nName: big\n", "big")
     assert server.rendered(big, JSON) is None  # its own metadata: re-rendered next time
+
+
+def _wheels_project(n: int):
+    from packaging.version import Version
+
+    from spacy_index.model import Distribution, Project
+
+    files = [Distribution("big", f"big-1.{i}-py3-none-any.whl", f"http://u/big-1.{i}.whl",
+                          Version(f"1.{i}"), "wheel", hashlib.sha256(b"w%d" % i).hexdigest(),
+                          size=10 + i, requires_python=">=3.8" if i % 2 else None)
+             for i in range(n)]
+    files.append(Distribution("big", "big-1.0.tar.gz", "http://u/big-1.0.tar.gz", Version("1.0"),
+                              "sdist", SHA["a"], size=9))
+    return Project("big", "Big", tuple(files))
+
+
+def _reference(server, project, ctype: str) -> bytes:
+    """The page as the plain renderers write it from the local view (every file encoded)."""
+    from spacy_index.render import html, pep691
+    from spacy_index.render.json_api import dumps
+
+    doc = pep691.project_dict(server.local_view(project))
+    return (dumps(doc) if ctype == JSON else html.project_page(doc, project.display_name)).encode()
+
+
+@pytest.mark.parametrize("ctype", [JSON, "text/html"])
+def test_new_metadata_re_renders_only_its_file_and_the_page_is_the_same_bytes(tmp_path, ctype,
+                                                                              monkeypatch):
+    """After metadata arrives for one wheel, its page advertises the hash; the re-render
+    encodes that one file again and copies the others from the last body, byte for byte
+    what a full render (and a fresh server on the same cache) writes."""
+    from spacy_index.server.app import Server
+
+    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+    server = build_server(config, cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
+    big = _wheels_project(40)
+    per_file = 1 if ctype == JSON else 2  # HTML: data-core-metadata, data-dist-info-metadata
+    body, _etag = server.render(big, ctype)
+    assert body == _reference(server, big, ctype)
+    assert body.count(b"true") == 40 * per_file  # every hashed wheel; no hash known yet
+    encoded = []
+    original = Server._local_file_dict
+    monkeypatch.setattr(Server, "_local_file_dict",
+                        staticmethod(lambda d, meta: encoded.append(d.filename) or original(d, meta)))
+    meta = b"Metadata-Version: 2.1\nName: big\nVersion: 1.7\n"
+    server.metadata.put(big.files[7].sha256, meta, "big")
+    assert server.rendered(big, ctype) is None
+    again, etag = server.render(big, ctype)
+    assert encoded == [big.files[7].filename]
+    assert again == _reference(server, big, ctype)
+    assert hashlib.sha256(meta).hexdigest().encode() in again and again.count(b"true") == 39 * per_file
+    monkeypatch.undo()
+    fresh = build_server(config, cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
+    assert fresh.render(big, ctype) == (again, etag)
+    # another project object (a refreshed upstream page) is rendered in full
+    other = _wheels_project(41)
+    assert server.render(other, ctype)[0] == _reference(server, other, ctype)
+
+
+def test_page_metadata_lookups_follow_the_folder_also_when_another_process_writes(tmp_path):
+    """A render takes one listing of the metadata folder (not one probe per wheel): a file
+    another process writes or removes shows in the next listing, a removed folder lists
+    nothing, metadata kept in memory is still found."""
+    from spacy_index.server.app import MetadataStore
+
+    store = MetadataStore(tmp_path / "metadata")
+    a, b = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()
+    assert store.listed() == frozenset()
+    store.put(a, b"Name: a\n", "a")
+    (tmp_path / "metadata" / f"{b}.metadata").write_bytes(b"Name: b\n")  # not through put
+    listed = store.listed()
+    assert listed == {a, b}
+    assert store.digest(b, listed) == hashlib.sha256(b"Name: b\n").hexdigest()
+    (tmp_path / "metadata" / f"{a}.metadata").unlink()
+    listed = store.listed()
+    assert listed == {b} and store.digest(a, listed) is None and store.digest(a) is None
+    # an unchanged folder (changed long enough ago) is not listed again
+    import os
+
+    os.utime(tmp_path / "metadata", ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
+    first = store.listed()
+    assert store.listed() is first
+    (tmp_path / "metadata" / f"{a}.metadata").write_bytes(b"Name: a\n")  # the mtime moves
+    assert store.listed() == {a, b}
+    import shutil
+
+    shutil.rmtree(tmp_path / "metadata")
+    assert store.listed() == frozenset() and store.digest(b, store.listed()) is None
+    store.in_memory[a] = b"Name: a\n"
+    assert store.digest(a, store.listed()) == hashlib.sha256(b"Name: a\n").hexdigest()

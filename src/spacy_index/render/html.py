@@ -55,6 +55,17 @@ def _anchor(file: dict[str, Any], text: str | None = None) -> str:
 
 def project_page(doc: dict[str, Any], display_name: str | None = None) -> str:
     """The PEP 503 project page for one PEP 691 project dict."""
+    head, tail = project_page_shell(doc, display_name)
+    return head + "".join(_anchor(f) for f in doc["files"]) + tail
+
+
+def file_anchor(file: dict[str, Any]) -> str:
+    """One file's line of :func:`project_page` (its ``files`` are these lines, in order)."""
+    return _anchor(file)
+
+
+def project_page_shell(doc: dict[str, Any], display_name: str | None = None) -> tuple[str, str]:
+    """:func:`project_page` before and after its file lines (``doc["files"]`` not read)."""
     title = f"Links for {display_name or doc['name']}"
     extra = ""
     status = doc.get("project-status")
@@ -62,11 +73,8 @@ def project_page(doc: dict[str, Any], display_name: str | None = None) -> str:
         extra = f'\n    <meta name="pypi:project-status" content="{escape(status["status"])}">'
         if status.get("reason"):
             extra += f'\n    <meta name="pypi:project-status-reason" content="{escape(status["reason"])}">'
-    parts = [_HEAD.format(version=escape(doc["meta"]["api-version"]), title=escape(title),
-                          extra=extra)]
-    parts.extend(_anchor(f) for f in doc["files"])
-    parts.append(_TAIL)
-    return "".join(parts)
+    return _HEAD.format(version=escape(doc["meta"]["api-version"]), title=escape(title),
+                        extra=extra), _TAIL
 
 
 def root_page(doc: dict[str, Any]) -> str:

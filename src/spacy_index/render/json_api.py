@@ -42,6 +42,12 @@ def dumps(doc: dict[str, Any]) -> str:
     return "{" + ",".join(members) + "}\n"
 
 
+def dumps_value(value: Any) -> str:
+    """One value as :func:`dumps` writes it inside a document (no newline): a list's items
+    encoded one by one and joined with ``,`` are the bytes of the whole list."""
+    return _encode(value)
+
+
 def pypi_project_document(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
     """The subset of PyPI's ``/pypi/<name>/json`` that pip-tools and others read.
 

@@ -56,11 +56,19 @@ def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, An
 
 def project_dict(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
     """The PEP 691 project detail document."""
+    doc = project_shell(project)
+    doc["files"] = [file_dict(d, url_for) for d in project.files]
+    return doc
+
+
+def project_shell(project: Project) -> dict[str, Any]:
+    """:func:`project_dict` with an empty ``files`` list (everything else as it would be:
+    the API version still follows every file), for renderers that write the files apart."""
     doc: dict[str, Any] = {
         "meta": {"api-version": api_version(project.files, status=project.status is not None)},
         "name": project.name,
         "versions": project.version_strings(),
-        "files": [file_dict(d, url_for) for d in project.files],
+        "files": [],
     }
     if project.status is not None:
         status, reason = project.status
