@@ -215,7 +215,7 @@ def test_the_garbage_collector_pauses_nest_across_threads():
     import gc
     import threading
 
-    from spacy_index.gcpause import gc_paused, without_gc
+    from spacy_index.gcpause import gc_paused, kept_without_gc, without_gc
 
     assert gc.isenabled()
     inside, release = threading.Event(), threading.Event()
@@ -235,6 +235,7 @@ def test_the_garbage_collector_pauses_nest_across_threads():
     t.join(10)
     assert gc.isenabled()
     assert without_gc(gc.isenabled) is False and gc.isenabled()
+    assert kept_without_gc(gc.isenabled) is False and gc.isenabled()
     def collectable(obj: object) -> bool:  # in one of the collector's three generations
         return any(o is obj for o in gc.get_objects())
 

@@ -60,10 +60,16 @@ def gc_paused(*, keeps: bool = False) -> Iterator[None]:
 
 
 def without_gc(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """``fn(*args, **kwargs)``, whose result is kept, with the collector paused
-    (``gc_paused(keeps=True)``; for ``asyncio.to_thread``)."""
+    """``fn(*args, **kwargs)`` with the collector paused (for ``asyncio.to_thread``); what
+    it makes is dropped or holds no GC-tracked objects (a rendered page: bytes)."""
+    with gc_paused():
+        return fn(*args, **kwargs)
+
+
+def kept_without_gc(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """:func:`without_gc` for a result that is kept (a parsed page): frozen at the end."""
     with gc_paused(keeps=True):
         return fn(*args, **kwargs)
 
 
-__all__ = ["gc_paused", "without_gc"]
+__all__ = ["gc_paused", "kept_without_gc", "without_gc"]

@@ -30,7 +30,7 @@ from packaging.utils import NormalizedName
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, SpacyIndexError, UpstreamError
-from spacy_index.gcpause import without_gc
+from spacy_index.gcpause import kept_without_gc
 from spacy_index.http import describe_error, make_async_client, origin, redact_url
 from spacy_index.model import (
     Distribution,
@@ -686,7 +686,7 @@ class IndexSource:
                                 f"files, over the [limits] max_page_files limit of "
                                 f"{self.max_files:,}")
         if len(body) > _PARSE_IN_THREAD:
-            parsed = await asyncio.to_thread(without_gc, self._parse, body, ctype,
+            parsed = await asyncio.to_thread(kept_without_gc, self._parse, body, ctype,
                                              str(resp.url), name)
         else:
             parsed = self._parse(body, ctype, str(resp.url), name)
