@@ -108,7 +108,7 @@ class Plan:
     sink: str = "auto"  #: bulk client (common.SINKS, or "auto": the cheapest in the sink runs)
     connections: tuple[str, ...] = ("fresh", "keep-alive")  #: scenario 2 connection modes
     clients: tuple[int, ...] = (1, 8)  #: scenario 2b client counts
-    scenarios: frozenset[str] = SCENARIOS  #: which scenarios run (--scenarios)
+    scenarios: tuple[str, ...] = tuple(sorted(SCENARIOS))  #: which scenarios run (--scenarios)
     sink_reps: int = 3  #: repetitions of each sink per server (scenario 2a)
     transfer_timeout: float = 300
     quiet_wait: float = 20.0  #: longest wait for a quiet machine before one repetition
@@ -936,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections=(("fresh", "keep-alive") if args.connections == "both"
                              else (args.connections,)),
                 clients=(1, 8) if args.clients == "both" else (int(args.clients),),
-                scenarios=frozenset(scenarios))
+                scenarios=tuple(sorted(scenarios)))
     rep = Report(plan=plan)
     rep.sink = "trunc" if args.sink == "auto" else args.sink  # until scenario 2a has chosen
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
