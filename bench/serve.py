@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/serve.py            # full: 200 MB / 500 MB files, 2,000 requests/level
     .venv/bin/python bench/serve.py --quick    # 50 MB files, 1,000 requests/level (≤ 3 min)
+    .venv/bin/python bench/serve.py --scenarios 2b --connections fresh --clients 1
+                                               # one scenario: fresh connections, 1 client
 
 What runs (all on 127.0.0.1, everything stopped at the end):
 
@@ -90,6 +92,10 @@ GOALS = {
 }
 
 
+#: what --scenarios can name ("2" = 2a and 2b)
+SCENARIOS = frozenset({"1", "2a", "2b", "3", "4"})
+
+
 @dataclass
 class Plan:
     quick: bool
@@ -101,6 +107,8 @@ class Plan:
     page_seconds: int = 5  #: length of one wrk run per server and level
     sink: str = "auto"  #: bulk client (common.SINKS, or "auto": the cheapest in the sink runs)
     connections: tuple[str, ...] = ("fresh", "keep-alive")  #: scenario 2 connection modes
+    clients: tuple[int, ...] = (1, 8)  #: scenario 2b client counts
+    scenarios: tuple[str, ...] = tuple(sorted(SCENARIOS))  #: which scenarios run (--scenarios)
     sink_reps: int = 3  #: repetitions of each sink per server (scenario 2a)
     transfer_timeout: float = 300
     quiet_wait: float = 20.0  #: longest wait for a quiet machine before one repetition
@@ -324,7 +332,8 @@ def scenario_throughput(rep: Report, servers: Servers, big,
             drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
 
     warm(servers)
-    rep.sink = scenario_sinks(rep, servers, big)
+    if "2a" in rep.plan.scenarios:
+        rep.sink = scenario_sinks(rep, servers, big)
     log(f"  bulk client: {rep.sink}")
     for conn in rep.plan.connections:
         for r in range(rep.plan.reps):
@@ -338,7 +347,7 @@ def run_repetition(rep: Report, servers: Servers, big, conn: str, r: int) -> Non
     """Repetition ``r`` of 2b: 1 then 8 clients, the servers back to back (order alternating)."""
     size = big.wheel.stat().st_size
     path = f"/files/{big.wheel.name}"
-    for clients in (1, 8):
+    for clients in rep.plan.clients:
         count = repeats_for(rep.plan, clients, size)
         quiet(rep)
         for pos, name in enumerate(in_order(list(servers), r)):
@@ -894,11 +903,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", choices=["fresh", "keep-alive", "both"], default="both",
                     help="scenario 2: a new connection per download, one keep-alive connection "
                     "per client, or both (default)")
+    ap.add_argument("--clients", choices=["1", "8", "both"], default="both",
+                    help="scenario 2b: 1 client, 8 clients, or both (default)")
+    ap.add_argument("--scenarios", default="1,2,3,4", metavar="LIST",
+                    help="comma-separated scenarios to run, of 1, 2 (= 2a,2b), 2a, 2b, 3, 4 "
+                    "(default all); without 1, serve fetches the big file once before 2")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, caches)")
     ap.add_argument("--compare-python", metavar="PYTHON",
                     help="also run serve with this interpreter (one that can import spacy_index, "
                     "e.g. a venv with uvicorn[standard]) in scenarios 2 and 3, side by side")
     args = ap.parse_args(argv)
+    scenarios = set()
+    for name in filter(None, (x.strip() for x in args.scenarios.split(","))):
+        names = {"2a", "2b"} if name == "2" else {name}
+        if not names <= SCENARIOS:
+            ap.error(f"--scenarios: unknown scenario {name!r}")
+        scenarios |= names
     # a plain `kill` must still stop every server this script started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     argv_shown = list(sys.argv[1:] if argv is None else argv)
@@ -914,7 +934,9 @@ def main(argv: list[str] | None = None) -> int:
                 tries=1 if args.quick else 3,
                 sink=args.sink, sink_reps=1 if args.quick else 3,
                 connections=(("fresh", "keep-alive") if args.connections == "both"
-                             else (args.connections,)))
+                             else (args.connections,)),
+                clients=(1, 8) if args.clients == "both" else (int(args.clients),),
+                scenarios=tuple(sorted(scenarios)))
     rep = Report(plan=plan)
     rep.sink = "trunc" if args.sink == "auto" else args.sink  # until scenario 2a has chosen
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -986,15 +1008,21 @@ def main(argv: list[str] | None = None) -> int:
             rep.upstream.append(("catalog load (first page: releases API + meta archive)",
                                  upstream_bytes(gh) - before, "-", time.monotonic() - t))
 
-            log("scenario 1: upstream bytes")
-            t = time.monotonic()
-            scenario_upstream(rep, gh, serve.url, [pid], big, trf, run_dir)
-            rep.timings["1 upstream bytes"] = time.monotonic() - t
+            if "1" in plan.scenarios:
+                log("scenario 1: upstream bytes")
+                t = time.monotonic()
+                scenario_upstream(rep, gh, serve.url, [pid], big, trf, run_dir)
+                rep.timings["1 upstream bytes"] = time.monotonic() - t
+            else:  # the big file into serve's cache (scenario 1's first install does that)
+                drain(f"{serve.url}/files/{big.wheel.name}", 1,
+                      expect_size=big.wheel.stat().st_size, server_pids=[pid],
+                      timeout=plan.transfer_timeout)
 
-            log("scenario 4a: RSS, 8 clients, uncached first download")
-            t = time.monotonic()
-            scenario_rss(rep, gh, serve.url, pid, huge, cached=False)
-            rep.timings["4a RSS uncached"] = time.monotonic() - t
+            if "4" in plan.scenarios:
+                log("scenario 4a: RSS, 8 clients, uncached first download")
+                t = time.monotonic()
+                scenario_rss(rep, gh, serve.url, pid, huge, cached=False)
+                rep.timings["4a RSS uncached"] = time.monotonic() - t
 
             servers = {"serve": (serve.url, [pid])}
             if alt is not None:
@@ -1037,34 +1065,41 @@ def main(argv: list[str] | None = None) -> int:
                         out["nginx"] = (n_.url, n_.pids())
                     yield out
 
-            log("scenario 2: throughput")
-            t = time.monotonic()
-            scenario_throughput(rep, servers, big, None if args.same_processes else respawn)
-            if not args.same_processes:
+            if "2a" in plan.scenarios or "2b" in plan.scenarios:
+                log("scenario 2: throughput")
+                t = time.monotonic()
+                scenario_throughput(rep, servers, big, None if args.same_processes else respawn)
+                rep.timings["2 throughput"] = time.monotonic() - t
+            if "2b" in plan.scenarios and not args.same_processes:
                 rep.notes.append("Scenario 2b: every repetition ran against newly started server "
                                  "processes (serve on the same cache; nginx on the same files), "
                                  "each warmed by one download first.")
             if args.profile:
+                t = time.monotonic()
                 syscall_profile(rep, servers, big, run_dir)
-            rep.timings["2 throughput"] = time.monotonic() - t
+                rep.timings["2c syscalls"] = time.monotonic() - t
 
-            log("scenario 4b: RSS, 8 clients, cached")
-            t = time.monotonic()
-            scenario_rss(rep, gh, serve.url, pid, huge, cached=True)
-            rep.timings["4b RSS cached"] = time.monotonic() - t
+            if "4" in plan.scenarios:
+                log("scenario 4b: RSS, 8 clients, cached")
+                t = time.monotonic()
+                scenario_rss(rep, gh, serve.url, pid, huge, cached=True)
+                rep.timings["4b RSS cached"] = time.monotonic() - t
 
-            log("scenario 3: project-page latency")
-            t = time.monotonic()
-            scenario_latency(rep, servers, big.normalized_name, run_dir, cross_check=True)
-            # the default --log-level (info) writes one access-log line per request
-            with spacy_index_serve(cache_dir=run_dir / "cache", upstream=fake_pypi.url + "/simple/",
-                                   api_url=gh.api_url, token=TOKEN, log_dir=run_dir,
-                                   log_level="info") as serve_info:
-                httpx.get(f"{serve_info.url}/simple/{big.normalized_name}/",
-                          headers={"Accept": PIP_ACCEPT}, timeout=60, trust_env=False)
-                scenario_latency(rep, {"serve (log-level info)": (serve_info.url, [serve_info.pid])},
-                                 big.normalized_name, run_dir)
-            rep.timings["3 latency"] = time.monotonic() - t
+            if "3" in plan.scenarios:
+                log("scenario 3: project-page latency")
+                t = time.monotonic()
+                scenario_latency(rep, servers, big.normalized_name, run_dir, cross_check=True)
+                # the default --log-level (info) writes one access-log line per request
+                with spacy_index_serve(cache_dir=run_dir / "cache",
+                                       upstream=fake_pypi.url + "/simple/", api_url=gh.api_url,
+                                       token=TOKEN, log_dir=run_dir,
+                                       log_level="info") as serve_info:
+                    httpx.get(f"{serve_info.url}/simple/{big.normalized_name}/",
+                              headers={"Accept": PIP_ACCEPT}, timeout=60, trust_env=False)
+                    scenario_latency(rep, {"serve (log-level info)":
+                                           (serve_info.url, [serve_info.pid])},
+                                     big.normalized_name, run_dir)
+                rep.timings["3 latency"] = time.monotonic() - t
 
             if args.profile:
                 log("profiling with py-spy")

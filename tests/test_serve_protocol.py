@@ -497,3 +497,100 @@ def test_a_stalled_client_does_not_hold_up_shutdown(big_world, thread_jobs):
     finally:
         if s is not None:
             s.close()
+
+
+def test_threaded_sendfile_corks_while_sending_and_uncorks_before_reporting_back(tmp_path):
+    """The worker thread corks the socket for the file (full segments, as nginx's
+    ``tcp_nopush``) and uncorks it after its last call, before the loop hears back: the
+    file's last partial segment leaves at once instead of after the loop has woken up (or
+    the kernel's 200 ms cork ceiling)."""
+    if not hasattr(socket, "TCP_CORK"):
+        pytest.skip("TCP_CORK is Linux-only")
+    data = os.urandom(3 * zerocopy.THREAD_MIN + 12345)  # not a whole number of segments
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    cork = (socket.IPPROTO_TCP, socket.TCP_CORK)
+
+    async def main() -> tuple[list[int], int, bytes]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname(), timeout=30)
+            accepted, _ = listener.accept()
+        # small buffers: the thread stays in sendfile(2) until the client reads
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+        sock = transport.get_extra_info("socket")
+        seen: list[int] = []
+        got = bytearray()
+
+        def read() -> None:
+            # the client, before reading anything: the socket becomes corked once the thread
+            # runs, and stays so while the file goes out (it cannot finish unread)
+            deadline = time.monotonic() + 10
+            while not sock.getsockopt(*cork) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            seen.append(sock.getsockopt(*cork))
+            while len(got) < len(data):
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    break
+                got.extend(chunk)
+
+        reader = loop.run_in_executor(None, read)
+        with open(path, "rb") as f:
+            assert await zerocopy._threaded_sendfile(loop, transport, f, 0, len(data))
+        after = sock.getsockopt(*cork)  # the loop's first look once the thread reported
+        await reader
+        transport.close()
+        client.close()
+        return seen, after, bytes(got)
+
+    import asyncio
+
+    seen, after, got = asyncio.run(main())
+    assert seen == [1] and after == 0
+    assert got == data
+
+
+def test_cache_hits_answer_without_the_disconnect_race_and_are_still_counted(world, tmp_path,
+                                                                            monkeypatch):
+    """A GET that has to wait for a download races it against the client leaving
+    (``app._unless_gone``); a cache hit has nothing to wait for and answers without that race
+    (two tasks and loop turns before the first byte). Its hit is still recorded in the cache
+    index, off the request's path."""
+    from spacy_index.server import app as app_module
+    from spacy_index.cache_index import FILES
+
+    raced: list[str] = []
+    unless_gone = app_module._unless_gone
+
+    async def counting(request, step):
+        raced.append(request.url.path)
+        return await unless_gone(request, step)
+
+    monkeypatch.setattr(app_module, "_unless_gone", counting)
+    sm = world["sm"]
+    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+    server = build_server(config, cache_dir=tmp_path / "cache", api_url=world["gh"].api_url,
+                          token=TOKEN)
+    path = f"/files/{sm.wheel.name}"
+    data = sm.wheel.read_bytes()
+    with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
+        assert c.get(path).content == data  # a miss: waits for the download
+        misses = len(raced)
+        assert misses >= 1
+        for _ in range(3):
+            r = c.get(path)
+            assert r.status_code == 200 and r.content == data
+            assert r.headers["etag"] == f'"{sm.sha256}"'
+        assert len(raced) == misses  # the hits did not race
+        deadline = time.monotonic() + 10
+        hits = 0
+        while hits < 3 and time.monotonic() < deadline:
+            hits = sum(e.hits for e in server.bound.index.entries()
+                       if e.kind == FILES and e.sha256 == sm.sha256)
+            time.sleep(0.02)
+        assert hits == 3

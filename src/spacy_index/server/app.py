@@ -244,9 +244,14 @@ class CacheBound:
         if self.index is None:
             return
         try:
-            asyncio.get_running_loop().run_in_executor(None, self._safely, fn, *args)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test calling directly): now
             self._safely(fn, *args)
+            return
+        # handed to the executor once the current request step yields (a cached file: its
+        # sendfile under way), so that the woken worker does not contend for the GIL while
+        # the request's answer is being prepared
+        loop.call_soon(loop.run_in_executor, None, self._safely, fn, *args)
 
     @staticmethod
     def _safely(fn: Callable[..., Any], *args: Any) -> None:
@@ -888,7 +893,11 @@ def create_app(server: Server, *, metrics: bool = True) -> Starlette:
             return await _upstream_span(request, cache.client, up, etag)
         stream = cache.open(up)
         try:
-            if not await _unless_gone(request, stream.__aenter__()):
+            if cache.cached_now(d.sha256) is not None:
+                # a hit: nothing to wait for, so no race with the client leaving (two more
+                # tasks and loop turns before every cached file's first byte)
+                await stream.__aenter__()
+            elif not await _unless_gone(request, stream.__aenter__()):
                 return Response(status_code=499)  # the client left while the download waited
         except CacheWriteError as e:
             return await _pass_through(request, found.source.client, up, e)

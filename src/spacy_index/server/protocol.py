@@ -156,10 +156,12 @@ def protocol_class(fast: FastResponder | None = None,
     return Protocol
 
 
-def _cork(transport: asyncio.BaseTransport, on: bool) -> bool:
-    """Set TCP_CORK (Linux) on the connection's socket; False where there is none."""
+def _cork(sock: Any, on: bool) -> bool:
+    """Set TCP_CORK (Linux) on a connection's socket; False where there is none.
+
+    Full segments while a file goes out, the rest flushed when uncorked: nginx's
+    `tcp_nopush on` with sendfile (asyncio sets TCP_NODELAY on every connection)."""
     option = getattr(socket, "TCP_CORK", None)
-    sock = transport.get_extra_info("socket")
     if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
@@ -199,16 +201,16 @@ def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractE
         else:
             cycle.expected_content_length -= count
         try:
-            # Full segments while the file goes out, flushed when uncorked: nginx's
-            # `tcp_nopush on` with sendfile (asyncio sets TCP_NODELAY on every connection).
-            corked = _cork(transport, True)
             # Large spans: blocking sendfile(2) in a worker thread (the kernel moves the span
-            # in a few calls); small ones, or when no thread is free: the event loop's.
+            # in a few calls), corked there; small ones, or when no thread is free: the
+            # event loop's, corked here.
             if count < THREAD_MIN or not await _threaded_sendfile(loop, transport, file,
                                                                   offset, count):
+                sock = transport.get_extra_info("socket")
+                corked = _cork(sock, True)
                 await loop.sendfile(transport, file, offset, count)
-            if corked:
-                _cork(transport, False)
+                if corked:
+                    _cork(sock, False)
         except (OSError, RuntimeError) as e:
             # the client went away mid-file (EPIPE/ECONNRESET, or the transport closed)
             log.debug("sendfile stopped: %s", type(e).__name__)
@@ -292,7 +294,9 @@ async def _threaded_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio
     The thread works on its own duplicates of both descriptors (whatever the loop closes
     meanwhile, it never writes to a reused descriptor number). Reading is paused meanwhile
     (asyncio's own sendfile does the same) and the socket is blocking only while the thread
-    runs: the loop does not touch it then. Errors (the client left) are raised here; a
+    runs: the loop does not touch it then. The thread corks the socket (:func:`_cork`) and
+    uncorks it right after its last call, so that the file's last partial segment leaves at
+    once, not when the loop has woken up. Errors (the client left) are raised here; a
     cancelled transfer shuts the socket down, which wakes the blocked call at once."""
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing() or transport.get_write_buffer_size():
@@ -325,9 +329,11 @@ async def _threaded_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio
             except BaseException:
                 os.close(sock_fd)
                 raise
+            corked = False
             try:
                 dup.setblocking(True)
                 dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEOUT)
+                corked = _cork(dup, True)
                 while sent < count and not stop.is_set():
                     try:
                         n = os.sendfile(sock_fd, file_fd, offset + sent, min(count - sent, _STEP))
@@ -337,6 +343,8 @@ async def _threaded_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio
                         raise OSError(f"file ended {count - sent} bytes early")
                     sent += n
             finally:
+                if corked:
+                    _cork(dup, False)
                 with contextlib.suppress(OSError):
                     dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
                     dup.setblocking(False)
