@@ -240,8 +240,7 @@ def test_no_op_imports_no_http_library_and_no_rich(gh, tmp_path, isolated):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("0 [] "), proc.stderr  # exit 0, nothing heavy imported
     assert "en-core-web-sm 3.8.50 is already installed" in proc.stderr
-    assert len(gh.requests) == n  # no network
-    assert float(last.rsplit(" ", 1)[1]) < 2.0  # loose: a shared machine; bench/install.py measures
+    assert len(gh.requests) == n  # no network (its time: bench/install.py, never a test)
 
 
 def test_deps_come_from_the_index_named_with_the_same_installer(gh, tmp_path, capsys, isolated):
