@@ -584,18 +584,10 @@ class Server:
 
     def local_view(self, project: Project) -> Project:
         """Links to ``../../files/<filename>``; metadata advertised for hashed wheels."""
-        files = []
-        for d in project.files:
-            meta_sha = self.metadata.digest(d.sha256) if d.sha256 and d.kind == "wheel" else None
-            upstream_meta = getattr(self.source_for(d.project), "upstream_files", {}).get(d.filename)
-            if meta_sha is None and upstream_meta is not None:
-                meta_sha = upstream_meta.metadata_sha256
-            files.append(replace(
-                d,
-                url=f"../../files/{quote(d.filename)}",
-                core_metadata_sha256=meta_sha,
-                has_core_metadata=d.kind == "wheel" and d.sha256 is not None,
-            ))
+        files = (replace(d, url=_local_url(d), core_metadata_sha256=meta_sha,
+                         has_core_metadata=d.kind == "wheel" and d.sha256 is not None)
+                 for d, meta_sha in zip(project.files, self._advertised_metadata(project),
+                                        strict=True))
         return replace(project, files=tuple(files))
 
     async def aclose(self) -> None:

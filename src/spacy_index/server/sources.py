@@ -95,10 +95,6 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
 #: connections per source: pages (short answers, never behind a download) and files
 PAGE_POOL = httpx.Limits(max_connections=32, max_keepalive_connections=16)
 FILE_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-#: the defaults of the ``[limits]`` on upstream bodies (see LimitsConfig)
-MAX_PAGE = LimitsConfig.max_page_size
-MAX_METADATA = LimitsConfig.max_metadata_size
-MAX_PAGE_FILES = LimitsConfig.max_page_files
 
 
 def _links_at_most(body: bytes, ctype: str) -> int:
@@ -575,6 +571,17 @@ async def in_batches(items: Iterable[_T], size: int = 2000) -> AsyncIterator[_T]
         yield item
 
 
+def _forget(registry: dict[str, Any], name: str, entry: object,
+            task: asyncio.Task[Project | None]) -> None:
+    """A page fetch's done callback: ``entry`` leaves ``registry`` (unless a newer one took
+    its place) and the task's exception, raised to its waiters or logged by ``_refresh``, is
+    retrieved so that asyncio does not complain."""
+    if registry.get(name) is entry:
+        del registry[name]
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(eq=False)
 class _Flight:
     """A page fetch and how many requests wait for it."""
@@ -596,8 +603,8 @@ class IndexSource:
     """
 
     def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False,
-                 stale: float = 86400.0, max_page: int = MAX_PAGE,
-                 max_files: int = MAX_PAGE_FILES,
+                 stale: float = 86400.0, max_page: int = LimitsConfig.max_page_size,
+                 max_files: int = LimitsConfig.max_page_files,
                  parse_budget: float = LimitsConfig.parse_budget) -> None:
         self.name = cfg.name
         self.cfg = cfg
@@ -740,13 +747,8 @@ class IndexSource:
         with contextlib.suppress(RuntimeError):  # no running loop: the next request refreshes
             task = asyncio.get_running_loop().create_task(self._refresh(name, force=True))
             self._refreshing[name] = task
-            task.add_done_callback(lambda t: self._refreshed(name, t))
+            task.add_done_callback(lambda t: _forget(self._refreshing, name, t, t))
 
-    def _refreshed(self, name: NormalizedName, task: asyncio.Task[Project | None]) -> None:
-        if self._refreshing.get(name) is task:
-            del self._refreshing[name]
-        if not task.cancelled():
-            task.exception()  # logged by _refresh; retrieved so asyncio does not complain
 
     async def project(self, name: NormalizedName) -> Project | None:
         answered, project = self._answer(name)
@@ -762,7 +764,7 @@ class IndexSource:
         if flight is None:
             flight = self._flights[name] = _Flight(
                 asyncio.get_running_loop().create_task(self._refresh(name)))
-            flight.task.add_done_callback(lambda t: self._landed(name, flight))
+            flight.task.add_done_callback(lambda t: _forget(self._flights, name, flight, t))
         flight.waiters += 1
         try:
             return await asyncio.shield(flight.task)
@@ -772,11 +774,6 @@ class IndexSource:
                 self._flights.pop(name, None)  # a request arriving now starts a new fetch
                 flight.task.cancel()
 
-    def _landed(self, name: NormalizedName, flight: _Flight) -> None:
-        if self._flights.get(name) is flight:
-            del self._flights[name]
-        if not flight.task.cancelled():
-            flight.task.exception()  # raised to its waiters; retrieved for asyncio's sake
 
     async def _refresh(self, name: NormalizedName, *, force: bool = False) -> Project | None:
         key = self._key(name)
