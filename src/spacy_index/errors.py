@@ -9,6 +9,7 @@ never parse messages.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 class SpacyIndexError(Exception):
@@ -101,3 +102,65 @@ class SnapshotError(SpacyIndexError):
 
 class UsageError(SpacyIndexError):
     exit_code = 2
+
+
+# ---- cache
+class InvalidDigest(SpacyIndexError, ValueError):
+    """A cache key is not a sha256 hex digest (checked before any path is built)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        super().__init__(f"not a sha256 digest (64 lower-case hex digits): {shown}")
+
+
+class CacheError(SpacyIndexError):
+    """The download cache itself failed."""
+
+
+class CacheWriteError(CacheError):
+    """The cache could not be written (disk full, permissions); existing entries are intact."""
+
+    def __init__(self, root: Path, detail: str) -> None:
+        self.root = root
+        self.detail = detail
+        super().__init__(
+            f"cannot write to the download cache {str(root)!r}: {detail}; "
+            "free some space or use another cache directory"
+        )
+
+
+class UpstreamFileError(UpstreamError):
+    """A file could not be downloaded (an HTTP error, or the connection kept failing)."""
+
+    def __init__(self, filename: str, status: int | None, url: str, detail: str = "") -> None:
+        self.filename = filename
+        self.status = status
+        self.url = url  # already redacted
+        self.detail = detail
+        if status is not None:
+            msg = f"cannot download {filename!r}: HTTP {status} from {url}"
+        else:
+            msg = f"cannot download {filename!r} from {url}: {detail}"
+        super().__init__(msg)
+
+
+class SizeMismatch(UpstreamError):
+    """Upstream's size for a file is not the size the index promised."""
+
+    def __init__(self, filename: str, expected: int, actual: int, *, at_least: bool = False) -> None:
+        self.filename = filename
+        self.expected = expected
+        self.actual = actual
+        self.at_least = at_least
+        got = f"at least {actual}" if at_least else str(actual)
+        super().__init__(f"size mismatch for {filename!r}: expected {expected} bytes, upstream has {got}")
+
+
+class UpstreamChanged(UpstreamError):
+    """The upstream file changed while it was being downloaded; a retry starts afresh."""
+
+    def __init__(self, filename: str, detail: str) -> None:
+        self.filename = filename
+        self.detail = detail
+        super().__init__(f"{filename!r} changed upstream during the download ({detail}); retry")

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sqlite3
 import ssl
 import threading
@@ -211,6 +212,25 @@ def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> st
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect to {host or 'the server'}: {text or 'connection failed'}"
     return f"{type(exc).__name__}{where}" + (f": {text}" if text else "")
+
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*/(\d+)\s*")
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """A 206's ``Content-Range: bytes first-last/total`` as (first, last, total), total None
+    for ``*``; None for anything else, including a range that ends before it starts."""
+    m = _CONTENT_RANGE.fullmatch(value or "")
+    if m is None or int(m.group(2)) < int(m.group(1)):
+        return None
+    return int(m.group(1)), int(m.group(2)), (None if m.group(3) == "*" else int(m.group(3)))
+
+
+def unsatisfied_range_length(value: str | None) -> int | None:
+    """The complete length a 416 reports (``Content-Range: bytes */length``), else None."""
+    m = _UNSATISFIED_RANGE.fullmatch(value or "")
+    return None if m is None else int(m.group(1))
 
 
 @dataclass(frozen=True)
