@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-import spacy_index.cache as cache_mod
+import spacy_index.cache.partial as cache_partial
 from spacy_index.cache import (
     CacheWriteError,
     FileCache,
@@ -558,7 +558,7 @@ def test_disk_full_is_a_clean_error(gh: FakeGitHub, tmp_path: Path,
     big = os.urandom(6 * MB)
     up_small = publish(gh, small, "small-1.0-py3-none-any.whl")
     up_big = publish(gh, big, "big-1.0-py3-none-any.whl")
-    real = cache_mod._pwrite_all
+    real = cache_partial._pwrite_all
 
     def disk_full(fd: int, data: Any, pos: int) -> None:
         if pos + len(data) > 3 * MB:
@@ -569,7 +569,7 @@ def test_disk_full_is_a_clean_error(gh: FakeGitHub, tmp_path: Path,
         async with new_client() as client:
             cache = FileCache(tmp_path, client, chunk_size=256 * 1024)
             small_path = await cache.ensure(up_small)
-            monkeypatch.setattr(cache_mod, "_pwrite_all", disk_full)
+            monkeypatch.setattr(cache_partial, "_pwrite_all", disk_full)
             results = await asyncio.gather(*[consume(cache, up_big) for _ in range(3)],
                                            cache.ensure(up_big), return_exceptions=True)
             for exc in results:
@@ -580,7 +580,7 @@ def test_disk_full_is_a_clean_error(gh: FakeGitHub, tmp_path: Path,
             assert files_in(tmp_path, "files") == [small_path]
             assert small_path.read_bytes() == small
             assert cache.cached(up_small.sha256) == small_path
-            monkeypatch.setattr(cache_mod, "_pwrite_all", real)
+            monkeypatch.setattr(cache_partial, "_pwrite_all", real)
             # not remembered: once there is room, it works
             assert (await cache.ensure(up_big)).read_bytes() == big
 

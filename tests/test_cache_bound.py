@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from spacy_index.cache_index import FILES, METADATA, CacheIndex
+from spacy_index.cache.index import FILES, METADATA, CacheIndex
 from spacy_index.cli import main
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config

@@ -419,7 +419,7 @@ def test_two_replicas_never_both_take_over_one_stale_lock(weed, tmp_path):
     from botocore.exceptions import ClientError
 
     from spacy_index.cache import FileCache
-    from spacy_index.cache_s3 import S3FileStore
+    from spacy_index.cache.s3 import S3FileStore
     from spacy_index.s3 import S3Location
 
     location = S3Location(CACHE_BUCKET, "cache-owners")

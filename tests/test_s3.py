@@ -777,7 +777,7 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 def store_for(s3: S3Env, root: Path, **kw: Any):
     from spacy_index.cache import FileCache
-    from spacy_index.cache_s3 import S3FileStore
+    from spacy_index.cache.s3 import S3FileStore
 
     cache = FileCache(root, client=None)  # type: ignore[arg-type]  # only .path/.cached used
     kw.setdefault("poll_interval", 0.1)
@@ -838,7 +838,7 @@ from pathlib import Path
 sys.path.insert(0, {src!r})
 import boto3
 from spacy_index.cache import FileCache
-from spacy_index.cache_s3 import S3FileStore
+from spacy_index.cache.s3 import S3FileStore
 from spacy_index.publish_s3 import S3Location
 payload = Path(sys.argv[2]).read_bytes()
 sha = sys.argv[3]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from spacy_index.cache import FileCache
-from spacy_index.cache_s3 import S3FileStore
+from spacy_index.cache.s3 import S3FileStore
 from spacy_index.errors import OutputLocked, PublishError
 from spacy_index.publish_s3 import LOCK, _PublishLock, publish_s3
 from spacy_index.s3 import Lease, S3Location

@@ -561,7 +561,7 @@ def test_cache_hits_answer_without_the_disconnect_race_and_are_still_counted(wor
     (``app._unless_gone``); a cache hit has nothing to wait for and answers without that race
     (two tasks and loop turns before the first byte). Its hit is still recorded in the cache
     index, off the request's path."""
-    from spacy_index.cache_index import FILES
+    from spacy_index.cache.index import FILES
     from spacy_index.server import app as app_module
 
     raced: list[str] = []

@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "list":
             return _list(args, env, out, err)
         if args.command == "cache":
-            from spacy_index.cache_cli import run_cache
+            from spacy_index.cache.cli import run_cache
 
             return run_cache(args, env, out, err)
         raise UsageError(f"unknown command {args.command!r}")

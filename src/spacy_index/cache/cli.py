@@ -2,7 +2,7 @@
 
 The same folder ``serve``, ``install`` and ``build --mirror`` use (``--cache-dir``, else
 ``SPACY_INDEX_CACHE_DIR``, else the user cache folder); safe while ``serve`` runs (see
-:mod:`spacy_index.cache_index`).
+:mod:`spacy_index.cache.index`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _human(size: int) -> str:
 
 
 def run_cache(args: argparse.Namespace, env: Mapping[str, str], out: Console, err: Console) -> int:
-    from spacy_index.cache_index import CacheIndex
+    from spacy_index.cache.index import CacheIndex
     from spacy_index.config import Settings
     from spacy_index.server.config import load_config, parse_size
 
@@ -72,7 +72,7 @@ def run_cache(args: argparse.Namespace, env: Mapping[str, str], out: Console, er
 
 
 def _stats(index, out: Console, *, as_json: bool) -> int:
-    from spacy_index.cache_index import FILES
+    from spacy_index.cache.index import FILES
 
     index.scan()
     entries = index.entries()
@@ -99,7 +99,7 @@ def _warm(args: argparse.Namespace, env: Mapping[str, str], index, out: Console,
     """Download the chosen pipelines into the cache (verified, resumable, once): the newest
     wheel of each (``NAME==VER`` pins it; ``--spacy X.Y``: the newest for that spaCy)."""
     from spacy_index import install as inst
-    from spacy_index.cache_index import FILES
+    from spacy_index.cache.index import FILES
     from spacy_index.cli import _install_catalog
 
     catalog, _how, _ = _install_catalog(args, env, err, projects=args.names)
