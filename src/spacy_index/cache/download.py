@@ -194,10 +194,11 @@ def abandoned(flights: Iterable[Flight], max_flights: int) -> list[Flight]:
 
 
 class Download:
-    """Fetches one flight's bytes into its partial file, resuming over broken connections.
+    """Fetches one flight's bytes into its partial file, resuming over broken connections
+    (and first taking up an earlier run's bytes when the flight keeps its partial file).
 
     ``root`` only names the cache in a :class:`CacheWriteError`; ``say`` gets one-line
-    progress messages (resumed, URL refreshed).
+    progress messages (started, resumed, URL refreshed).
     """
 
     def __init__(self, fl: Flight, client: httpx.AsyncClient, *, chunk_size: int,
