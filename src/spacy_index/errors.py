@@ -101,3 +101,12 @@ class SnapshotError(SpacyIndexError):
 
 class UsageError(SpacyIndexError):
     exit_code = 2
+
+
+# ---- server sources
+class TooLarge(UpstreamError):
+    """An upstream body over its cap (compressed or decoded): refused, never stored."""
+
+
+class OverBudget(ValueError):
+    """Parsing a page took longer than its time budget."""
