@@ -23,7 +23,7 @@ import pytest
 from spacy_index.http import describe_error, make_client, ssl_context
 from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
-from spacy_index.server.sources import parse_page
+from spacy_index.simple.parse import parse_page
 from tests.servers import run_app, serve_handler, tls_files
 
 JSON = "application/vnd.pypi.simple.v1+json"

@@ -164,3 +164,10 @@ class UpstreamChanged(UpstreamError):
         self.filename = filename
         self.detail = detail
         super().__init__(f"{filename!r} changed upstream during the download ({detail}); retry")
+# ---- server sources
+class TooLarge(UpstreamError):
+    """An upstream body over its cap (compressed or decoded): refused, never stored."""
+
+
+class OverBudget(ValueError):
+    """Parsing a page took longer than its time budget."""

@@ -11,16 +11,18 @@ import re
 import sqlite3
 import ssl
 import threading
+from base64 import b64encode
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import httpx
 
 from spacy_index import __version__
 from spacy_index.errors import UsageError
+from spacy_index.urls import split_userinfo
 
 USER_AGENT = f"spacy-index/{__version__} (+https://github.com/spacy-index/spacy-index)"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -37,33 +39,50 @@ def redact_url(url: str | httpx.URL) -> str:
     text = str(url)
     if "@" not in text:
         return text
-    parts = urlsplit(text)
-    if "@" not in parts.netloc:
+    parts, userinfo, host = split_userinfo(text)
+    if userinfo is None:
         return text
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
-class OriginBearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer <token>`` only to requests for one origin.
+class _OriginAuth(httpx.Auth):
+    """An ``Authorization`` header for requests to one origin only.
 
-    Redirects to another origin (GitHub's signed download URLs, codeload) never see it. The
-    token is kept out of ``repr`` so it cannot leak through logging of the object.
+    Redirects to another origin (GitHub's signed download URLs, codeload, a CDN) never see
+    it. The secret is kept out of ``repr`` so it cannot leak through logging of the object.
     """
 
-    def __init__(self, token: str, allowed_origin: str) -> None:
-        self._token = token
+    def __init__(self, authorization: str, allowed_origin: str) -> None:
+        self._authorization = authorization
         self._origin = origin(allowed_origin)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if origin(request.url) == self._origin:
+            request.headers["Authorization"] = self._authorization
+        else:
+            request.headers.pop("Authorization", None)
+        yield request
+
+
+class OriginBearerAuth(_OriginAuth):
+    """``Authorization: Bearer <token>`` for one origin (the GitHub API)."""
+
+    def __init__(self, token: str, allowed_origin: str) -> None:
+        super().__init__(f"Bearer {token}", allowed_origin)
 
     def __repr__(self) -> str:
         return f"OriginBearerAuth(origin={self._origin!r}, token=***)"
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if origin(request.url) == self._origin:
-            request.headers["Authorization"] = f"Bearer {self._token}"
-        else:
-            request.headers.pop("Authorization", None)
-        yield request
+
+class OriginBasicAuth(_OriginAuth):
+    """HTTP basic auth for one origin (a private index); the same header as httpx's."""
+
+    def __init__(self, username: str, password: str, allowed_origin: str) -> None:
+        token = b64encode(f"{username}:{password}".encode()).decode()
+        super().__init__(f"Basic {token}", allowed_origin)
+
+    def __repr__(self) -> str:
+        return f"OriginBasicAuth(origin={self._origin!r}, credentials=***)"
 
 
 def ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:

@@ -471,7 +471,7 @@ def catalog_from_index(index: str | IndexLocation, names: Sequence[str], known: 
     filename, else from PEP 658 metadata (the ``.metadata`` file beside a mirror's wheel)."""
     from urllib.parse import urldefrag
 
-    from spacy_index.server.sources import parse_page
+    from spacy_index.simple.parse import parse_page
 
     where = parse_index(index) if isinstance(index, str) else index
     by_filename = {d.filename: d for d in known.files}
