@@ -81,22 +81,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    REPO,
-    ManagedProcess,
-    cpu_seconds,
-    log,
-    machine_info,
-    md_table,
-    median,
-    reset_peak_rss,
-    run_measured,
-    spacy_index_serve,
-    status_kib,
-    system_cpu,
-    wait_quiet,
-    write_results,
-)
+from harness.procfs import cpu_seconds, reset_peak_rss, status_kib, system_cpu, wait_quiet
+from harness.report import machine_info, md_table, run_measured, write_results
+from harness.servers import ManagedProcess, spacy_index_serve
+from harness.util import REPO, log, median
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 CONDITIONS = ("baseline", "idle", "slow", "slow-burst")
@@ -528,7 +516,7 @@ def client_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- serve
 @contextlib.contextmanager
 def start_serve(config: Path, upstream: str, cache: Path, log_dir: Path):
-    """``spacy-index serve --config`` on a free 127.0.0.1 port (common.spacy_index_serve);
+    """``spacy-index serve --config`` on a free 127.0.0.1 port (harness.servers.spacy_index_serve);
     yields the ManagedProcess, its URL and its port. GitHub is never asked
     (``spacy_models = false``)."""
     with spacy_index_serve(cache_dir=cache, upstream=upstream, api_url="http://127.0.0.1:9",

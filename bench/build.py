@@ -39,16 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    REPO,
-    VENV_BIN,
-    fmt_bytes,
-    log,
-    md_table,
-    median,
-    run_measured,
-    write_results,
-)
+from harness.report import md_table, run_measured, write_results
+from harness.util import REPO, VENV_BIN, fmt_bytes, log, median
 
 BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
 

@@ -68,23 +68,10 @@ from urllib.parse import unquote, urljoin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    ManagedProcess,
-    Meter,
-    children,
-    fmt_bytes,
-    free_port,
-    log,
-    md_table,
-    median,
-    run_measured,
-    wait_http,
-    wait_quiet,
-    write_results,
-)
+from harness.procfs import Meter, children, wait_quiet
+from harness.report import md_table, run_measured, write_results
+from harness.servers import ManagedProcess
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, free_port, log, median, wait_http
 from peers import PEERS, ensure_peer
 from proxy import GUNICORN_FORMAT, LogTail, gunicorn_counts, serve_counts, server_env
 
@@ -445,7 +432,7 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def start_serve(cache: Path, upstream: str, cap: int, api_url: str, log_dir: Path):
-    """``spacy-index serve`` with ``--cache-max-size`` (common.spacy_index_serve takes no extra
+    """``spacy-index serve`` with ``--cache-max-size`` (harness.servers.spacy_index_serve takes no extra
     arguments); yields (base URL, pids callable, process)."""
     env = _env()
     env["GITHUB_API_URL"] = api_url

@@ -45,18 +45,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.append(str(BENCH))
 
-from common import (  # noqa: E402
-    MB,
-    REPO,
-    VENV_BIN,
-    cached_model,
-    log,
-    md_table,
-    median,
-    run_measured,
-    wait_quiet,
-    write_results,
-)
+from harness.procfs import wait_quiet  # noqa: E402
+from harness.report import md_table, run_measured, write_results  # noqa: E402
+from harness.util import MB, REPO, VENV_BIN, log, median  # noqa: E402
+from harness.wheels import cached_model  # noqa: E402
 
 PAD = 575_000_000
 NAME, VERSION = "core_web_lg", "3.8.0"

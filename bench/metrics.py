@@ -13,7 +13,7 @@ this shared machine at that moment. All answer a cached project page from a fake
 (`Server.fast_response`), the path whose cost matters most.
 
 Load: `wrk -t 1 -c 32` (C, keep-alive, exact µs percentiles from a Lua `done()`, see
-bench/common.py `wrk_latency`), one server at a time, the order rotating per repetition. The
+bench/harness/clients.py `wrk_latency`), one server at a time, the order rotating per repetition. The
 goal is a p99 ratio (on ÷ off, the median of the per-repetition ratios) ≤ 1.05. A repetition
 disturbed by other work on the machine (more than --max-other cores) is run again, up to
 --tries times, and the least disturbed run is kept. Also reported: requests/s and server CPU
@@ -41,18 +41,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    REPO,
-    ManagedProcess,
-    free_port,
-    log,
-    machine_info,
-    md_table,
-    median,
-    wait_http,
-    wait_quiet,
-    wrk_latency,
-)
+from harness.clients import wrk_latency
+from harness.procfs import wait_quiet
+from harness.report import machine_info, md_table
+from harness.servers import ManagedProcess
+from harness.util import REPO, free_port, log, median, wait_http
 
 TOKEN = "fake-ghp-BENCHMETRICStoken0123456789abcd"
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "

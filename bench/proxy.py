@@ -65,25 +65,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    ManagedProcess,
-    Meter,
-    cached_model,
-    children,
-    fmt_bytes,
-    free_port,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    wait_http,
-    wait_quiet,
-    write_results,
-)
+from harness.procfs import Meter, children, wait_quiet
+from harness.report import md_table, run_measured, write_results
+from harness.servers import ManagedProcess, spacy_index_serve
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, free_port, log, median, wait_http
+from harness.wheels import cached_model
 from peers import PEERS, ensure_peer
 
 # Running as ``python bench/proxy.py`` puts bench/ first on sys.path, where a bench module may

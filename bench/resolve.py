@@ -42,19 +42,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    cached_model,
-    fmt_bytes,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    write_results,
-)
+from harness.report import md_table, run_measured, write_results
+from harness.servers import spacy_index_serve
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, log, median
+from harness.wheels import cached_model
 
 VERSION = "3.8.50"
 KINDS = ("find-links", "static", "serve")

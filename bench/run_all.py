@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table
+from harness.report import machine_info, md_table
+from harness.util import REPO, VENV_BIN, fmt_bytes, log
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"

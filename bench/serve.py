@@ -14,7 +14,7 @@ What runs (all on 127.0.0.1, everything stopped at the end):
 * nginx (2 workers, sendfile, no access log; own config and prefix) on a static index of the
   same wheels, for reference;
 * clients: pip / pip-compile in fresh venvs (tests.clients.make_venv); for bulk transfers,
-  client processes that discard the body in the kernel (``common.drain``: ``recv(MSG_TRUNC)``,
+  client processes that discard the body in the kernel (``harness.clients.drain``: ``recv(MSG_TRUNC)``,
   ``splice`` to /dev/null, ``recv_into`` a reused buffer, or curl; scenario 2a measures which
   costs the client least and the rest uses that one), each reporting its own CPU; ``wrk`` with
   a Lua script (count-bounded, µs percentiles) for page latency.
@@ -51,31 +51,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    GB,
-    MB,
-    REPO,
-    SINKS,
-    VENV_BIN,
-    Drain,
-    Latency,
-    RssSampler,
-    Transfer,
-    cached_model,
-    drain,
-    fmt_bytes,
-    loadgen_latency,
-    log,
-    machine_info,
-    md_table,
-    median,
-    nginx,
-    reset_peak_rss,
-    spacy_index_serve,
-    status_kib,
-    wait_quiet,
-    wrk_latency,
-)
+from harness.clients import SINKS, Drain, Latency, Transfer, drain, loadgen_latency, wrk_latency
+from harness.procfs import RssSampler, reset_peak_rss, status_kib, wait_quiet
+from harness.report import machine_info, md_table
+from harness.servers import nginx, spacy_index_serve
+from harness.util import GB, MB, REPO, VENV_BIN, fmt_bytes, log, median
+from harness.wheels import cached_model
 
 TOKEN = "fake-ghp-BENCHtokenBENCHtokenBENCH0123456789"
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
@@ -105,7 +86,7 @@ class Plan:
     page_requests: int  #: per level, only for the Python fallback client (no wrk)
     reps: int
     page_seconds: int = 5  #: length of one wrk run per server and level
-    sink: str = "auto"  #: bulk client (common.SINKS, or "auto": the cheapest in the sink runs)
+    sink: str = "auto"  #: bulk client (harness.clients.SINKS, or "auto": the cheapest in the sink runs)
     connections: tuple[str, ...] = ("fresh", "keep-alive")  #: scenario 2 connection modes
     clients: tuple[int, ...] = (1, 8)  #: scenario 2b client counts
     scenarios: tuple[str, ...] = tuple(sorted(SCENARIOS))  #: which scenarios run (--scenarios)
@@ -283,7 +264,7 @@ def in_order(names: list[str], r: int) -> list[str]:
 
 
 def scenario_sinks(rep: Report, servers: dict[str, tuple[str, list[int]]], big) -> str:
-    """2a: one client, fresh connections, each sink (common.SINKS) against each server,
+    """2a: one client, fresh connections, each sink (harness.clients.SINKS) against each server,
     interleaved; returns the sink to use: the given one, or ("auto") the one that costs the
     client the least CPU per GB against nginx (else against serve)."""
     size = big.wheel.stat().st_size

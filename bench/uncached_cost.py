@@ -35,18 +35,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.common import (
-    REPO,
-    cpu_seconds,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    write_results,
-)
+from harness.procfs import cpu_seconds
+from harness.report import md_table, run_measured, write_results
+from harness.servers import spacy_index_serve
+from harness.util import REPO, log, median
 
 
 class SlowIndex(http.server.BaseHTTPRequestHandler):
