@@ -89,9 +89,9 @@ def render(data: dict) -> str:
 
 def _metrics(data: dict) -> list[str]:
     """The metrics, serve beside proxpi, and the simulated references."""
-    s, runs = data["summary"], data["runs"]
+    s = data["summary"]
+    runs = data["runs"]
     p = data["params"]
-    _cap, _ws = data["cap"], data["working_set"]
     servers = list(runs)
     lines: list[str] = []
     rows = []
@@ -121,9 +121,8 @@ def _metrics(data: dict) -> list[str]:
 
 def _bound_table(data: dict) -> list[str]:
     """Each run's cache size against the cap and serve's bound."""
-    _s, runs = data["summary"], data["runs"]
-    data["params"]
-    cap, _ws = data["cap"], data["working_set"]
+    runs = data["runs"]
+    cap = data["cap"]
     servers = list(runs)
     lines: list[str] = []
     brows = []
@@ -154,9 +153,7 @@ def _bound_table(data: dict) -> list[str]:
 
 def _runs_table(data: dict) -> list[str]:
     """One row per run."""
-    _s, runs = data["summary"], data["runs"]
-    data["params"]
-    _cap, _ws = data["cap"], data["working_set"]
+    runs = data["runs"]
     servers = list(runs)
     lines: list[str] = []
     rrows = []
@@ -184,9 +181,7 @@ def _runs_table(data: dict) -> list[str]:
 
 def _failures_and_notes(data: dict) -> list[str]:
     """Failed requests, the peer's settings and the notes."""
-    _s, runs = data["summary"], data["runs"]
-    data["params"]
-    _cap, _ws = data["cap"], data["working_set"]
+    runs = data["runs"]
     servers = list(runs)
     lines: list[str] = []
     fails = [(sv, r) for sv in servers for r in runs[sv] if r["ok"] != r["requests"]]
