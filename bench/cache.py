@@ -73,12 +73,12 @@ from cache_workload import (
     split_by_upstream,
     zipf_sequence,
 )
+from harness.logs import LogTail, gunicorn_counts, serve_counts
 from harness.procfs import Meter, wait_quiet
 from harness.report import run_measured, write_results
 from harness.timing import in_order
 from harness.util import REPO, fmt_bytes, log
 from peers import PEERS, ensure_peer
-from proxy import LogTail, gunicorn_counts, serve_counts
 
 # bench/ first on sys.path shadows packages with a bench module's name (bench/catalogue.py vs
 # ``catalogue``); the bench modules are imported, so drop it (as bench/proxy.py does)

@@ -13,10 +13,11 @@ from cache_workload import (
     CLIENT_UA,
     JSON_ACCEPT,
 )
+from harness.env import server_env
+from harness.logs import GUNICORN_FORMAT
 from harness.procfs import children
 from harness.servers import ManagedProcess, spacy_index_serve
 from harness.util import VENV_BIN, free_port, wait_http
-from proxy import GUNICORN_FORMAT, server_env
 
 
 def _env() -> dict[str, str]:
