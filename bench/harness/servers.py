@@ -11,7 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .procfs import children
@@ -57,6 +57,27 @@ class ServeHandle:
         return [self.pid]
 
 
+def start_on_free_port(argv_for: Callable[[int], list[str]], *, env: dict[str, str],
+                       log_for: Callable[[int], Path], what: str,
+                       timeout: float = 30) -> tuple[ManagedProcess, str]:
+    """A server started by ``argv_for(port)`` on a free 127.0.0.1 port, once its ``/health``
+    answers; another port is tried (5 in all) when it does not start, since a free port can
+    be taken by someone else before the server binds it."""
+    for attempt in range(5):
+        port = free_port()
+        mp = ManagedProcess(argv_for(port), env=env, log_path=log_for(port))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/health", timeout=timeout, proc=mp.proc)
+        except RuntimeError:
+            mp.stop()
+            if attempt == 4:
+                raise RuntimeError(f"{what} did not start:\n" + mp.tail()) from None
+            continue
+        return mp, url
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: str | None,
                       log_dir: Path, log_level: str = "warning",
@@ -75,21 +96,11 @@ def spacy_index_serve(*, cache_dir: Path, upstream: str, api_url: str, token: st
         env["GITHUB_TOKEN"] = token
     exe = ([python, "-c", "from spacy_index.cli import run; run()"] if python
            else [str(VENV_BIN / "spacy-index")])
-    for attempt in range(5):
-        port = free_port()
-        argv = [*exe, "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--cache-dir", str(cache_dir), "--upstream", upstream, "--log-level", log_level,
-                *extra_args]
-        mp = ManagedProcess(argv, env=env, log_path=log_dir / f"serve-{port}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/health", timeout=30, proc=mp.proc)
-        except RuntimeError:
-            mp.stop()
-            if attempt == 4:
-                raise RuntimeError("spacy-index serve did not start:\n" + mp.tail()) from None
-            continue
-        break
+    mp, url = start_on_free_port(
+        lambda port: [*exe, "serve", "--host", "127.0.0.1", "--port", str(port),
+                      "--cache-dir", str(cache_dir), "--upstream", upstream,
+                      "--log-level", log_level, *extra_args],
+        env=env, log_for=lambda port: log_dir / f"serve-{port}.log", what="spacy-index serve")
     try:
         yield ServeHandle(url=url, pid=mp.pid, process=mp)
     finally:
