@@ -180,3 +180,15 @@ def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
     finally:
         mp.stop()
 
+
+
+def spacy_index_build(api_url: str, run_dir: Path) -> Path:
+    """``spacy-index build --out run_dir/public -q`` against ``api_url`` (a FakeGitHub), with
+    its own cache; returns the output folder (the find-links page and the simple index)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("GITHUB_", "SPACY_INDEX_"))}
+    env.update(GITHUB_API_URL=api_url, SPACY_INDEX_CACHE_DIR=str(run_dir / "build-cache"))
+    out = run_dir / "public"
+    subprocess.run([str(VENV_BIN / "spacy-index"), "build", "--out", str(out), "-q"], env=env,
+                   check=True, capture_output=True, timeout=300)
+    return out
