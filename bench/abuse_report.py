@@ -13,6 +13,7 @@ CONDITIONS = ("baseline", "idle", "slow", "slow-burst")
 SLOW = ("slow", "slow-burst")
 GOAL_RATIO = 1.5
 
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
     out: dict[str, dict] = {}
     base = median([r["pages"]["p99"] for r in runs["baseline"]])

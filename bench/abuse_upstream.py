@@ -1,4 +1,5 @@
-"""The fake upstream of bench/abuse.py: a PEP 691 index with one page answered at once and slow pages held back."""
+"""The fake upstream of bench/abuse.py: a PEP 691 index with one page answered at once and slow
+pages held back."""
 
 from __future__ import annotations
 

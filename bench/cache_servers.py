@@ -1,4 +1,5 @@
-"""The two caches under test as processes on 127.0.0.1 (serve, proxpi) and the client process that plays the workload against them."""
+"""The two caches under test as processes on 127.0.0.1 (serve, proxpi) and the client process that
+plays the workload against them."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ lock = threading.Lock()
 state = {"next": 0}
 out = [None] * len(seq)
 start = threading.Barrier(spec["workers"] + 1)
+
 
 def worker(w):
     with httpx.Client(timeout=120, follow_redirects=True, trust_env=False,

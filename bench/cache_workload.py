@@ -1,4 +1,5 @@
-"""The workload of bench/cache.py: the wheels, the Zipf sequence, reference LRU/LFU hit rates, the cache-size sampler and the statistics of one run."""
+"""The workload of bench/cache.py: the wheels, the Zipf sequence, reference LRU/LFU hit rates, the
+cache-size sampler and the statistics of one run."""
 
 from __future__ import annotations
 

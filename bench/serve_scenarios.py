@@ -1,4 +1,5 @@
-"""The scenarios of bench/serve.py (what they measure: see its docstring), their plan and the report they fill."""
+"""The scenarios of bench/serve.py (what they measure: see its docstring), their plan and the
+report they fill."""
 
 from __future__ import annotations
 

@@ -76,7 +76,6 @@ def machine_info() -> list[tuple[str, str]]:
     ]
 
 
-
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|")

@@ -181,7 +181,6 @@ def nginx(root: Path, *, log_dir: Path) -> Iterator[NginxHandle | None]:
         mp.stop()
 
 
-
 def spacy_index_build(api_url: str, run_dir: Path) -> Path:
     """``spacy-index build --out run_dir/public -q`` against ``api_url`` (a FakeGitHub), with
     its own cache; returns the output folder (the find-links page and the simple index)."""
