@@ -87,12 +87,6 @@ from harness.util import REPO, log
 CLIENTS = Path(__file__).resolve().parent / "abuse_clients.py"
 
 
-# --------------------------------------------------------------------------- the upstream
-
-
-# --------------------------------------------------------------------------- client processes
-
-
 # --------------------------------------------------------------------------- serve
 @contextlib.contextmanager
 def start_serve(config: Path, upstream: str, cache: Path, log_dir: Path):
@@ -343,7 +337,7 @@ def measure(args: argparse.Namespace, run_dir: Path) -> dict:
                 "slow_delay", "impatient", "stagger", "probes", "tries", "other_max")}}
 
 
-# --------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:

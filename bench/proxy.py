@@ -93,17 +93,11 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != _BENCH]
 
 
-# --------------------------------------------------------------------------- environments
-
-
-# --------------------------------------------------------------------------- log readers
+# --------------------------------------------------------------------------- upstream counts
 
 
 def gh_bytes(gh, mark: int) -> int:
     return sum(r.bytes_sent for r in list(gh.requests)[mark:] if r.origin in ("web", "objects"))
-
-
-# --------------------------------------------------------------------------- peers
 
 
 # --------------------------------------------------------------------------- one client run
@@ -357,7 +351,7 @@ def measure(args, run_dir: Path) -> dict:
             "summary": summarize(runs, cruns)}
 
 
-# --------------------------------------------------------------------------- summary/report
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
