@@ -39,16 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    REPO,
-    VENV_BIN,
-    fmt_bytes,
-    log,
-    md_table,
-    median,
-    run_measured,
-    write_results,
-)
+from harness.report import md_table, run_measured, write_results
+from harness.util import REPO, VENV_BIN, fmt_bytes, log, median
 
 BLACKHOLE_PROXY = "http://127.0.0.1:9"  # nothing listens there: any non-local request fails
 
@@ -165,6 +157,48 @@ VARIANTS = {
 }
 
 
+def _build(exe: str, gh, env: dict[str, str], out: Path, cache: Path, *pre: str) -> dict:
+    """One timed ``spacy-index build [PRE] --out OUT --cache-dir CACHE -q``: wall time,
+    upstream requests, the page's counts."""
+    mark = len(gh.requests)
+    wall, proc = run_timed([exe, "build", *pre, "--out", str(out), "--cache-dir", str(cache),
+                            "-q"], env)
+    return {"wall": wall, **requests_since(gh, mark), **page_counts(out / "find-links.html"),
+            "_stdout": proc.stdout}
+
+
+def _repetition(i: int, exe: str, py: str, gh, env: dict[str, str], run_dir: Path,
+                runs: dict[str, list[dict]]) -> None:
+    """Seed script, cold and warm build, offline build."""
+    cache, out = run_dir / f"cache-{i}", run_dir / f"out-{i}"
+    page = run_dir / f"seed-{i}.html"
+    mark = len(gh.requests)
+    wall, _ = run_timed([py, "-c", SEED_SCRIPT, gh.api_url, str(page)], env)
+    runs["seed"].append({"wall": wall, **requests_since(gh, mark), **page_counts(page)})
+    for kind in ("cold", "warm"):
+        r = _build(exe, gh, env, out, cache)
+        r["unchanged"] = "nothing rewritten" in r.pop("_stdout")
+        runs[kind].append(r)
+    off = run_dir / f"offline-{i}"
+    r = _build(exe, gh, cli_env(None, offline=True), off, run_dir / f"cache-off-{i}",
+               "--offline")
+    r.pop("_stdout")
+    runs["offline"].append(r)
+    shutil.rmtree(off, ignore_errors=True)
+
+
+def _summary(runs: dict[str, list[dict]]) -> dict:
+    summary = {}
+    for kind, rs in runs.items():
+        if not rs:
+            continue
+        keys = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        summary[kind] = {k: median([r[k] for r in rs]) for k in keys}
+        summary[kind]["label"] = VARIANTS[kind]
+        summary[kind]["walls"] = [round(r["wall"], 3) for r in rs]
+    return summary
+
+
 def measure(reps: int, run_dir: Path) -> dict:
     from tests.fakegithub import FakeGitHub
 
@@ -177,60 +211,25 @@ def measure(reps: int, run_dir: Path) -> dict:
         _ = gh.archive  # pack the fixture archive (~1 s) before anything is timed
         for i in range(reps):
             log(f"repetition {i + 1}/{reps}")
-            cache, out = run_dir / f"cache-{i}", run_dir / f"out-{i}"
-            # a. seed
-            page = run_dir / f"seed-{i}.html"
-            mark = len(gh.requests)
-            wall, _ = run_timed([py, "-c", SEED_SCRIPT, gh.api_url, str(page)], env)
-            runs["seed"].append({"wall": wall, **requests_since(gh, mark), **page_counts(page)})
-            # b. cold, c. warm
-            for kind in ("cold", "warm"):
-                mark = len(gh.requests)
-                wall, proc = run_timed([exe, "build", "--out", str(out), "--cache-dir", str(cache),
-                                        "-q"], env)
-                runs[kind].append({"wall": wall, **requests_since(gh, mark),
-                                   **page_counts(out / "find-links.html"),
-                                   "unchanged": "nothing rewritten" in proc.stdout})
-            # d. offline
-            off = run_dir / f"offline-{i}"
-            mark = len(gh.requests)
-            wall, _ = run_timed([exe, "build", "--offline", "--out", str(off), "--cache-dir",
-                                 str(run_dir / f"cache-off-{i}"), "-q"], cli_env(None, offline=True))
-            runs["offline"].append({"wall": wall, **requests_since(gh, mark),
-                                    **page_counts(off / "find-links.html")})
-            shutil.rmtree(off, ignore_errors=True)
+            _repetition(i, exe, py, gh, env, run_dir, runs)
         # e. snapshot + delta
         snap = run_dir / "snap.json.gz"
         mark = len(gh.requests)
-        wall, proc = run_timed([exe, "snapshot", "--out", str(snap), "--cache-dir",
+        wall, _ = run_timed([exe, "snapshot", "--out", str(snap), "--cache-dir",
                                 str(run_dir / "cache-snap")], env)
         extra["snapshot_generation"] = {"wall": wall, **requests_since(gh, mark),
                                         "size": snap.stat().st_size}
-        for i in range(reps):
-            out = run_dir / f"out-snap-{i}"
-            mark = len(gh.requests)
-            wall, _ = run_timed([exe, "build", "--snapshot", str(snap), "--out", str(out),
-                                 "--cache-dir", str(run_dir / f"cache-s{i}"), "-q"], env)
-            runs["snapshot"].append({"wall": wall, **requests_since(gh, mark),
-                                     **page_counts(out / "find-links.html")})
-        # f. a new release upstream (mutates the fake: last)
-        gh.add_release("en_core_web_sm-3.9.0", {"en_core_web_sm-3.9.0-py3-none-any.whl": b"wheel"})
-        for i in range(reps):
-            out = run_dir / f"out-snapnew-{i}"
-            mark = len(gh.requests)
-            wall, _ = run_timed([exe, "build", "--snapshot", str(snap), "--out", str(out),
-                                 "--cache-dir", str(run_dir / f"cache-sn{i}"), "-q"], env)
-            runs["snapshot_new"].append({"wall": wall, **requests_since(gh, mark),
-                                         **page_counts(out / "find-links.html")})
-    summary = {}
-    for kind, rs in runs.items():
-        if not rs:
-            continue
-        keys = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        summary[kind] = {k: median([r[k] for r in rs]) for k in keys}
-        summary[kind]["label"] = VARIANTS[kind]
-        summary[kind]["walls"] = [round(r["wall"], 3) for r in rs]
-    return {"runs": runs, "summary": summary, "extra": extra}
+        for kind, name, cache in (("snapshot", "snap", "cache-s"),
+                                  ("snapshot_new", "snapnew", "cache-sn")):
+            if kind == "snapshot_new":  # a new release upstream (mutates the fake: last)
+                gh.add_release("en_core_web_sm-3.9.0",
+                               {"en_core_web_sm-3.9.0-py3-none-any.whl": b"wheel"})
+            for i in range(reps):
+                r = _build(exe, gh, env, run_dir / f"out-{name}-{i}", run_dir / f"{cache}{i}",
+                           "--snapshot", str(snap))
+                r.pop("_stdout")
+                runs[kind].append(r)
+    return {"runs": runs, "summary": _summary(runs), "extra": extra}
 
 
 def render(data: dict) -> str:

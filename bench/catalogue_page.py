@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, md_table, write_results  # noqa: E402
+from harness.report import machine_info, md_table, write_results  # noqa: E402
 from tests.browser import (  # noqa: E402
     CHROMIUM,
     PageLog,

@@ -33,30 +33,24 @@ and faster than pip's. Results: stdout and bench/results/<date>-install[-quick].
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 # bench/ goes after site-packages: bench/catalogue.py must not shadow spaCy's `catalogue`
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.append(str(BENCH))
 
-from common import (  # noqa: E402
-    MB,
-    REPO,
-    VENV_BIN,
-    cached_model,
-    log,
-    md_table,
-    median,
-    run_measured,
-    wait_quiet,
-    write_results,
-)
+from harness.procfs import wait_quiet  # noqa: E402
+from harness.report import md_table, run_measured, write_results  # noqa: E402
+from harness.util import MB, REPO, VENV_BIN, log, median  # noqa: E402
+from harness.wheels import cached_model  # noqa: E402
 
 PAD = 575_000_000
 NAME, VERSION = "core_web_lg", "3.8.0"
@@ -89,16 +83,78 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return took
 
 
+@dataclasses.dataclass
+class Setup:
+    """What every timed command needs: the wheel, the environments, the static download site."""
+
+    pkg: Any
+    run: Path
+    base_env: dict[str, str]
+    env: dict[str, str]
+    spacy_env: dict[str, str]
+    static_url: str
+
+    @property
+    def project(self) -> str:
+        return self.pkg.project
+
+    def venv(self, tag: str) -> Any:
+        from tests.clients import make_venv
+
+        return make_venv(self.run / "venvs" / tag, env=self.base_env)
+
+    def command(self, method: str, python: Path) -> tuple[list[str], dict[str, str]]:
+        spacy_index, project, env = str(VENV_BIN / "spacy-index"), self.project, self.env
+        if method == "si-uv":
+            return [spacy_index, "install", project, "--python", str(python), "--no-deps"], env
+        if method == "si-pip":
+            return [spacy_index, "install", project, "--python", str(python), "--no-deps",
+                    "--installer", "pip"], env
+        if method == "pip":
+            return [str(python), "-m", "pip", "install", "--no-deps", "--no-index",
+                    str(self.pkg.wheel)], env
+        if method == "uv":
+            return [str(VENV_BIN / "uv"), "pip", "install", "--python", str(python),
+                    "--no-deps", str(self.pkg.wheel)], env
+        return [str(python), "-c", SPACY_DOWNLOAD, self.static_url, f"{project}-{VERSION}",
+                "--no-deps"], self.spacy_env
+
+    def warm_up(self) -> None:
+        """Not timed: the wheel into spacy-index's cache (`cache warm` downloads and verifies
+        it), and every tool run once so that its byte-code exists."""
+        spacy_index = str(VENV_BIN / "spacy-index")
+        log(f"warm-up: {self.pkg.wheel.name} ({self.pkg.wheel.stat().st_size / MB:,.0f} MB) "
+            "into spacy-index's cache")
+        timed([spacy_index, "cache", "warm", self.project], self.env)
+        warm = self.venv("warm")
+        for argv in ([spacy_index, "install", self.project, "--python", str(warm.python),
+                      "--dry-run"],
+                     [str(warm.python), "-m", "pip", "--version"],
+                     [str(warm.python), "-m", "spacy", "info"]):
+            timed(argv, self.env)
+
+    def one(self, method: str, tag: str) -> tuple[float, float]:
+        """One install into a fresh venv, then the same command again (the no-op)."""
+        v = self.venv(tag)
+        argv, menv = self.command(method, v.python)
+        wait_quiet(max_wait=15)  # other sessions share this machine
+        took = timed(argv, menv)
+        installed = v.installed()
+        if installed.get(self.project.replace("_", "-")) != VERSION:
+            raise RuntimeError(f"{method}: {self.project} not installed: {installed}")
+        noop = timed(argv, menv)
+        shutil.rmtree(v.path, ignore_errors=True)  # pip's copies are 575 MB each
+        return took, noop
+
+
 def measure(args: argparse.Namespace, run: Path) -> dict:
-    from tests.clients import clean_env, make_venv, serve_directory
+    from tests.clients import clean_env, serve_directory
     from tests.fakegithub import FakeGitHub
     from tests.wheels import meta_archive
 
     pkg = cached_model(args.work_dir, name=NAME, version=VERSION, pad_bytes=PAD)
-    size = pkg.wheel.stat().st_size
     project = pkg.project
     base_env = clean_env(cache_dir=run / "clients", PYTHONDONTWRITEBYTECODE=None)
-    spacy_index = str(VENV_BIN / "spacy-index")
     # spaCy's download URL layout: <base>/<name>-<version>/<name>-<version>-py3-none-any.whl
     site = run / "downloads" / f"{project}-{VERSION}"
     site.mkdir(parents=True)
@@ -109,65 +165,26 @@ def measure(args: argparse.Namespace, run: Path) -> dict:
         gh.add_release(f"{project}-{VERSION}", {pkg.wheel.name: pkg.wheel.read_bytes()})
         env = {**base_env, "GITHUB_API_URL": gh.api_url,
                "SPACY_INDEX_CACHE_DIR": str(run / "spacy-index")}
-        spacy_env = {**env, "PIP_NO_CACHE_DIR": "1"}
-
-        def venv(tag: str):
-            return make_venv(run / "venvs" / tag, env=base_env)
-
-        def command(method: str, python: Path) -> tuple[list[str], dict[str, str]]:
-            if method == "si-uv":
-                return [spacy_index, "install", project, "--python", str(python), "--no-deps"], env
-            if method == "si-pip":
-                return [spacy_index, "install", project, "--python", str(python), "--no-deps",
-                        "--installer", "pip"], env
-            if method == "pip":
-                return [str(python), "-m", "pip", "install", "--no-deps", "--no-index",
-                        str(pkg.wheel)], env
-            if method == "uv":
-                return [str(VENV_BIN / "uv"), "pip", "install", "--python", str(python),
-                        "--no-deps", str(pkg.wheel)], env
-            return [str(python), "-c", SPACY_DOWNLOAD, static.url, f"{project}-{VERSION}",
-                    "--no-deps"], spacy_env
-
-        # Warm-up (not timed): the wheel into spacy-index's cache (`cache warm` downloads and
-        # verifies it), and every tool run once so that its byte-code exists
-        log(f"warm-up: {pkg.wheel.name} ({size / MB:,.0f} MB) into spacy-index's cache")
-        timed([spacy_index, "cache", "warm", project], env)
-        warm = venv("warm")
-        for argv in ([spacy_index, "install", project, "--python", str(warm.python), "--dry-run"],
-                     [str(warm.python), "-m", "pip", "--version"],
-                     [str(warm.python), "-m", "spacy", "info"]):
-            timed(argv, env)
+        setup = Setup(pkg=pkg, run=run, base_env=base_env, env=env,
+                      spacy_env={**env, "PIP_NO_CACHE_DIR": "1"}, static_url=static.url)
+        setup.warm_up()
         first_uv = None
-
-        def one(method: str, tag: str) -> tuple[float, float]:
-            v = venv(tag)
-            argv, menv = command(method, v.python)
-            wait_quiet(max_wait=15)  # other sessions share this machine
-            took = timed(argv, menv)
-            installed = v.installed()
-            if installed.get(project.replace("_", "-")) != VERSION:
-                raise RuntimeError(f"{method}: {project} not installed: {installed}")
-            noop = timed(argv, menv)
-            shutil.rmtree(v.path, ignore_errors=True)  # pip's copies are 575 MB each
-            return took, noop
-
         # uv's cache starts cold: its first run unpacks the wheel (reported apart)
         for method in ("si-uv", "uv"):
             if method in args.methods:
-                took, _ = one(method, f"{method}-cold")
+                took, _ = setup.one(method, f"{method}-cold")
                 first_uv = took if method == "si-uv" else first_uv
                 log(f"{method}: first run (uv cache cold) {took:.2f} s")
         # round robin, so that a busy moment of the machine hits every method alike
         for rep in range(args.reps):
             for method in args.methods:
-                took, noop = one(method, f"{method}-{rep}")
+                took, noop = setup.one(method, f"{method}-{rep}")
                 results[method]["install"].append(took)
                 results[method]["noop"].append(noop)
                 log(f"{method} #{rep}: install {took:.3f} s, no-op {noop:.3f} s")
     medians = {m: {k: median(v) for k, v in r.items()} for m, r in results.items()}
-    return {"wheel": pkg.wheel.name, "size": size, "sha256": pkg.sha256, "runs": results,
-            "medians": medians, "first_uv_seconds": first_uv}
+    return {"wheel": pkg.wheel.name, "size": pkg.wheel.stat().st_size, "sha256": pkg.sha256,
+            "runs": results, "medians": medians, "first_uv_seconds": first_uv}
 
 
 def report(data: dict, quick: bool) -> str:

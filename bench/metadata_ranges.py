@@ -22,11 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,6 +32,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from harness.upstream import FakeUpstream, QuietHandler  # noqa: E402
 
 
 def load_before(rev: str) -> types.ModuleType:
@@ -79,12 +79,9 @@ def drive(module: types.ModuleType, filename: str, data: bytes, tail: int) -> in
     return requests
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     files: ClassVar[dict[str, bytes]] = {}
     requests: ClassVar[list[str]] = []
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         data = self.files[self.path.lstrip("/")]
@@ -123,28 +120,32 @@ def main() -> None:
     before = load_before(args.before)
     with tempfile.TemporaryDirectory() as tmp:
         wheels = [many_members(100_000), spacy_sized(Path(tmp))]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    for filename, data in wheels:
-        Handler.files[filename] = data
-        url = f"http://127.0.0.1:{server.server_port}/{filename}"
-        print(f"{filename}: {len(data) / 1e6:.1f} MB")
-        for label, module in (("before", before), ("after", after)):
-            times, requests = [], 0
-            for _ in range(args.runs):
-                with module._gc_paused():  # as the server parses a big directory
-                    started = time.perf_counter()
-                    requests = drive(module, filename, data, 65536)
-                    times.append(time.perf_counter() - started)
-            http_times, http = [], (0.0, 0, 0)
-            for _ in range(args.runs):
-                http = asyncio.run(over_http(module, url, filename))
-                http_times.append(http[0])
-            print(f"  {label:6} plan: median {statistics.median(times) * 1e3:7.1f} ms "
-                  f"(min {min(times) * 1e3:.1f}), {requests} requests | http: median "
-                  f"{statistics.median(http_times) * 1e3:7.1f} ms, {http[1]} requests, "
-                  f"{http[2]:,} bytes")
-    server.shutdown()
+    with FakeUpstream(Handler) as server:
+        for filename, data in wheels:
+            measure_one(before, after, args.runs, server.url, filename, data)
+
+
+def measure_one(before: types.ModuleType, after: types.ModuleType, runs: int, base: str,
+                filename: str, data: bytes) -> None:
+    """The old and the new reader on one wheel: in memory (the plan), then over HTTP."""
+    Handler.files[filename] = data
+    url = f"{base}/{filename}"
+    print(f"{filename}: {len(data) / 1e6:.1f} MB")
+    for label, module in (("before", before), ("after", after)):
+        times, requests = [], 0
+        for _ in range(runs):
+            with module._gc_paused():  # as the server parses a big directory
+                started = time.perf_counter()
+                requests = drive(module, filename, data, 65536)
+                times.append(time.perf_counter() - started)
+        http_times, http = [], (0.0, 0, 0)
+        for _ in range(runs):
+            http = asyncio.run(over_http(module, url, filename))
+            http_times.append(http[0])
+        print(f"  {label:6} plan: median {statistics.median(times) * 1e3:7.1f} ms "
+              f"(min {min(times) * 1e3:.1f}), {requests} requests | http: median "
+              f"{statistics.median(http_times) * 1e3:7.1f} ms, {http[1]} requests, "
+              f"{http[2]:,} bytes")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ this shared machine at that moment. All answer a cached project page from a fake
 (`Server.fast_response`), the path whose cost matters most.
 
 Load: `wrk -t 1 -c 32` (C, keep-alive, exact µs percentiles from a Lua `done()`, see
-bench/common.py `wrk_latency`), one server at a time, the order rotating per repetition. The
+bench/harness/clients.py `wrk_latency`), one server at a time, the order rotating per repetition. The
 goal is a p99 ratio (on ÷ off, the median of the per-repetition ratios) ≤ 1.05. A repetition
 disturbed by other work on the machine (more than --max-other cores) is run again, up to
 --tries times, and the least disturbed run is kept. Also reported: requests/s and server CPU
@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
-import math
 import os
 import shutil
 import signal
@@ -38,27 +36,19 @@ import sys
 import tempfile
 import timeit
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    REPO,
-    ManagedProcess,
-    free_port,
-    log,
-    machine_info,
-    md_table,
-    median,
-    wait_http,
-    wait_quiet,
-    wrk_latency,
-)
+from harness.clients import wrk_latency
+from harness.procfs import wait_quiet
+from harness.servers import ManagedProcess, start_on_free_port
+from harness.util import REPO, log
+from metrics_report import CLIENTS, GOAL, report
 
 TOKEN = "fake-ghp-BENCHMETRICStoken0123456789abcd"
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
               "text/html; q=0.01")
-GOAL = 1.05
-CLIENTS = 32
 
 
 # --------------------------------------------------------------------------- the servers
@@ -79,21 +69,13 @@ def serve(mode: str, *, run_dir: Path, upstream: str, api_url: str, log_level: s
     env = {k: v for k, v in os.environ.items()
            if not k.upper().startswith(("PIP_", "UV_", "GITHUB_")) and "proxy" not in k.lower()}
     env.update(GITHUB_API_URL=api_url, GITHUB_TOKEN=TOKEN, PYTHONPATH=str(REPO / "src"))
-    for attempt in range(5):
-        port = free_port()
-        argv = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--",
-                "--host", "127.0.0.1", "--port", str(port), "--cache-dir",
-                str(run_dir / f"cache-{mode}"), "--upstream", upstream, "--log-level", log_level]
-        proc = ManagedProcess(argv, env=env, log_path=run_dir / f"serve-{mode}-{port}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/health", timeout=60, proc=proc.proc)
-        except RuntimeError:
-            proc.stop()
-            if attempt == 4:
-                raise RuntimeError(f"serve ({mode}) did not start:\n" + proc.tail()) from None
-            continue
-        break
+    proc, url = start_on_free_port(
+        lambda port: [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--",
+                      "--host", "127.0.0.1", "--port", str(port), "--cache-dir",
+                      str(run_dir / f"cache-{mode}"), "--upstream", upstream,
+                      "--log-level", log_level],
+        env=env, log_for=lambda port: run_dir / f"serve-{mode}-{port}.log",
+        what=f"serve ({mode})", timeout=60)
     try:
         yield url, proc
     finally:
@@ -132,12 +114,7 @@ def micro(work: Path) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in[:1] == ["--child"]:
-        mode = args_in[1]
-        rest = args_in[3:] if args_in[2:3] == ["--"] else args_in[2:]
-        return child(mode, rest)
+def parse_args(args_in: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 repetitions of 2 s (≈ 1 min)")
     ap.add_argument("--reps", type=int, help="repetitions (default 21; 5 with --quick)")
@@ -156,153 +133,117 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "spacy-index-bench")
     ap.add_argument("--out", type=Path, help="report (default bench/results/<date>-metrics[-quick].md)")
     args = ap.parse_args(args_in)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if shutil.which("wrk") is None:
-        print("error: wrk is needed (apt-get install -y wrk)", file=sys.stderr)
-        return 2
-    reps = max(1, args.reps or (5 if args.quick else 21))
-    seconds = max(1, args.seconds or (2 if args.quick else 3))
-    log_level = "info" if args.access_log else "warning"
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    args.reps = max(1, args.reps or (5 if args.quick else 21))
+    args.seconds = max(1, args.seconds or (2 if args.quick else 3))
+    args.log_level = "info" if args.access_log else "warning"
+    return args
 
+
+def start_servers(stack: contextlib.ExitStack, args: argparse.Namespace, run_dir: Path,
+                  modes: list[str]) -> tuple[Any, dict[str, tuple[str, ManagedProcess]]]:
+    """The pipeline, FakeGitHub, a placeholder PyPI and one serve per mode, each page warm."""
     import httpx
     from tests.clients import serve_directory
     from tests.fakegithub import FakeGitHub
     from tests.wheels import build_model_package, default_spacy_version, meta_archive
 
+    pkg = build_model_package(run_dir / "wheel", name="core_web_sm", version="3.8.50",
+                              pad_bytes=0, spacy_version=default_spacy_version())
+    (run_dir / "pypi").mkdir()
+    gh = stack.enter_context(FakeGitHub(load_fixture=False, archive=meta_archive([pkg]),
+                                        token=TOKEN))
+    gh.add_release(f"{pkg.project}-{pkg.version}", {pkg.wheel.name: pkg.wheel.read_bytes()})
+    pypi = stack.enter_context(serve_directory(run_dir / "pypi"))
+    servers = {}
+    for mode in modes:
+        url, proc = stack.enter_context(serve(mode, run_dir=run_dir, upstream=pypi.url + "/simple/",
+                                              api_url=gh.api_url, log_level=args.log_level))
+        servers[mode] = (url, proc)
+        page = f"{url}/simple/{pkg.normalized_name}/"
+        for _ in range(3):  # load the catalog, render, then answered by the fast path
+            httpx.get(page, headers={"Accept": PIP_ACCEPT}, timeout=60,
+                      trust_env=False).raise_for_status()
+    assert httpx.get(servers["off"][0] + "/metrics", trust_env=False).status_code == 404
+    return pkg, servers
+
+
+def one_pair(args: argparse.Namespace, rep: int, order: list[str], servers: dict, page: str,
+             run_dir: Path) -> tuple[float, dict]:
+    """Repetition ``rep``: the least disturbed of up to ``--tries`` runs of every server in
+    ``order``; (other load in cores, latency per mode)."""
+    best: tuple[float, dict] | None = None
+    for attempt in range(args.tries):
+        waited, load = wait_quiet(max_wait=args.quiet_wait)
+        if load >= 0.2:
+            log(f"  machine still busy ({load:.2f} cores of other work) after {waited:.0f}s")
+        pair = {}
+        for mode in order:
+            url, proc = servers[mode]
+            lat = wrk_latency(url + page, CLIENTS, args.seconds,
+                              accept=PIP_ACCEPT, server_pids=[proc.pid], work=run_dir)
+            if lat.errors:
+                raise RuntimeError(f"{mode}: {lat.errors} failed requests")
+            pair[mode] = lat
+        disturbed = max(p.other_cores for p in pair.values())
+        log(f"rep {rep + 1}/{args.reps} try {attempt + 1}: " + "; ".join(
+            f"{m} p50 {p.p50_ms:.2f} ms p99 {p.p99_ms:.2f} ms {p.rps:,.0f} req/s "
+            f"{p.cpu_us_per_req:.1f} µs CPU/req" for m, p in pair.items())
+            + f"; other load {disturbed:.2f} cores")
+        if best is None or disturbed < best[0]:
+            best = (disturbed, pair)
+        if disturbed <= args.max_other:
+            break
+    assert best is not None
+    return best
+
+
+def measure(args: argparse.Namespace, run_dir: Path, modes: list[str]) -> dict:
+    """Every repetition, the order of the modes rotating (and reversed every other one)."""
+    import httpx
+
+    runs: dict[str, list] = {m: [] for m in modes}
+    other: list[float] = []
+    with contextlib.ExitStack() as stack:
+        pkg, servers = start_servers(stack, args, run_dir, modes)
+        page = f"/simple/{pkg.normalized_name}/"
+        for url, proc in servers.values():  # warm-up, not measured
+            wrk_latency(url + page, CLIENTS, 1, accept=PIP_ACCEPT,
+                        server_pids=[proc.pid], work=run_dir)
+        for rep in range(args.reps):
+            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+            if rep % 2:
+                order.reverse()
+            disturbed, pair = one_pair(args, rep, order, servers, page, run_dir)
+            for mode, lat in pair.items():
+                runs[mode].append(lat)
+            other.append(disturbed)
+        text = httpx.get(servers["on"][0] + "/metrics", trust_env=False).text
+        fast = next((float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("spacy_index_fast_path_responses_total ")), 0.0)
+    return {"runs": runs, "other": other, "fast": fast}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["--child"]:
+        mode = args_in[1]
+        rest = args_in[3:] if args_in[2:3] == ["--"] else args_in[2:]
+        return child(mode, rest)
+    args = parse_args(args_in)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if shutil.which("wrk") is None:
+        print("error: wrk is needed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=args.work_dir))
     log(f"work folder {run_dir}")
     modes = ["on", "off", *(["off-b"] if args.control else [])]
-    runs: dict[str, list] = {m: [] for m in modes}
-    other: list[float] = []
-    pkg = build_model_package(run_dir / "wheel", name="core_web_sm", version="3.8.50",
-                              pad_bytes=0, spacy_version=default_spacy_version())
-    (run_dir / "pypi").mkdir()
-    with contextlib.ExitStack() as stack:
-        gh = stack.enter_context(FakeGitHub(load_fixture=False, archive=meta_archive([pkg]),
-                                            token=TOKEN))
-        gh.add_release(f"{pkg.project}-{pkg.version}", {pkg.wheel.name: pkg.wheel.read_bytes()})
-        pypi = stack.enter_context(serve_directory(run_dir / "pypi"))
-        servers = {}
-        for mode in modes:
-            url, proc = stack.enter_context(serve(mode, run_dir=run_dir, upstream=pypi.url + "/simple/",
-                                                  api_url=gh.api_url, log_level=log_level))
-            servers[mode] = (url, proc)
-            page = f"{url}/simple/{pkg.normalized_name}/"
-            for _ in range(3):  # load the catalog, render, then answered by the fast path
-                httpx.get(page, headers={"Accept": PIP_ACCEPT}, timeout=60,
-                          trust_env=False).raise_for_status()
-        assert httpx.get(servers["off"][0] + "/metrics", trust_env=False).status_code == 404
-        for url, proc in servers.values():  # warm-up, not measured
-            wrk_latency(f"{url}/simple/{pkg.normalized_name}/", CLIENTS, 1, accept=PIP_ACCEPT,
-                        server_pids=[proc.pid], work=run_dir)
-        for rep in range(reps):
-            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
-            if rep % 2:
-                order.reverse()
-            best: tuple[float, dict] | None = None
-            for attempt in range(args.tries):
-                waited, load = wait_quiet(max_wait=args.quiet_wait)
-                if load >= 0.2:
-                    log(f"  machine still busy ({load:.2f} cores of other work) after {waited:.0f}s")
-                pair = {}
-                for mode in order:
-                    url, proc = servers[mode]
-                    lat = wrk_latency(f"{url}/simple/{pkg.normalized_name}/", CLIENTS, seconds,
-                                      accept=PIP_ACCEPT, server_pids=[proc.pid], work=run_dir)
-                    if lat.errors:
-                        raise RuntimeError(f"{mode}: {lat.errors} failed requests")
-                    pair[mode] = lat
-                disturbed = max(p.other_cores for p in pair.values())
-                log(f"rep {rep + 1}/{reps} try {attempt + 1}: " + "; ".join(
-                    f"{m} p50 {p.p50_ms:.2f} ms p99 {p.p99_ms:.2f} ms {p.rps:,.0f} req/s "
-                    f"{p.cpu_us_per_req:.1f} µs CPU/req" for m, p in pair.items())
-                    + f"; other load {disturbed:.2f} cores")
-                if best is None or disturbed < best[0]:
-                    best = (disturbed, pair)
-                if disturbed <= args.max_other:
-                    break
-            assert best is not None
-            for mode, lat in best[1].items():
-                runs[mode].append(lat)
-            other.append(best[0])
-        text = httpx.get(servers["on"][0] + "/metrics", trust_env=False).text
-        fast = next((float(line.split()[-1]) for line in text.splitlines()
-                     if line.startswith("spacy_index_fast_path_responses_total ")), 0.0)
+    got = measure(args, run_dir, modes)
     micro_ns = micro(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-
-    ratios = [a.p99_ms / b.p99_ms for a, b in zip(runs["on"], runs["off"], strict=True)]
-    p50_ratios = [a.p50_ms / b.p50_ms for a, b in zip(runs["on"], runs["off"], strict=True)]
-    cpu_ratios = [a.cpu_us_per_req / b.cpu_us_per_req for a, b in zip(runs["on"], runs["off"], strict=True)]
-    ratio = median(ratios)
-    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    total_on = sum(r.requests for r in runs["on"])
-    verdict = "**met**" if ratio <= GOAL else "**MISSED**"
-    rows = []
-    control = ([a.p99_ms / b.p99_ms for a, b in zip(runs["off-b"], runs["off"], strict=True)]
-               if args.control else [])
-    for mode in modes:
-        rs = runs[mode]
-        rows.append([f"metrics {mode}", " / ".join(f"{r.p99_ms:.2f}" for r in rs),
-                     f"{median([r.p50_ms for r in rs]):.2f}", f"{median([r.p99_ms for r in rs]):.2f}",
-                     f"{median([r.rps for r in rs]):,.0f}", f"{median([r.cpu_us_per_req for r in rs]):.1f}"])
-    quick = "-quick" if args.quick else ""
-    date = dt.date.today().isoformat()
-    out_md = args.out or REPO / "bench" / "results" / f"{date}-metrics{quick}.md"
     cmd = "bench/metrics.py" + ("" if argv is None and not sys.argv[1:] else " " + " ".join(args_in))
-    machine = machine_info()
-    md = "\n\n".join([
-        f"## `/metrics` overhead on project pages ({'quick, ' if args.quick else ''}{reps} "
-        f"repetitions, interleaved; {started})",
-        f"`.venv/bin/python {cmd}`: `spacy-index serve` processes side by side (the real "
-        f"CLI, `--log-level {log_level}`), the only difference `create_app(server, metrics=False)` "
-        f"in \"off\"; `wrk -t 1 -c {CLIENTS} -d {seconds}s` on one cached project page per run, "
-        "one server at a time, the order rotating per repetition.",
-        md_table(["goal", "target", "measured (median of per-rep ratios)", "verdict"], [
-            [f"page p99 at {CLIENTS} clients, metrics on ÷ off", f"≤ {GOAL:.2f}x", f"{ratio:.3f}x", verdict],
-            ["(for reference) p99, geometric mean of the per-rep ratios", "-", f"{geo:.3f}x", "-"],
-            ["(for reference) p50 on ÷ off", "-", f"{median(p50_ratios):.3f}x", "-"],
-            ["(for reference) server CPU per request on ÷ off", "-", f"{median(cpu_ratios):.3f}x", "-"],
-            *([["(control) p99, two identical metrics-off servers: off-b ÷ off", "-",
-                f"{median(control):.3f}x (geometric mean "
-                f"{math.exp(sum(math.log(r) for r in control) / len(control)):.3f}x)", "-"]]
-              if control else []),
-        ]),
-        md_table(["server", "p99 ms per rep", "p50 ms (median)", "p99 ms (median)", "req/s (median)",
-                  "server CPU µs/req (median)"], rows),
-        (f"The control measures this machine's noise floor: two identical servers differ by "
-         f"{abs(median(control) - 1) * 100:.1f}% (median of the per-rep ratios; "
-         f"{abs(math.exp(sum(math.log(r) for r in control) / len(control)) - 1) * 100:.1f}% "
-         "geometric mean) in the same run; on ÷ off differences within that are noise. "
-         if control else "")
-        + f"Per-repetition p99 ratios: {', '.join(f'{r:.3f}' for r in ratios)}; other work on the "
-        f"machine during the kept pairs: median {median(other):.2f} cores, max {max(other):.2f} "
-        f"(a pair disturbed by more than {args.max_other} cores is run again, up to {args.tries} "
-        "times, the least disturbed kept). The \"on\" server "
-        f"counted {fast:,.0f} fast-path answers ({total_on:,} requests were sent to it in the "
-        "kept runs, plus warm-up and runs tried again): nearly every page took the task-free path, so its counting is "
-        "what was measured.",
-        "In-process micro timings (best of 7 x 300,000 calls): "
-        f"`AccessLog.log_fast` {micro_ns['log_fast_off_ns']:.0f} ns without metrics, "
-        f"{micro_ns['log_fast_on_ns']:.0f} ns with (+{micro_ns['log_fast_on_ns'] - micro_ns['log_fast_off_ns']:.0f} ns "
-        "per fast-path answer: two dict updates); the `[auth]` guard at the top of "
-        f"`Server.fast_response` (`if self.auth_enabled`) {max(0.0, micro_ns['auth_guard_ns']):.0f} ns "
-        "when auth is off.",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in machine),
-    ]) + "\n"
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(md)
-    out_md.with_suffix(".json").write_text(json.dumps({
-        "started": started, "reps": reps, "seconds": seconds, "clients": CLIENTS,
-        "log_level": log_level, "p99_ratio": ratio, "p99_ratios": ratios,
-        "p99_ratio_geomean": geo, "p50_ratio": median(p50_ratios), "control_p99_ratios": control, "cpu_ratio": median(cpu_ratios), "goal": GOAL,
-        "fast_path_answers_on": fast, "micro_ns": micro_ns, "other_cores": other,
-        "runs": {m: [r.__dict__ for r in rs] for m, rs in runs.items()},
-    }, indent=2) + "\n")
-    print(md)
-    log(f"written to {out_md}")
+    ratio = report(args, modes, got, micro_ns, started, cmd)
     return 0 if ratio <= GOAL else 1
 
 

@@ -44,24 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    ManagedProcess,
-    cached_model,
-    children,
-    fmt_bytes,
-    free_port,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    status_kib,
-    wait_http,
-    write_results,
-)
+from harness.procfs import children, status_kib
+from harness.report import md_table, run_measured, write_results
+from harness.servers import ManagedProcess, spacy_index_serve
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, free_port, log, median, wait_http
+from harness.wheels import cached_model
 
 VERSION = "3.8.50"
 CLIENTS = 50

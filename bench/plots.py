@@ -16,14 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from harness.report import results_dir
+
 KIB = 1024
 
 
 def load(date: str, name: str, quick: bool | None) -> tuple[dict, Path] | None:
     choices = [False, True] if quick is None else [quick]
     for q in choices:
-        p = RESULTS / f"{date}-{name}{'-quick' if q else ''}.json"
+        p = results_dir() / f"{date}-{name}{'-quick' if q else ''}.json"
         if p.exists():
             return json.loads(p.read_text()), p
     return None
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(out)
         made += 1
     if not made:
-        print(f"no benchmark JSON for {args.date} in {RESULTS}", file=sys.stderr)
+        print(f"no benchmark JSON for {args.date} in {results_dir()}", file=sys.stderr)
         return 1
     return 0
 

@@ -60,31 +60,31 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    ManagedProcess,
-    Meter,
-    cached_model,
-    children,
-    fmt_bytes,
-    free_port,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    wait_http,
-    wait_quiet,
-    write_results,
-)
+from harness.logs import LogTail, gunicorn_counts, serve_counts
+from harness.procfs import Meter, wait_quiet
+from harness.report import run_measured, write_results
+from harness.servers import spacy_index_serve
+from harness.timing import in_order
+from harness.util import MB, REPO, VENV_BIN, log
+from harness.wheels import cached_model
 from peers import PEERS, ensure_peer
+from proxy_peers import client_env, devpi_counts, probe_upstream, start_devpi, start_proxpi
+from proxy_report import (
+    COMPILE_VARIANTS,
+    GROUPS,
+    INSTALL_VARIANTS,
+    PEER_NAMES,
+    PYPI,
+    SPACY_REQ,
+    TOOLS,
+    VERSION,
+    render,
+    summarize,
+)
 
 # Running as ``python bench/proxy.py`` puts bench/ first on sys.path, where a bench module may
 # share its name with a package spaCy imports (bench/catalogue.py vs ``catalogue``): drop it
@@ -92,241 +92,12 @@ from peers import PEERS, ensure_peer
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != _BENCH]
 
-VERSION = "3.8.0"
-SPACY_REQ = "spacy>=3.8,<3.9"
-PYPI = "https://pypi.org/simple/"
-CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-INSTALL_VARIANTS = {
-    "serve-cold": "pip → spacy-index serve, cold (empty cache)",
-    "serve-warm": "pip → spacy-index serve, warm (same server + cache)",
-    "serve-restart": "pip → spacy-index serve, warm cache, restarted",
-    "direct": "pip → PyPI + pipeline by URL",
-    "devpi-cold": "pip → devpi-server, cold",
-    "devpi-warm": "pip → devpi-server, warm",
-    "proxpi-cold": "pip → proxpi, cold",
-    "proxpi-warm": "pip → proxpi, warm",
-}
-GROUPS = ("serve", "direct", "devpi", "proxpi", "pip-compile", "uv")
-TOOLS = {"pip-compile": "pip-compile --generate-hashes", "uv": "uv pip compile --generate-hashes"}
-COMPILE_VARIANTS = {"serve-cold": "through serve, cold", "serve-warm": "through serve, warm",
-                    "direct": "PyPI + --find-links"}
-PEER_NAMES = {"devpi": "devpi-server", "proxpi": "proxpi"}
-DEVPI_PRELOAD = "six"  # not in spaCy's closure
 
-ACCESS_RE = re.compile(r"^(GET|HEAD|POST) (\S+) (\d{3}) (\d+)B (\S+) ([\d.]+)s$")
-HTTPX_RE = re.compile(r'HTTP Request: (\w+) (\S+) "HTTP/[\d.]+ (\d{3})')
-GUNICORN_FORMAT = '"%(r)s" %(s)s %(B)s %(L)s'
-GUNICORN_RE = re.compile(r'^"(GET|HEAD) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-) ([\d.]+)$', re.M)
-DEVPI_REMOTE_RE = re.compile(r"reading remote: URL\('https?://([^/']+)")
-
-
-# --------------------------------------------------------------------------- environments
-def tls_env(env: dict[str, str]) -> dict[str, str]:
-    """Trust the machine's CA bundle (the inspecting proxy's CA is in it) explicitly."""
-    if Path(CA_BUNDLE).exists():
-        env.update(SSL_CERT_FILE=CA_BUNDLE, REQUESTS_CA_BUNDLE=CA_BUNDLE, PIP_CERT=CA_BUNDLE)
-    return env
-
-
-def client_env() -> dict[str, str]:
-    """pip / pip-tools / uv: no config file, no PIP_*/UV_* from the machine, no cache."""
-    from tests.clients import clean_env
-
-    return tls_env(clean_env())
-
-
-def server_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith(("PIP_", "UV_", "GITHUB_", "PROXPI_", "SPACY_INDEX_"))}
-    return tls_env(env)
-
-
-# --------------------------------------------------------------------------- log readers
-class LogTail:
-    """The part of a growing log file written since the last ``take()``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-
-    def skip(self) -> None:
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
-
-    def take(self, settle: float = 1.5) -> str:
-        # serve writes its access log in batches, at most 1 s late; the peers right away
-        time.sleep(settle)
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read()
-        self.offset += len(data)
-        return data.decode(errors="replace")
-
-
-def serve_counts(text: str) -> dict:
-    """Summary of serve's access-log and httpx lines."""
-    files = Counter()
-    meta = Counter()
-    pages = Counter()
-    miss_bytes = whole_files = 0
-    busy = page_secs = 0.0
-    slow: list[tuple[float, str, str]] = []
-    upstream = Counter()
-    for line in text.splitlines():
-        line = line.strip()
-        m = ACCESS_RE.match(line)
-        if m:
-            method, path, status, nbytes, cache, secs = m.groups()
-            nbytes, secs = int(nbytes), float(secs)
-            slow.append((secs, f"{method} {path}", f"{status} {cache} {fmt_bytes(nbytes)}"))
-            if path != "/health":
-                busy += secs
-            if path.startswith("/files/"):
-                bucket = meta if path.endswith(".metadata") else files
-                bucket[cache] += 1
-                if cache.startswith("miss"):
-                    miss_bytes += nbytes
-                if not path.endswith(".metadata") and method == "GET" and status == "200":
-                    whole_files += 1
-            elif path.startswith("/simple/"):
-                pages[status] += 1
-                page_secs += secs
-            continue
-        m = HTTPX_RE.search(line)
-        if m:
-            method, url, status = m.groups()
-            host = re.sub(r"^https?://([^/]+).*$", r"\1", url)
-            if host.startswith("127.0.0.1"):
-                host = "fake-github"
-            upstream[f"{host} {method} {status}"] += 1
-    slow.sort(reverse=True)
-    return {
-        "files": dict(files), "metadata": dict(meta), "pages": dict(pages),
-        "file_misses": sum(v for k, v in files.items() if k.startswith("miss")),
-        "metadata_misses": sum(v for k, v in meta.items() if k.startswith("miss")),
-        "miss_bytes": miss_bytes, "whole_files": whole_files,
-        "request_seconds": round(busy, 3), "page_seconds": round(page_secs, 3),
-        "upstream": dict(upstream),
-        "upstream_pages_200": sum(v for k, v in upstream.items()
-                                  if "/simple" not in k and k.endswith(" 200") and "pypi.org" in k),
-        "slowest": [{"seconds": s, "request": r, "answer": a} for s, r, a in slow[:5]],
-    }
-
-
-def upstream_summary(up: dict) -> str:
-    """'pypi.org 200x45, 304x3; files.pythonhosted.org 200x40' from serve_counts' upstream."""
-    by_host: dict[str, Counter] = {}
-    for key, n in up.items():
-        host, _method, status = key.split(" ")
-        by_host.setdefault(host, Counter())[status] += n
-    return "; ".join(f"{h} " + ", ".join(f"{s}x{n}" for s, n in sorted(c.items()))
-                     for h, c in sorted(by_host.items())) or "none"
+# --------------------------------------------------------------------------- upstream counts
 
 
 def gh_bytes(gh, mark: int) -> int:
     return sum(r.bytes_sent for r in list(gh.requests)[mark:] if r.origin in ("web", "objects"))
-
-
-def probe_upstream() -> dict:
-    """What the upstream looks like from here (a mirror or proxy may differ from pypi.org):
-    validators and PEP 658/714 metadata on the spaCy page, JSON and HTML."""
-    import ssl
-
-    import httpx
-
-    ctx = ssl.create_default_context(cafile=CA_BUNDLE if Path(CA_BUNDLE).exists() else None)
-    out: dict = {}
-    try:
-        with httpx.Client(verify=ctx, trust_env=False, timeout=60) as c:
-            for kind, accept in (("json", "application/vnd.pypi.simple.v1+json"),
-                                 ("html", "text/html")):
-                t = time.monotonic()
-                r = c.get(PYPI + "spacy/", headers={"Accept": accept})
-                info = {"status": r.status_code, "seconds": round(time.monotonic() - t, 3),
-                        "bytes": len(r.content), "etag": r.headers.get("etag"),
-                        "last_modified": r.headers.get("last-modified"),
-                        "cache_control": r.headers.get("cache-control")}
-                if kind == "json" and r.status_code == 200:
-                    files = r.json().get("files", [])
-                    info["files"] = len(files)
-                    info["with_core_metadata"] = sum(
-                        1 for f in files if f.get("core-metadata") or f.get("dist-info-metadata"))
-                elif r.status_code == 200:
-                    info["with_core_metadata"] = len(re.findall(
-                        r"data-(?:core|dist-info)-metadata", r.text))
-                out[kind] = info
-    except httpx.HTTPError as e:
-        out["error"] = f"{type(e).__name__}: {e}"
-    return out
-
-
-# --------------------------------------------------------------------------- peers
-@contextlib.contextmanager
-def start_devpi(venv: Path, serverdir: Path, log_dir: Path):
-    """devpi-server with a fresh server dir; yields (index URL, pids callable)."""
-    env = server_env()
-    bin_ = venv / "bin"
-    subprocess.run([str(bin_ / "devpi-init"), "--serverdir", str(serverdir), "--root-passwd",
-                    "bench"], env=env, check=True, capture_output=True, timeout=180)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    mp = ManagedProcess([str(bin_ / "devpi-server"), "--serverdir", str(serverdir), "--host",
-                         "127.0.0.1", "--port", str(port)], env=env,
-                        log_path=log_dir / f"devpi-{port}.log")
-    try:
-        wait_http(url + "/+api", timeout=120, proc=mp.proc)
-        # The first page of a fresh devpi mirror also loads PyPI's whole project list (~40 MB,
-        # 10+ s): a once-per-server cost, done here for an unrelated project and timed apart.
-        import httpx
-
-        t = time.monotonic()
-        httpx.get(f"{url}/root/pypi/+simple/{DEVPI_PRELOAD}/", timeout=300, trust_env=False,
-                  headers={"Accept": "text/html"}).raise_for_status()
-        mp.preload = time.monotonic() - t  # type: ignore[attr-defined]
-        yield f"{url}/root/pypi/+simple/", (lambda: [mp.pid, *children(mp.pid)]), mp
-    finally:
-        mp.stop()
-
-
-@contextlib.contextmanager
-def start_proxpi(venv: Path, cache: Path, log_dir: Path):
-    env = server_env()
-    env.update(PROXPI_INDEX_URL=PYPI, PROXPI_CACHE_DIR=str(cache), PROXPI_LOGGING_LEVEL="WARNING")
-    cache.mkdir(parents=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    mp = ManagedProcess([str(venv / "bin" / "gunicorn"), "--workers", "1", "--threads", "64",
-                         "--bind", f"127.0.0.1:{port}", "--timeout", "300", "--access-logfile",
-                         "-", "--access-logformat", GUNICORN_FORMAT, "proxpi.server:app"], env=env, log_path=log_dir / f"proxpi-{port}.log")
-    try:
-        wait_http(url + "/health", timeout=60, proc=mp.proc)
-        yield f"{url}/index/", (lambda: [mp.pid, *children(mp.pid)]), mp
-    finally:
-        mp.stop()
-
-
-def gunicorn_counts(text: str) -> dict:
-    """proxpi's gunicorn access log: requests by kind and status, redirects, slowest."""
-    c = Counter()
-    slow = []
-    busy = 0.0
-    for m in GUNICORN_RE.finditer(text):
-        method, path, status, nbytes, secs = m.groups()
-        kind = "file" if re.search(r"\.(whl|tar\.gz|zip)$", path) else (
-            "metadata" if path.endswith(".metadata") else "page")
-        c[f"{kind} {status}"] += 1
-        busy += float(secs)
-        slow.append((float(secs), f"{method} {path}", f"{status} {fmt_bytes(int(nbytes or 0))}"
-                     if nbytes != "-" else status))
-    slow.sort(reverse=True)
-    return {"requests": dict(c), "file_redirects": c.get("file 302", 0) + c.get("file 307", 0),
-            "request_seconds": round(busy, 3),
-            "slowest": [{"seconds": s, "request": r, "answer": a} for s, r, a in slow[:5]]}
-
-
-def devpi_counts(text: str) -> dict:
-    """devpi-server's log: requests, and remote reads (upstream fetches) by host."""
-    remote = Counter(DEVPI_REMOTE_RE.findall(text))
-    return {"requests": len(re.findall(r"\[req\d+\] (?:GET|HEAD) ", text)),
-            "remote_reads": dict(remote)}
 
 
 # --------------------------------------------------------------------------- one client run
@@ -504,7 +275,7 @@ def peer_install_group(peer: str, world: dict, args, runs: dict) -> None:
 
 
 def compile_group(tool: str, world: dict, args, runs: dict) -> None:
-    order = ["serve", "direct"] if world["rep"] % 2 == 0 else ["direct", "serve"]
+    order = in_order(["serve", "direct"], world["rep"])
     for part in order:
         if part == "direct":
             runs[tool]["direct"].append(run_compile(tool, "direct", world, PYPI, pids=[], args=args))
@@ -580,243 +351,7 @@ def measure(args, run_dir: Path) -> dict:
             "summary": summarize(runs, cruns)}
 
 
-# --------------------------------------------------------------------------- summary/report
-def _ratios(rs: list[dict], base: list[dict], key: str = "wall") -> list[float | None]:
-    return [(a[key] / b[key]) if a.get("ok") and b.get("ok") and a.get(key) and b.get(key)
-            else None for a, b in zip(rs, base, strict=False)]
-
-
-def summarize(runs: dict, cruns: dict) -> dict:
-    out: dict = {"install": {}, "compile": {}}
-    base = runs.get("direct", [])
-    for v, rs in runs.items():
-        ok = [r["wall"] for r in rs if r.get("ok")]
-        ratios = _ratios(rs, base) if base else []
-        good = [x for x in ratios if x is not None]
-        fetch = [r["fetch"] for r in rs if r.get("ok") and r.get("fetch")]
-        fratios = _ratios(rs, base, "fetch") if base else []
-        fgood = [x for x in fratios if x is not None]
-        out["install"][v] = {"wall": median(ok) if ok else None, "ok": len(ok), "reps": len(rs),
-                             "ratios": ratios, "ratio": median(good) if good else None,
-                             "fetch": median(fetch) if fetch else None, "fetch_ratios": fratios,
-                             "fetch_ratio": median(fgood) if fgood else None}
-    for tool, by in cruns.items():
-        out["compile"][tool] = {}
-        for v, rs in by.items():
-            ok = [r["wall"] for r in rs if r.get("ok")]
-            ratios = _ratios(rs, by["direct"])
-            good = [x for x in ratios if x is not None]
-            out["compile"][tool][v] = {"wall": median(ok) if ok else None, "ok": len(ok),
-                                       "reps": len(rs), "ratios": ratios,
-                                       "ratio": median(good) if good else None}
-    return out
-
-
-def _f(x: float | None, fmt: str = "{:.2f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**met**" if ok else "**MISSED**")
-
-
-def render(data: dict) -> str:
-    s = data["summary"]
-    runs, cruns = data["install"], data["compile"]
-    lines: list[str] = []
-    # goals
-    si = s["install"]
-    goals = []
-
-    def ratio_goal(label: str, v: dict | None, limit: float) -> None:
-        r = v["ratio"] if v else None
-        goals.append([label, f"≤ {limit:.2f}x", _f(r) + "x" if r is not None else "-",
-                      verdict(None if r is None else r <= limit)])
-
-    ratio_goal("install, serve warm ÷ direct", si.get("serve-warm"), 0.80)
-    ratio_goal("install, serve cold ÷ direct", si.get("serve-cold"), 1.15)
-    for v in ("serve-warm", "serve-cold"):
-        fr = (si.get(v) or {}).get("fetch_ratio")
-        if fr is not None:
-            goals.append([f"(for reference) {v}: resolve+download phase ÷ direct's", "-",
-                          f"{fr:.2f}x", "-"])
-    warm = runs.get("serve-warm", [])
-    if warm:
-        moved = [(r["serve"]["file_misses"] + r["serve"]["metadata_misses"], r["serve"]["miss_bytes"],
-                  r["gh_bytes"]) for r in warm if "serve" in r]
-        worst = max((m[1] + m[2] for m in moved), default=None)
-        misses = max((m[0] for m in moved), default=None)
-        goals.append(["install, serve warm: file bytes from upstream", "0",
-                      f"{fmt_bytes(worst)} ({misses} misses)" if worst is not None else "-",
-                      verdict(None if worst is None else worst == 0 and misses == 0)])
-    for tool, by in s["compile"].items():
-        ratio_goal(f"{tool}, serve warm ÷ direct", by.get("serve-warm"), 1.00)
-        whole = [r["serve"]["whole_files"] for v in ("serve-cold", "serve-warm")
-                 for r in cruns[tool][v] if "serve" in r]
-        goals.append([f"{tool}, whole files through serve (cold + warm)", "0",
-                      str(max(whole)) if whole else "-",
-                      verdict(None if not whole else max(whole) == 0)])
-    lines += ["### Goals", "", md_table(["goal", "target", "measured (median of per-rep ratios)",
-                                         "verdict"], goals), ""]
-    # install table
-    nrep = max((len(rs) for rs in runs.values()), default=0)
-    rows = []
-    for v, rs in runs.items():
-        sv = si[v]
-        cells = [(_f(r["wall"], "{:.1f}") if r.get("ok") else "fail") for r in rs]
-        cells += [""] * (nrep - len(cells))
-        rows.append([INSTALL_VARIANTS[v], *cells, _f(sv["wall"], "{:.1f}"),
-                     " / ".join(_f(x) for x in sv["ratios"]) if v != "direct" else "1",
-                     _f(sv["ratio"]) if v != "direct" else "1",
-                     _f(sv.get("fetch"), "{:.1f}"),
-                     (" / ".join(_f(x) for x in sv.get("fetch_ratios", [])) + " → "
-                      + _f(sv.get("fetch_ratio"))) if v != "direct" else "1",
-                     *_cpu_cells(rs)])
-    if rows:
-        lines += [f"### `pip install --no-cache-dir '{SPACY_REQ}' en_core_web_sm` into a new venv",
-                  "", md_table(["variant", *[f"rep {i + 1} s" for i in range(nrep)], "median s",
-                                "÷ direct per rep", "÷ direct (median)",
-                                "resolve+download s", "÷ direct per rep → median", "pip CPU s",
-                                "server CPU s", "other load (cores)"], rows), ""]
-    direct = [r for r in runs.get("direct", []) if r.get("ok")]
-    if direct:
-        share = median([r["client_cpu"] / r["wall"] for r in direct])
-        local = [1 - r["fetch"] / r["wall"] for r in direct if r.get("fetch")]
-        lines += [f"pip's own CPU time is {share:.0%} of a direct install's wall time (median)"
-                  + (f"; {median(local):.0%} of that wall time comes after pip printed "
-                     "`Installing collected packages` (unpacking, byte-compiling: local work "
-                     "no index changes)" if local else "")
-                  + ". Resolve+download = from the start to that line; it is the part an index "
-                  "can shorten, and the part least disturbed by other load.", ""]
-    # what serve moved
-    srows = []
-    for v in ("serve-cold", "serve-warm", "serve-restart"):
-        for i, r in enumerate(runs.get(v, [])):
-            c = r.get("serve")
-            if not c:
-                continue
-            sl = c["slowest"][0] if c["slowest"] else None
-            srows.append([f"{v} #{i + 1}", _fmt_counter(c["files"]), _fmt_counter(c["metadata"]),
-                          fmt_bytes(c["miss_bytes"]), fmt_bytes(r["gh_bytes"]),
-                          _fmt_counter(c["pages"]),
-                          f"{c['request_seconds']:.2f} / {c['page_seconds']:.2f}",
-                          upstream_summary(c["upstream"]) if c["upstream"] else "not logged",
-                          f"`{sl['request']}` {sl['seconds']:.3f} s ({sl['answer']})" if sl else "-"])
-    if srows:
-        lines += ["What serve did per install (its access log; upstream = its httpx log lines). "
-                  "Bytes of misses = bodies streamed while downloading (hits go out by sendfile "
-                  "and log 0 B); s in requests = sum of the logged request durations:", "",
-                  md_table(["run", "/files (cache)", ".metadata (cache)", "bytes of misses",
-                            "fake GitHub bytes", "pages (status)", "s in requests / pages",
-                            "upstream requests (status)", "slowest request"], srows), ""]
-    prows = []
-    for v in ("devpi-cold", "devpi-warm", "proxpi-cold", "proxpi-warm"):
-        for i, r in enumerate(runs.get(v, [])):
-            lg = r.get("log")
-            if not lg:
-                continue
-            if v.startswith("devpi"):
-                pre = lg.get("preload_seconds")
-                prows.append([f"{v} #{i + 1}", str(lg["requests"]),
-                              _fmt_counter(lg["remote_reads"]), "-", "-",
-                              f"project list preload {pre:.1f} s (untimed)"
-                              if pre is not None and v.endswith("cold") else ""])
-            else:
-                sl = lg["slowest"][0] if lg["slowest"] else None
-                prows.append([f"{v} #{i + 1}", _fmt_counter(lg["requests"]), "-",
-                              str(lg["file_redirects"]), f"{lg['request_seconds']:.2f}",
-                              f"slowest `{sl['request']}` {sl['seconds']:.3f} s ({sl['answer']})"
-                              if sl else ""])
-    if prows:
-        lines += ["The peers, from their logs (devpi: `reading remote` lines = upstream fetches; "
-                  "proxpi: gunicorn access log; a file not downloaded within "
-                  "PROXPI_DOWNLOAD_TIMEOUT = 0.9 s is redirected to PyPI):", "",
-                  md_table(["run", "requests", "upstream reads (host)", "file redirects",
-                            "s in requests", "note"], prows), ""]
-    sets = {v: {tuple(r["set"]) for r in rs if r.get("ok") and "set" in r} for v, rs in runs.items()}
-    all_sets = set().union(*sets.values()) if sets else set()
-    if len(all_sets) > 1:
-        lines.append(f"Note: the installed sets differ between runs ({len(all_sets)} distinct sets).")
-    spacy_v = sorted({r.get("spacy") for rs in runs.values() for r in rs if r.get("spacy")})
-    # compile
-    for tool, by in cruns.items():
-        rows = []
-        for v, rs in by.items():
-            sv = s["compile"][tool][v]
-            cells = [(_f(r["wall"], "{:.1f}") if r.get("ok") else "fail") for r in rs]
-            whole = [str(r["serve"]["whole_files"]) if "serve" in r else
-                     f"{r.get('static_wheel_gets', 0)} (static)" for r in rs]
-            rows.append([COMPILE_VARIANTS[v], *cells, _f(sv["wall"], "{:.1f}"),
-                         " / ".join(_f(x) for x in sv["ratios"]) if v != "direct" else "1",
-                         _f(sv["ratio"]) if v != "direct" else "1", " / ".join(whole),
-                         " / ".join(fmt_bytes(r.get("gh_bytes", 0)) for r in rs),
-                         *_cpu_cells(rs)])
-        n = max(len(rs) for rs in by.values())
-        lines += [f"### `{TOOLS[tool]}` of `{SPACY_REQ}` + `en_core_web_sm`", "",
-                  md_table(["variant", *[f"rep {i + 1} s" for i in range(n)], "median s",
-                            "÷ direct per rep", "÷ direct (median)",
-                            "whole files fetched (per rep)", "fake GitHub bytes", "client CPU s",
-                            "server CPU s", "other load (cores)"], rows), ""]
-        slow = [(r["serve"]["slowest"][0], v, i) for v, rs in by.items() for i, r in enumerate(rs)
-                if r.get("serve", {}).get("slowest")]
-        if slow:
-            worst = max(slow, key=lambda x: x[0]["seconds"])
-            lines.append(f"Slowest serve request ({worst[1]} #{worst[2] + 1}): "
-                         f"`{worst[0]['request']}` {worst[0]['seconds']:.3f} s "
-                         f"({worst[0]['answer']}).")
-            lines.append("")
-    # failures and load
-    fails = [(v, i, r["note"]) for v, rs in runs.items() for i, r in enumerate(rs) if not r.get("ok")]
-    fails += [(f"{t} {v}", i, r["note"]) for t, by in cruns.items() for v, rs in by.items()
-              for i, r in enumerate(rs) if not r.get("ok")]
-    for v, i, note in fails:
-        lines.append(f"- FAILED {v} #{i + 1}: {note[-300:]}")
-    loads = [r.get("other_cores", 0) for rs in runs.values() for r in rs if r.get("wall")]
-    loads += [r.get("other_cores", 0) for by in cruns.values() for rs in by.values() for r in rs
-              if r.get("wall")]
-    probe = data.get("upstream_probe", {})
-    pj, ph = probe.get("json", {}), probe.get("html", {})
-    if pj or ph:
-        lines.append(
-            f"Upstream `{PYPI}` as seen from this machine (`/simple/spacy/`): JSON "
-            f"{pj.get('status')} {fmt_bytes(pj.get('bytes', 0))} in {pj.get('seconds')} s, "
-            f"ETag {pj.get('etag') or 'none'}, Last-Modified {pj.get('last_modified') or 'none'}, "
-            f"Cache-Control {pj.get('cache_control') or 'none'}, files with PEP 658 metadata "
-            f"{pj.get('with_core_metadata')}/{pj.get('files')}; HTML: "
-            f"{ph.get('with_core_metadata')} data-core-metadata attributes. Without metadata on "
-            "the pages, clients that go straight to it download whole wheels to resolve (pip, "
-            "pip-compile) or read them by Range (uv), and serve reads each wheel's metadata by "
-            "Range once and serves it as PEP 658; without validators serve re-reads a page in "
-            "full when it expires.")
-        lines.append("")
-    if data.get("serve_log_level") != "debug":
-        lines.append("Serve ran with `--log-level info`: its upstream requests are not logged "
-                     "(`--serve-log-level debug` lists them).")
-    lines.append(
-        f"Pipeline: {data['wheel']} ({fmt_bytes(data['wheel_bytes'])}); spaCy resolved: "
-        f"{', '.join(spacy_v) or '?'}. Peers: {'; '.join(data['peer_versions'].values()) or 'none'}. "
-        "Every variant starts from a venv holding only pip (not timed); no client cache; "
-        "wall times include the real PyPI (through this machine's TLS-inspecting proxy), so "
-        "only the per-repetition ratios are comparable across runs. Other machine load during "
-        f"the timed runs: median {median(loads) if loads else float('nan'):.2f} cores, max "
-        f"{max(loads, default=0):.2f}.")
-    for note in data["notes"]:
-        lines.append(f"- {note}")
-    return "\n".join(lines)
-
-
-def _cpu_cells(rs: list[dict]) -> list[str]:
-    """Medians of client CPU, server CPU and other machine load over the runs that finished."""
-    done = [r for r in rs if r.get("wall")]
-    if not done:
-        return ["-", "-", "-"]
-    return [f"{median([r['client_cpu'] for r in done]):.1f}",
-            f"{median([r['server_cpu'] for r in done]):.1f}",
-            f"{median([r['other_cores'] for r in done]):.2f}"]
-
-
-def _fmt_counter(c: dict) -> str:
-    return ", ".join(f"{k} {n}" for k, n in sorted(c.items())) or "-"
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:

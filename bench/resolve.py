@@ -33,28 +33,17 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    cached_model,
-    fmt_bytes,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    write_results,
-)
+from harness.report import md_table, run_measured, write_results
+from harness.servers import spacy_index_build, spacy_index_serve
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, log, median
+from harness.wheels import cached_model
 
 VERSION = "3.8.50"
 KINDS = ("find-links", "static", "serve")
@@ -90,11 +79,7 @@ class World:
         self.run_dir, self.pkg, self.wheelhouse = run_dir, pkg, wheelhouse
         self.gh = stack.enter_context(FakeGitHub(load_fixture=False, archive=meta_archive([pkg])))
         self.gh.add_release(f"{pkg.project}-{pkg.version}", {pkg.wheel.name: pkg.wheel.read_bytes()})
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("GITHUB_", "SPACY_INDEX_"))}
-        env.update(GITHUB_API_URL=self.gh.api_url, SPACY_INDEX_CACHE_DIR=str(run_dir / "build-cache"))
-        out = run_dir / "public"
-        subprocess.run([str(VENV_BIN / "spacy-index"), "build", "--out", str(out), "-q"], env=env,
-                       check=True, capture_output=True, timeout=300)
+        out = spacy_index_build(self.gh.api_url, run_dir)
         self.static = stack.enter_context(serve_directory(out))
         (run_dir / "empty").mkdir()
         self.empty = stack.enter_context(serve_directory(run_dir / "empty"))
@@ -133,63 +118,65 @@ class World:
         return self.static.url + "/find-links.html" if kind == "find-links" else self.simple(kind)
 
 
-def run_client(world: World, client: str, kind: str, work: Path, tools, pip_venv) -> dict:
-    """One cold resolution; returns {ok, wall, bytes, hash, note}."""
-    from tests.clients import clean_env, run, uv_bin
+def _lock_project(world: World, client: str, kind: str, work: Path, tools) -> tuple[list, dict]:
+    """poetry / pdm: a project whose lock asks ``kind`` for the pipeline, PyPI's mirror for
+    the rest; (argv, env)."""
+    from tests.clients import run
     from tests.workflow_support import base_python, tool_env
 
     pkg = world.pkg
-    work.mkdir(parents=True)
-    (work / "requirements.in").write_text(f"{pkg.project}\n")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = tool_env(work / "home", cache=work / "cache")
+    run([base_python(), "-m", "venv", "--without-pip", work / ".venv"])
+    url = world.source_url(kind)
+    if client == "poetry":
+        (work / "pyproject.toml").write_text(
+            "[tool.poetry]\npackage-mode = false\n\n[tool.poetry.dependencies]\n"
+            f'python = "~{py}"\nspacy = "*"\n'
+            f'{pkg.project.replace("_", "-")} = {{ version = "*", source = "spacy" }}\n\n'
+            f'[[tool.poetry.source]]\nname = "spacy"\nurl = "{url}"\npriority = "explicit"\n\n'
+            f'[[tool.poetry.source]]\nname = "pypi-mirror"\nurl = "{world.pypi.simple}"\n'
+            'priority = "primary"\n')
+        return [tools.poetry, "--no-ansi", "lock"], env
+    source_type = 'type = "find_links"\n' if kind == "find-links" else ""
+    (work / "pyproject.toml").write_text(
+        '[project]\nname = "bench-app"\nversion = "0.1.0"\n'
+        f'requires-python = "=={py}.*"\n'
+        f'dependencies = ["spacy", "{pkg.project.replace("_", "-")}"]\n\n'
+        "[tool.pdm]\ndistribution = false\n\n"
+        f'[[tool.pdm.source]]\nname = "spacy"\nurl = "{url}"\n{source_type}'
+        'include_packages = ["en-core-web-*"]\n')
+    env = dict(env, PDM_PYPI_URL=world.pypi.simple,
+               PDM_PYTHON=str(work / ".venv" / "bin" / "python"))
+    return [tools.pdm, "lock"], env
+
+
+def _client_argv(world: World, client: str, kind: str, work: Path, tools,
+                 pip_venv) -> tuple[list, dict]:
+    from tests.clients import clean_env, uv_bin
+
+    pkg = world.pkg
     env = clean_env()  # no client cache at all
-    argv: list = []
-    cwd = work
     if client == "pip":
-        argv = [pip_venv.python, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                "--quiet", "--report", work / "report.json", *world.pip_args(kind), pkg.project]
-    elif client == "pip-compile":
-        argv = [VENV_BIN / "python", "-m", "piptools", "compile", "--quiet", "--generate-hashes",
+        return [pip_venv.python, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                "--quiet", "--report", work / "report.json", *world.pip_args(kind),
+                pkg.project], env
+    if client == "pip-compile":
+        return [VENV_BIN / "python", "-m", "piptools", "compile", "--quiet", "--generate-hashes",
                 "--strip-extras", "--no-header", "--cache-dir", work / "piptools-cache",
-                *world.pip_args(kind), "-o", work / "requirements.txt", work / "requirements.in"]
-    elif client == "uv":
-        argv = [uv_bin(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+                *world.pip_args(kind), "-o", work / "requirements.txt",
+                work / "requirements.in"], env
+    if client == "uv":
+        return [uv_bin(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
                 "--python", VENV_BIN / "python", *world.pip_args(kind), "-o",
-                work / "requirements.txt", work / "requirements.in"]
-    elif client in ("poetry", "pdm"):
-        py = f"{sys.version_info.major}.{sys.version_info.minor}"
-        env = tool_env(work / "home", cache=work / "cache")
-        run([base_python(), "-m", "venv", "--without-pip", work / ".venv"])
-        url = world.source_url(kind)
-        if client == "poetry":
-            (work / "pyproject.toml").write_text(
-                "[tool.poetry]\npackage-mode = false\n\n[tool.poetry.dependencies]\n"
-                f'python = "~{py}"\nspacy = "*"\n'
-                f'{pkg.project.replace("_", "-")} = {{ version = "*", source = "spacy" }}\n\n'
-                f'[[tool.poetry.source]]\nname = "spacy"\nurl = "{url}"\npriority = "explicit"\n\n'
-                f'[[tool.poetry.source]]\nname = "pypi-mirror"\nurl = "{world.pypi.simple}"\n'
-                'priority = "primary"\n')
-            argv = [tools.poetry, "--no-ansi", "lock"]
-        else:
-            source_type = 'type = "find_links"\n' if kind == "find-links" else ""
-            (work / "pyproject.toml").write_text(
-                '[project]\nname = "bench-app"\nversion = "0.1.0"\n'
-                f'requires-python = "=={py}.*"\n'
-                f'dependencies = ["spacy", "{pkg.project.replace("_", "-")}"]\n\n'
-                "[tool.pdm]\ndistribution = false\n\n"
-                f'[[tool.pdm.source]]\nname = "spacy"\nurl = "{url}"\n{source_type}'
-                'include_packages = ["en-core-web-*"]\n')
-            env = dict(env, PDM_PYPI_URL=world.pypi.simple,
-                       PDM_PYTHON=str(work / ".venv" / "bin" / "python"))
-            argv = [tools.pdm, "lock"]
-    before = upstream_bytes(world.gh)
-    t = time.monotonic()
-    proc = run(argv, env=env, cwd=cwd, check=False, timeout=1800)
-    wall = time.monotonic() - t
-    moved = upstream_bytes(world.gh) - before
-    out: dict = {"ok": proc.returncode == 0, "wall": wall, "bytes": moved, "hash": False, "note": ""}
-    if proc.returncode != 0:
-        out["note"] = f"exit {proc.returncode}: " + (proc.stderr or proc.stdout).strip()[-400:]
-        return out
+                work / "requirements.txt", work / "requirements.in"], env
+    if client in ("poetry", "pdm"):
+        return _lock_project(world, client, kind, work, tools)
+    return [], env
+
+
+def _check(out: dict, client: str, work: Path, pkg) -> None:
+    """Is the pipeline in the client's output, with its sha256?"""
     if client == "pip":
         items = json.loads((work / "report.json").read_text())["install"]
         mine = [i for i in items if i["metadata"]["name"].replace("-", "_").lower() == pkg.project]
@@ -206,6 +193,26 @@ def run_client(world: World, client: str, kind: str, work: Path, tools, pip_venv
         out["hash"] = pkg.sha256 in text
     if not out["ok"]:
         out["note"] = "the pipeline is not in the output"
+
+
+def run_client(world: World, client: str, kind: str, work: Path, tools, pip_venv) -> dict:
+    """One cold resolution; returns {ok, wall, bytes, hash, note}."""
+    from tests.clients import run
+
+    pkg = world.pkg
+    work.mkdir(parents=True)
+    (work / "requirements.in").write_text(f"{pkg.project}\n")
+    argv, env = _client_argv(world, client, kind, work, tools, pip_venv)
+    before = upstream_bytes(world.gh)
+    t = time.monotonic()
+    proc = run(argv, env=env, cwd=work, check=False, timeout=1800)
+    wall = time.monotonic() - t
+    moved = upstream_bytes(world.gh) - before
+    out: dict = {"ok": proc.returncode == 0, "wall": wall, "bytes": moved, "hash": False, "note": ""}
+    if proc.returncode != 0:
+        out["note"] = f"exit {proc.returncode}: " + (proc.stderr or proc.stdout).strip()[-400:]
+        return out
+    _check(out, client, work, pkg)
     return out
 
 

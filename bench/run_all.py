@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, VENV_BIN, fmt_bytes, log, machine_info, md_table
+from harness.report import machine_info, md_table, results_dir
+from harness.util import REPO, VENV_BIN, fmt_bytes, log
 
 BENCH = REPO / "bench"
-RESULTS = BENCH / "results"
 #: name -> (script, module whose render(data) draws the table, title)
 BENCHES = {
     "build": ("build.py", "build", "1. Index build"),
@@ -48,7 +48,7 @@ def run_bench(name: str, quick: bool, timeout: float, stamp: str) -> dict:
         return {"rc": None, "seconds": 0.0, "note": f"bench/{script} does not exist"}
     argv = [str(VENV_BIN / "python"), str(path)] + (["--quick"] if quick else [])
     if name == "serve":
-        argv += ["--out", str(RESULTS / f"{stamp}-serve{'-quick' if quick else ''}.md")]
+        argv += ["--out", str(results_dir() / f"{stamp}-serve{'-quick' if quick else ''}.md")]
     log(f"running {' '.join(argv[1:])}")
     t = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=None, text=True,
@@ -71,7 +71,7 @@ def run_bench(name: str, quick: bool, timeout: float, stamp: str) -> dict:
 
 
 def newest(pattern: str, since: float) -> Path | None:
-    found = [p for p in RESULTS.glob(pattern) if p.stat().st_mtime >= since - 1]
+    found = [p for p in results_dir().glob(pattern) if p.stat().st_mtime >= since - 1]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -112,51 +112,37 @@ def goals(data: dict[str, dict], serve_md: str | None) -> list[list[str]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="pass --quick to every bench")
-    ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these benches")
-    ap.add_argument("--skip", nargs="+", choices=list(BENCHES), default=[])
-    ap.add_argument("--timeout", type=float, help="seconds per bench (default 1200 quick, 7200 full)")
-    ap.add_argument("--out", type=Path, help="report (default bench/results/<date>.md)")
-    args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    timeout = args.timeout or (1200 if args.quick else 7200)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.date.today().isoformat()
-    started = dt.datetime.now()
-    t0 = time.time()
-    names = [n for n in (args.only or BENCHES) if n not in args.skip]
-    runs = {n: run_bench(n, args.quick, timeout, stamp) for n in names}
-    suffix = "-quick" if args.quick else ""
-    data: dict[str, dict] = {}
-    for n in names:
-        if n == "serve":
-            continue
-        p = newest(f"*-{n}{suffix}.json", t0)
-        if p is not None:
-            data[n] = json.loads(p.read_text())
-            runs[n]["json"] = str(p.relative_to(REPO))
-    serve_md_path = newest(f"*-serve{suffix}.md", t0) if "serve" in names else None
-    serve_md = serve_md_path.read_text() if serve_md_path else None
+def shown(p: Path) -> str:
+    """A results file as the report names it: relative to the checkout when inside it."""
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
+
+def header(quick: bool, started: dt.datetime, rows: list[list[str]], runs: dict,
+           serve_md_path: Path | None) -> list[str]:
+    """Title, mode, machine, the goals and the table of runs."""
     out: list[str] = [f"# spacy-index benchmarks — {started:%Y-%m-%d %H:%M}", ""]
-    out.append(f"Mode: **{'quick' if args.quick else 'full'}** (`bench/run_all.py"
-               f"{' --quick' if args.quick else ''}`). Every figure is a median of repeated runs "
+    out.append(f"Mode: **{'quick' if quick else 'full'}** (`bench/run_all.py"
+               f"{' --quick' if quick else ''}`). Every figure is a median of repeated runs "
                "(the count is in each section); ratios are ours ÷ alternative, measured side by "
                "side in the same run. Everything ran on 127.0.0.1 against a fake GitHub "
                "(tests/fakegithub.py) and real pipeline wheels (tests/wheels.py). The machine is "
                "shared with other sessions: wall times carry their load (see the serve section's "
                "'other load' columns); byte and request counts do not.")
     out += ["", "## Machine", "", md_table(["", ""], machine_info()), ""]
-    rows = goals(data, serve_md)
     if rows:
         out += ["## Goals", "", md_table(["goal", "measured", "verdict"], rows), ""]
     out += ["## Runs", "", md_table(
         ["bench", "exit", "seconds", "raw results"],
         [[n, str(r["rc"]), f"{r['seconds']:.0f}",
-          r.get("json") or (str(serve_md_path.relative_to(REPO)) if n == "serve" and serve_md_path
+          r.get("json") or (shown(serve_md_path) if n == "serve" and serve_md_path
                             else r.get("note") or "-")] for n, r in runs.items()]), ""]
+    return out
+
+
+def sections(names: list[str], quick: bool, runs: dict, data: dict,
+             serve_md: str | None) -> list[str]:
+    """One section per bench: its own report (serve's, headings demoted) or why there is none."""
+    out: list[str] = []
     for n in names:
         script, module, title = BENCHES[n]
         out += [f"## {title}", ""]
@@ -172,19 +158,55 @@ def main(argv: list[str] | None = None) -> int:
             continue
         d = data[n]
         mod = importlib.import_module(module)
-        out += [f"`bench/{script}{' --quick' if args.quick else ''}`, {d.get('reps')} repetitions, "
+        out += [f"`bench/{script}{' --quick' if quick else ''}`, {d.get('reps')} repetitions, "
                 f"{d.get('seconds', 0):.0f} s.", "", mod.render(d), ""]
-    report = args.out or RESULTS / f"{stamp}.md"
-    plots = BENCH / "plots.py"
-    if plots.exists():
-        p = subprocess.run([str(VENV_BIN / "python"), str(plots), "--date", stamp]
-                           + (["--quick"] if args.quick else []),
-                           capture_output=True, text=True, timeout=300)
-        made = [line.strip() for line in p.stdout.splitlines() if line.strip().endswith(".png")]
-        if p.returncode == 0 and made:
-            out += ["## Plots", ""] + [f"![{Path(m).stem}]({Path(m).name})" for m in made] + [""]
-        else:
-            out += ["## Plots", "", f"not drawn: {(p.stderr or p.stdout).strip()[-300:]}", ""]
+    return out
+
+
+def plots(stamp: str, quick: bool) -> list[str]:
+    script = BENCH / "plots.py"
+    if not script.exists():
+        return []
+    p = subprocess.run([str(VENV_BIN / "python"), str(script), "--date", stamp]
+                       + (["--quick"] if quick else []),
+                       capture_output=True, text=True, timeout=300)
+    made = [line.strip() for line in p.stdout.splitlines() if line.strip().endswith(".png")]
+    if p.returncode == 0 and made:
+        return ["## Plots", ""] + [f"![{Path(m).stem}]({Path(m).name})" for m in made] + [""]
+    return ["## Plots", "", f"not drawn: {(p.stderr or p.stdout).strip()[-300:]}", ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="pass --quick to every bench")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), help="run only these benches")
+    ap.add_argument("--skip", nargs="+", choices=list(BENCHES), default=[])
+    ap.add_argument("--timeout", type=float, help="seconds per bench (default 1200 quick, 7200 full)")
+    ap.add_argument("--out", type=Path, help="report (default bench/results/<date>.md)")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    timeout = args.timeout or (1200 if args.quick else 7200)
+    results_dir().mkdir(parents=True, exist_ok=True)
+    stamp = dt.date.today().isoformat()
+    started = dt.datetime.now()
+    t0 = time.time()
+    names = [n for n in (args.only or BENCHES) if n not in args.skip]
+    runs = {n: run_bench(n, args.quick, timeout, stamp) for n in names}
+    suffix = "-quick" if args.quick else ""
+    data: dict[str, dict] = {}
+    for n in names:
+        if n == "serve":
+            continue
+        p = newest(f"*-{n}{suffix}.json", t0)
+        if p is not None:
+            data[n] = json.loads(p.read_text())
+            runs[n]["json"] = shown(p)
+    serve_md_path = newest(f"*-serve{suffix}.md", t0) if "serve" in names else None
+    serve_md = serve_md_path.read_text() if serve_md_path else None
+    out = header(args.quick, started, goals(data, serve_md), runs, serve_md_path)
+    out += sections(names, args.quick, runs, data, serve_md)
+    report = args.out or results_dir() / f"{stamp}.md"
+    out += plots(stamp, args.quick)
     report.write_text("\n".join(out) + "\n")
     print("\n".join(out))
     log(f"wrote {report}")

@@ -31,28 +31,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    MB,
-    REPO,
-    VENV_BIN,
-    cached_model,
-    fmt_bytes,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    write_results,
-)
+from harness.report import md_table, run_measured, write_results
+from harness.servers import spacy_index_build, spacy_index_serve
+from harness.util import MB, REPO, VENV_BIN, fmt_bytes, log, median
+from harness.wheels import cached_model
 
 VERSION = "3.8.50"
 METHODS = {
@@ -94,8 +83,58 @@ def argv_for(method: str, venv, spec: str, find_links: str, serve_url: str | Non
             "--find-links", find_links, project]
 
 
+def one_method(method: str, args, gh, pkg, mdir: Path, *, spec: str, find_links: str,
+               upstream: str) -> dict:
+    """A first install (A) and ``args.reps`` second ones (B…), each into a new venv."""
+    from tests.clients import clean_env, make_venv, run
+
+    mdir.mkdir()
+    env = clean_env(cache_dir=mdir / "client-cache")
+    with contextlib.ExitStack() as per:
+        serve_url = None
+        if method == "pip-serve":
+            s = per.enter_context(spacy_index_serve(
+                cache_dir=mdir / "serve-cache", upstream=upstream,
+                api_url=gh.api_url, token=None, log_dir=mdir))
+            serve_url = s.url
+            import httpx
+
+            httpx.get(f"{serve_url}/simple/{pkg.normalized_name}/", timeout=60,
+                      trust_env=False).raise_for_status()  # catalog load, not counted
+        if method == "spacy-index-install":
+            env = dict(env, GITHUB_API_URL=gh.api_url,
+                       SPACY_INDEX_CACHE_DIR=str(mdir / "spacy-index-cache"))
+        rows = []
+        for i in range(args.reps + 1):
+            label = "A (first)" if i == 0 else f"B{i}"
+            venv = make_venv(mdir / f"venv-{i}", env=env)
+            mark = len(gh.requests)
+            t = time.monotonic()
+            proc = run(argv_for(method, venv, spec, find_links, serve_url),
+                       env=venv._env(env), check=False, timeout=900)
+            wall = time.monotonic() - t
+            moved, api = gh_counts(gh, mark)
+            ok = proc.returncode == 0 and venv.installed().get("en-core-web-sm") == VERSION
+            rows.append({"venv": label, "ok": ok, "wall": wall, "bytes": moved, "api": api,
+                         "note": "" if ok else (proc.stderr or proc.stdout)[-400:]})
+            log(f"  {label}: {'ok' if ok else 'FAILED'} {wall:.2f} s, {fmt_bytes(moved)} "
+                f"from GitHub, {api} API requests")
+            if i > 0:
+                shutil.rmtree(venv.path, ignore_errors=True)
+    second = [r for r in rows[1:] if r["ok"]]
+    return {
+        "label": METHODS[method], "runs": rows,
+        "ok": all(r["ok"] for r in rows),
+        "first_bytes": rows[0]["bytes"], "first_wall": rows[0]["wall"],
+        "bytes": median([r["bytes"] for r in second]) if second else None,
+        "bytes_max": max((r["bytes"] for r in second), default=None),
+        "api": median([r["api"] for r in second]) if second else None,
+        "wall": median([r["wall"] for r in second]) if second else None,
+    }
+
+
 def measure(args, run_dir: Path) -> dict:
-    from tests.clients import clean_env, make_venv, run, serve_directory
+    from tests.clients import serve_directory
     from tests.fakegithub import FakeGitHub
     from tests.wheels import meta_archive
 
@@ -109,63 +148,15 @@ def measure(args, run_dir: Path) -> dict:
         gh.add_release(f"{pkg.project}-{pkg.version}", {pkg.wheel.name: pkg.wheel.read_bytes()})
         url = (f"{gh.web_url}/explosion/spacy-models/releases/download/"
                f"{pkg.project}-{pkg.version}/{pkg.wheel.name}")
-        base_env = {k: v for k, v in os.environ.items()
-                    if not k.upper().startswith(("GITHUB_", "SPACY_INDEX_"))}
-        build_env = dict(base_env, GITHUB_API_URL=gh.api_url,
-                         SPACY_INDEX_CACHE_DIR=str(run_dir / "build-cache"))
-        subprocess.run([str(VENV_BIN / "spacy-index"), "build", "--out", str(run_dir / "public"),
-                        "-q"], env=build_env, check=True, capture_output=True, timeout=300)
+        spacy_index_build(gh.api_url, run_dir)
         static = stack.enter_context(serve_directory(run_dir / "public"))
         (run_dir / "empty").mkdir()
         empty = stack.enter_context(serve_directory(run_dir / "empty"))
-        find_links = static.url + "/find-links.html"
-        spec = f"{pkg.project} @ {url}"
         for method in methods:
             log(f"{METHODS[method]}")
-            mdir = run_dir / method
-            mdir.mkdir()
-            env = clean_env(cache_dir=mdir / "client-cache")
-            with contextlib.ExitStack() as per:
-                serve_url = None
-                if method == "pip-serve":
-                    s = per.enter_context(spacy_index_serve(
-                        cache_dir=mdir / "serve-cache", upstream=empty.url + "/simple/",
-                        api_url=gh.api_url, token=None, log_dir=mdir))
-                    serve_url = s.url
-                    import httpx
-
-                    httpx.get(f"{serve_url}/simple/{pkg.normalized_name}/", timeout=60,
-                              trust_env=False).raise_for_status()  # catalog load, not counted
-                if method == "spacy-index-install":
-                    env = dict(env, GITHUB_API_URL=gh.api_url,
-                               SPACY_INDEX_CACHE_DIR=str(mdir / "spacy-index-cache"))
-                rows = []
-                for i in range(args.reps + 1):
-                    label = "A (first)" if i == 0 else f"B{i}"
-                    venv = make_venv(mdir / f"venv-{i}", env=env)
-                    mark = len(gh.requests)
-                    t = time.monotonic()
-                    proc = run(argv_for(method, venv, spec, find_links, serve_url),
-                               env=venv._env(env), check=False, timeout=900)
-                    wall = time.monotonic() - t
-                    moved, api = gh_counts(gh, mark)
-                    ok = proc.returncode == 0 and venv.installed().get("en-core-web-sm") == VERSION
-                    rows.append({"venv": label, "ok": ok, "wall": wall, "bytes": moved, "api": api,
-                                 "note": "" if ok else (proc.stderr or proc.stdout)[-400:]})
-                    log(f"  {label}: {'ok' if ok else 'FAILED'} {wall:.2f} s, {fmt_bytes(moved)} "
-                        f"from GitHub, {api} API requests")
-                    if i > 0:
-                        shutil.rmtree(venv.path, ignore_errors=True)
-            second = [r for r in rows[1:] if r["ok"]]
-            results[method] = {
-                "label": METHODS[method], "runs": rows,
-                "ok": all(r["ok"] for r in rows),
-                "first_bytes": rows[0]["bytes"], "first_wall": rows[0]["wall"],
-                "bytes": median([r["bytes"] for r in second]) if second else None,
-                "bytes_max": max((r["bytes"] for r in second), default=None),
-                "api": median([r["api"] for r in second]) if second else None,
-                "wall": median([r["wall"] for r in second]) if second else None,
-            }
+            results[method] = one_method(
+                method, args, gh, pkg, run_dir / method, spec=f"{pkg.project} @ {url}",
+                find_links=static.url + "/find-links.html", upstream=empty.url + "/simple/")
     return {"methods": results, "wheel": pkg.wheel.name, "wheel_bytes": pkg.wheel.stat().st_size}
 
 

@@ -20,13 +20,12 @@ Results: stdout and bench/results/<date>-uncached-cost[-quick].md (+ .json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import http.server
 import json
 import select
 import shutil
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
@@ -35,21 +34,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.common import (
-    REPO,
-    cpu_seconds,
-    log,
-    md_table,
-    median,
-    run_measured,
-    spacy_index_serve,
-    write_results,
-)
+from harness.procfs import cpu_seconds
+from harness.report import md_table, run_measured, write_results
+from harness.servers import spacy_index_serve
+from harness.upstream import FakeUpstream, QuietHandler
+from harness.util import REPO, log, median
 
 
-class SlowIndex(http.server.BaseHTTPRequestHandler):
+class SlowIndex(QuietHandler):
     """``/simple/slow-*/`` after ``delay`` s (or until the peer closes); others at once."""
 
     protocol_version = "HTTP/1.1"
@@ -57,9 +51,6 @@ class SlowIndex(http.server.BaseHTTPRequestHandler):
     asked = 0
     closed_early = 0
     lock = threading.Lock()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         name = self.path.strip("/").rsplit("/", 1)[-1]
@@ -76,18 +67,8 @@ class SlowIndex(http.server.BaseHTTPRequestHandler):
         body = json.dumps({"meta": {"api-version": "1.0"}, "name": name, "files": [
             {"filename": f"{name}-1.0.tar.gz", "url": f"/f/{name}-1.0.tar.gz",
              "hashes": {"sha256": hashlib.sha256(name.encode()).hexdigest()}}]}).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass
-
-
-class _Threading(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+        with contextlib.suppress(OSError):  # the peer closed meanwhile
+            self.send_body(200, body, "application/vnd.pypi.simple.v1+json")
 
 
 def abandon(port: int, lookups: int, rep: int) -> float:
@@ -123,44 +104,39 @@ def where(profile: Path, top: int = 12) -> list[tuple[str, int]]:
 
 def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     SlowIndex.delay = args.delay
-    upstream = _Threading(("127.0.0.1", 0), SlowIndex)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     config = run_dir / "serve.toml"
     config.write_text("[server]\nspacy_models = false\n")
     runs: list[dict[str, Any]] = []
     profile: list[tuple[str, int]] = []
-    try:
-        with spacy_index_serve(cache_dir=run_dir / "cache",
-                               upstream=f"http://127.0.0.1:{upstream.server_address[1]}/simple/",
-                               api_url="http://127.0.0.1:9", token=None, log_dir=run_dir,
-                               extra_args=["--config", str(config)]) as srv:
-            port = int(srv.url.rsplit(":", 1)[1])
-            for rep in range(args.reps):
-                spy = None
-                if args.profile and rep == 0:
-                    spy_out = run_dir / "profile.txt"
-                    spy = subprocess.Popen(
-                        [shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy"), "record",
-                         "-p", str(srv.pid), "-o", str(spy_out), "-f", "raw", "-r", "250"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    time.sleep(1.0)
-                asked_before, closed_before = SlowIndex.asked, SlowIndex.closed_early
-                cpu0 = cpu_seconds([srv.pid])
-                took = abandon(port, args.lookups, rep)
-                time.sleep(1.0)  # the last cancellations
-                cpu = cpu_seconds([srv.pid]) - cpu0
-                if spy is not None:
-                    spy.send_signal(2)
-                    spy.wait(30)
-                    profile = where(run_dir / "profile.txt")
-                runs.append({"rep": rep + 1, "lookups": args.lookups, "seconds": round(took, 2),
-                             "serve_cpu_s": round(cpu, 3),
-                             "ms_per_lookup": round(cpu / args.lookups * 1000, 2),
-                             "upstream_asked": SlowIndex.asked - asked_before,
-                             "upstream_saw_closed": SlowIndex.closed_early - closed_before})
-                log(f"rep {rep + 1}: {runs[-1]}")
-    finally:
-        upstream.shutdown()
+    with FakeUpstream(SlowIndex) as upstream, \
+            spacy_index_serve(cache_dir=run_dir / "cache", upstream=upstream.url + "/simple/",
+                              api_url="http://127.0.0.1:9", token=None, log_dir=run_dir,
+                              extra_args=["--config", str(config)]) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        for rep in range(args.reps):
+            spy = None
+            if args.profile and rep == 0:
+                spy_out = run_dir / "profile.txt"
+                spy = subprocess.Popen(
+                    [shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy"), "record",
+                     "-p", str(srv.pid), "-o", str(spy_out), "-f", "raw", "-r", "250"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+            asked_before, closed_before = SlowIndex.asked, SlowIndex.closed_early
+            cpu0 = cpu_seconds([srv.pid])
+            took = abandon(port, args.lookups, rep)
+            time.sleep(1.0)  # the last cancellations
+            cpu = cpu_seconds([srv.pid]) - cpu0
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(30)
+                profile = where(run_dir / "profile.txt")
+            runs.append({"rep": rep + 1, "lookups": args.lookups, "seconds": round(took, 2),
+                         "serve_cpu_s": round(cpu, 3),
+                         "ms_per_lookup": round(cpu / args.lookups * 1000, 2),
+                         "upstream_asked": SlowIndex.asked - asked_before,
+                         "upstream_saw_closed": SlowIndex.closed_early - closed_before})
+            log(f"rep {rep + 1}: {runs[-1]}")
     return {"runs": runs, "median_ms_per_lookup": median([r["ms_per_lookup"] for r in runs]),
             "profile": profile}
 
