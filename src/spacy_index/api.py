@@ -30,7 +30,8 @@ from spacy_index.publish import PublishReport, parse_target, publish
 from spacy_index.render import html, pep691
 from spacy_index.render.tree import index_files, mirror_links
 from spacy_index.sources import snapshot as snapshots
-from spacy_index.sources.github import DEFAULT_API_URL, GitHubReleases, Listing, RequestStats
+from spacy_index.sources.github import GitHubReleases, Listing
+from spacy_index.sources.github_api import DEFAULT_API_URL, RequestStats
 from spacy_index.sources.spacy_models import (
     SPACY_MODELS_REPO,
     parse_archive,

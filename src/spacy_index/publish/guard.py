@@ -37,6 +37,7 @@ def marker_file_count(data: bytes | Path | None) -> int | None:
 
 
 def check_shrink(before: int | None, after: int | None, *, allow_shrink: bool) -> None:
-    """Raise :class:`ShrinkRefused` when ``after`` files would replace over 10% more ``before``."""
+    """Raise :class:`ShrinkRefused` when going from ``before`` to ``after`` files drops more
+    than :data:`SHRINK_LIMIT` of them, unless ``allow_shrink``."""
     if not allow_shrink and before and after is not None and after < before * (1 - SHRINK_LIMIT):
         raise ShrinkRefused(before, after)

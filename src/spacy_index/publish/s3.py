@@ -169,20 +169,20 @@ def _untouched(path: str, e: Entry, remote: _Remote) -> bool:
             and known[:2] == (e.sha256, e.size))
 
 
-def _quick_plan(entries: Mapping[str, Entry], remote: _Remote) -> bool:
+def _quick_plan(new: Mapping[str, Entry], remote: _Remote) -> bool:
     """Whether anything may need writing, from the manifest and the listing alone."""
     return (
-        set(entries) != set(remote.manifest)
+        set(new) != set(remote.manifest)
         or MANIFEST not in remote.listing
-        or not all(_untouched(p, e, remote) for p, e in entries.items())
+        or not all(_untouched(p, e, remote) for p, e in new.items())
     )
 
 
-def _plan(s3: Any, location: S3Location, entries: Mapping[str, Entry],
+def _plan(s3: Any, location: S3Location, new: Mapping[str, Entry],
           remote: _Remote) -> _Plan:
     uploads: list[Entry] = []
     etags: dict[str, str] = {}
-    for path, e in entries.items():
+    for path, e in new.items():
         there, known = remote.listing.get(path), remote.manifest.get(path)
         if _untouched(path, e, remote):
             etags[path] = there[1]  # type: ignore[index]
@@ -204,7 +204,7 @@ def _plan(s3: Any, location: S3Location, entries: Mapping[str, Entry],
         else:
             uploads.append(e)
     uploads.sort(key=lambda e: phase(e.path))
-    deletes = sorted(p for p in remote.manifest if p not in entries and p in remote.listing)
+    deletes = sorted(p for p in remote.manifest if p not in new and p in remote.listing)
     return _Plan(uploads, deletes, etags, unchanged=len(etags))
 
 
