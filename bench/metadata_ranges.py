@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="git revision of the old metadata.py")
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    from spacy_index import metadata as after
+    from spacy_index import wheelmeta as after
 
     before = load_before(args.before)
     with tempfile.TemporaryDirectory() as tmp:

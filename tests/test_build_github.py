@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from spacy_index.cli import main
-from spacy_index.publish import read_tree
+from spacy_index.publish.folder import read_tree
 
 from .fakegithub import FakeGitHub, Fault
 from .htmlparse import parse_anchors

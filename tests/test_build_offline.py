@@ -9,7 +9,7 @@ from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
 from spacy_index.cli import main
-from spacy_index.publish import read_tree
+from spacy_index.publish.folder import read_tree
 
 from .htmlparse import parse_anchors
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from spacy_index.cli import main
 from spacy_index.errors import InvalidFilename
 from spacy_index.model import parse_filename
-from spacy_index.publish import read_tree
+from spacy_index.publish.folder import read_tree
 from spacy_index.server.app import _parse_range, build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
@@ -38,8 +38,8 @@ from tests.wheels import meta_archive
 PUBLISHER = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
-    import spacy_index.publish as publish
-    from spacy_index.publish import publish_folder
+    import spacy_index.publish.folder as publish
+    from spacy_index.publish.folder import publish_folder
 
     # KILL_AT=n: SIGKILL ourselves at the n-th step of the publish (file writes, then the
     # swap, then the clean-up), i.e. at a chosen point instead of a timing-dependent one
@@ -116,7 +116,7 @@ def test_kill_9_at_random_points_of_a_publish_never_leaves_a_mixed_tree(tmp_path
 
 def test_two_concurrent_builds_second_fails_fast(tmp_path, capsys):
     out = tmp_path / "public"
-    from spacy_index.publish import output_lock
+    from spacy_index.publish.folder import output_lock
 
     with output_lock(out.absolute()):
         start = time.monotonic()

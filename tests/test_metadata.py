@@ -22,12 +22,15 @@ from unittest import mock
 import httpx
 import pytest
 
-from spacy_index.errors import InvalidFilename, UpstreamError
-from spacy_index.metadata import (
+from spacy_index.errors import (
     BadRangeResponse,
     CorruptWheel,
+    InvalidFilename,
     MetadataError,
     RangeNotSupported,
+    UpstreamError,
+)
+from spacy_index.wheelmeta import (
     RemoteMetadata,
     metadata_from_remote_wheel,
     metadata_from_wheel_file,

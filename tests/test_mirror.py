@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from spacy_index.cli import main
-from spacy_index.publish import list_tree
+from spacy_index.publish.folder import list_tree
 from tests.clients import build_wheelhouse, make_venv, run, serve_directory
 from tests.fakegithub import FakeGitHub
 from tests.htmlparse import parse_anchors

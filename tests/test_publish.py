@@ -8,7 +8,7 @@ import os
 import pytest
 
 from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused
-from spacy_index.publish import output_lock, publish_folder, read_tree
+from spacy_index.publish.folder import output_lock, publish_folder, read_tree
 
 
 def tree(n_files: int, tag: str = "a") -> dict[str, bytes]:
@@ -49,7 +49,7 @@ def test_failure_before_swap_leaves_previous_output_identical(tmp_path, monkeypa
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("spacy_index.publish._exchange", boom)
+    monkeypatch.setattr("spacy_index.publish.folder._exchange", boom)
     with pytest.raises(PublishError, match="No space left on device"):
         publish_folder(tree(5, "z"), out)
     assert read_tree(out) == before

@@ -28,16 +28,10 @@ from packaging.version import Version
 from spacy_index.catalog import Catalog
 from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused, UsageError
 from spacy_index.model import Distribution
-from spacy_index.publish_s3 import (
-    LOCK,
-    MANIFEST,
-    ROOTS,
-    S3Location,
-    content_type,
-    parse_s3_url,
-    publish_s3,
-)
+from spacy_index.publish.s3 import publish_s3
+from spacy_index.publish.s3_objects import LOCK, MANIFEST, ROOTS, content_type
 from spacy_index.render.tree import MARKER, index_files, mirror_links, pypi_json_paths
+from spacy_index.s3 import S3Location, parse_s3_url
 
 from .htmlparse import parse_anchors
 from .s3server import S3Env, aws_test_env, moto_server, new_client, s3_fixture  # noqa: F401
@@ -474,8 +468,8 @@ def test_paths_outside_the_prefix_are_refused_before_any_request(tmp_path):
 
 
 def test_large_files_use_a_multipart_upload(s3: S3Env, tmp_path, monkeypatch):
-    monkeypatch.setattr("spacy_index.publish_s3.MULTIPART_THRESHOLD", 5 * 1024 * 1024)
-    monkeypatch.setattr("spacy_index.publish_s3.MULTIPART_CHUNKSIZE", 5 * 1024 * 1024)
+    monkeypatch.setattr("spacy_index.publish.s3.MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    monkeypatch.setattr("spacy_index.publish.s3.MULTIPART_CHUNKSIZE", 5 * 1024 * 1024)
     big = tmp_path / "big-1.0-py3-none-any.whl"
     big.write_bytes(wheel_bytes("big", 6 * 1024 * 1024))
     files = {"files/big-1.0-py3-none-any.whl": big, MARKER: b'{"files": 1}'}
@@ -530,7 +524,9 @@ KILL_SCRIPT = r"""
 import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {src!r})
-from spacy_index.publish_s3 import S3Location, LOCK, publish_s3
+from spacy_index.publish.s3 import publish_s3
+from spacy_index.publish.s3_objects import LOCK
+from spacy_index.s3 import S3Location
 import boto3
 spec = json.loads(Path(sys.argv[1]).read_text())
 files = {{p: (Path(v[1]) if v[0] == "path" else bytes.fromhex(v[1])) for p, v in spec.items()}}
@@ -839,7 +835,7 @@ sys.path.insert(0, {src!r})
 import boto3
 from spacy_index.cache import FileCache
 from spacy_index.cache.s3 import S3FileStore
-from spacy_index.publish_s3 import S3Location
+from spacy_index.s3 import S3Location
 payload = Path(sys.argv[2]).read_bytes()
 sha = sys.argv[3]
 cache = FileCache(Path(sys.argv[1]), client=None)

@@ -18,7 +18,8 @@ import pytest
 from spacy_index.cache import FileCache
 from spacy_index.cache.s3 import S3FileStore
 from spacy_index.errors import OutputLocked, PublishError
-from spacy_index.publish_s3 import LOCK, _PublishLock, publish_s3
+from spacy_index.publish.s3 import _PublishLock, publish_s3
+from spacy_index.publish.s3_objects import LOCK
 from spacy_index.s3 import Lease, S3Location
 
 from .s3server import S3Env, new_client, s3_fixture  # noqa: F401

@@ -13,38 +13,38 @@ reads every release, not one page, and attaches hashes) and ``render_find_links`
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from spacy_index.catalog import Catalog, assemble
-
-if TYPE_CHECKING:
-    from spacy_index.mirror import MirrorResult
 from spacy_index.errors import SnapshotError
-from spacy_index.http import (
-    ConditionalStore,
-    OriginBearerAuth,
-    StoredResponse,
-    make_client,
-    redact_url,
-)
-from spacy_index.model import Distribution, ModelMeta, Release
-from spacy_index.publish import PublishReport, publish_folder
+from spacy_index.http import ConditionalStore, OriginBearerAuth, make_client, redact_url
+from spacy_index.model import ModelMeta, Release
+from spacy_index.publish import PublishReport, parse_target, publish
 from spacy_index.render import html, pep691
 from spacy_index.render.tree import index_files, mirror_links
 from spacy_index.sources import snapshot as snapshots
-from spacy_index.sources.github import DEFAULT_API_URL, GitHubReleases, RequestStats
-from spacy_index.sources.spacy_models import SPACY_MODELS_REPO, parse_archive
+from spacy_index.sources.github import GitHubReleases, Listing
+from spacy_index.sources.github_api import DEFAULT_API_URL, RequestStats
+from spacy_index.sources.spacy_models import (
+    SPACY_MODELS_REPO,
+    parse_archive,
+    release_metas,
+    uses_spacy_models_meta,
+    with_meta,
+)
+
+if TYPE_CHECKING:
+    from spacy_index.mirror import MirrorResult
+    from spacy_index.s3 import S3Location
 
 Notify = Callable[[str], None]
-_CHECKED_KEY = "spacy-index:meta-checked-tags"
 
 
 def _quiet(_: str) -> None:
@@ -67,10 +67,6 @@ class BuildResult:
     catalog: Catalog
     publish: PublishReport
     mirror: MirrorResult | None = None
-
-
-def uses_spacy_models_meta(repo: str) -> bool:
-    return repo.lower() == SPACY_MODELS_REPO
 
 
 def fetch_catalog(
@@ -100,76 +96,66 @@ def fetch_catalog(
     """
     api_url = api_url.rstrip("/")
     snap = _load_snapshot(repo, api_url, offline=offline, path=snapshot, wanted=use_snapshot)
-    host = redact_url(api_url)
     if offline:
         assert snap is not None
-        dists, warnings = assemble(snap.releases, snap.metas)
-        dists = with_meta(dists, snap.metas)
-        catalog = Catalog.from_distributions(
-            dists, source=f"{snap.repo} via {snap.api_url} (snapshot)", snapshot_date=snap.date,
-            warnings=tuple(warnings),
-        )
+        catalog = _catalog(snap.releases, snap.metas,
+                           source=f"{snap.repo} via {snap.api_url} (snapshot)",
+                           snapshot_date=snap.date)
         return FetchResult(catalog, mode=f"offline, snapshot of {snap.date}")
+    with _github(repo, api_url=api_url, token=token, state_dir=state_dir, client=client,
+                 notify=notify, ca_bundle=ca_bundle, max_wait=max_wait,
+                 secondary_wait=secondary_wait, retries=retries) as gh:
+        listing, mode = _live_listing(gh, snap)
+        releases = listing.releases.values()
+        metas = release_metas(gh, releases, snap) if uses_spacy_models_meta(repo) else {}
+        catalog = _catalog(
+            releases, metas, source=f"{repo} via {redact_url(api_url)}",
+            snapshot_date=snap.date if snap else None,
+            tags_without_release=tuple(listing.tags_without_release),
+        )
+        return FetchResult(catalog, mode=mode, stats=gh.stats, capped=listing.capped)
 
+
+@contextlib.contextmanager
+def _github(
+    repo: str, *, api_url: str, token: str | None, state_dir: Path | None,
+    client: httpx.Client | None, notify: Notify, ca_bundle: str | None, **options: Any,
+) -> Iterator[GitHubReleases]:
+    """A reader of ``repo`` with the ETag store of ``state_dir``, over ``client`` (or one made
+    here, closed after)."""
     store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None, notify)
     own_client = client is None
     if client is None:
         client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,
                              ca_bundle=ca_bundle)
     try:
-        gh = GitHubReleases(
-            repo, client=client, store=store, api_url=api_url, authenticated=bool(token),
-            max_wait=max_wait, secondary_wait=secondary_wait, notify=notify, retries=retries,
-        )
-        if snap is not None:
-            page, _ = gh.list_pages(max_pages=1)
-            tags = gh.tags()
-            releases = snapshots.merge_releases(snap.releases, page)
-            tagset = set(tags)
-            releases = {t: r for t, r in releases.items() if t in tagset}
-            without = gh.fill_from_tags(releases, tags)
-            capped = False
-            mode = f"snapshot of {snap.date} + live delta"
-        else:
-            listing = gh.listing()
-            releases, without, capped = (
-                listing.releases, listing.tags_without_release, listing.capped,
-            )
-            mode = "full listing" + (" (past the 1,000-release cap via tag refs)" if capped else "")
-        metas: dict[str, ModelMeta] = {}
-        if uses_spacy_models_meta(repo):
-            metas = _spacy_models_metas(gh, store, releases.values(), snap)
-        dists, warnings = assemble(releases.values(), metas)
-        dists = with_meta(dists, metas)
-        catalog = Catalog.from_distributions(
-            dists,
-            source=f"{repo} via {host}",
-            snapshot_date=snap.date if snap else None,
-            warnings=tuple(warnings),
-            tags_without_release=tuple(without),
-        )
-        return FetchResult(catalog, mode=mode, stats=gh.stats, capped=capped)
+        yield GitHubReleases(repo, client=client, store=store, api_url=api_url,
+                             authenticated=bool(token), notify=notify, **options)
     finally:
         if own_client:
             client.close()
         store.close()
 
 
-def with_meta(dists: list[Distribution], metas: Mapping[str, ModelMeta]) -> list[Distribution]:
-    """Each file with its release's meta file (description, licence, approximate size, for
-    the catalogue page), matched by project and version as spacy-models' tags name them."""
-    by_release: dict[tuple[str, Version], ModelMeta] = {}
-    for meta in metas.values():
-        try:
-            by_release[(canonicalize_name(meta.project), Version(meta.version))] = meta
-        except (InvalidVersion, ValueError):
-            continue
-    if not by_release:
-        return dists
-    return [
-        replace(d, meta=found) if (found := by_release.get((d.project, d.version))) else d
-        for d in dists
-    ]
+def _live_listing(gh: GitHubReleases, snap: snapshots.Snapshot | None) -> tuple[Listing, str]:
+    """Every release (and how it was read): a snapshot's plus the live delta, or the full
+    listing."""
+    if snap is None:
+        listing = gh.listing()
+        capped = " (past the 1,000-release cap via tag refs)" if listing.capped else ""
+        return listing, "full listing" + capped
+    page, _ = gh.list_pages(max_pages=1)
+    tags = gh.tags()
+    tagset = set(tags)
+    releases = {t: r for t, r in snapshots.merge_releases(snap.releases, page).items()
+                if t in tagset}
+    without = gh.fill_from_tags(releases, tags)
+    return Listing(releases, tags_without_release=without), f"snapshot of {snap.date} + live delta"
+
+
+def _catalog(releases: Iterable[Release], metas: Mapping[str, ModelMeta], **info: Any) -> Catalog:
+    dists, warnings = assemble(releases, metas)
+    return Catalog.from_distributions(with_meta(dists, metas), warnings=tuple(warnings), **info)
 
 
 def _load_snapshot(
@@ -196,36 +182,6 @@ def _load_snapshot(
     return None
 
 
-def _spacy_models_metas(
-    gh: GitHubReleases,
-    store: ConditionalStore,
-    releases: Sequence[Release] | object,
-    snap: snapshots.Snapshot | None,
-) -> dict[str, ModelMeta]:
-    """Meta checksums for every release, fetching the repo archive only when some release
-    has not been checked against it yet (so warm runs and snapshot runs skip it)."""
-    all_releases = list(releases)  # type: ignore[call-overload]
-    tags = {r.tag for r in all_releases}
-    metas: dict[str, ModelMeta] = dict(snap.metas) if snap else {}
-    checked: set[str] = {r.tag for r in snap.releases} if snap else set()
-    archive_url = f"{gh.api_url}/repos/{gh.repo}/tarball"
-    stored = store.get(_CHECKED_KEY + " " + archive_url, False)
-    cached_archive = store.get(archive_url, gh.authenticated)
-    if stored and cached_archive:
-        checked |= set(json.loads(stored.body))
-        metas.update(parse_archive(cached_archive.body)[0])
-    if tags - checked:
-        gh.notify(f"reading checksums of {len(tags - checked)} release(s) from the repository")
-        fresh, _compat = parse_archive(gh.archive())
-        metas.update(fresh)
-        store.put(
-            _CHECKED_KEY + " " + archive_url,
-            False,
-            StoredResponse("-", json.dumps(sorted(tags | checked)).encode()),
-        )
-    return metas
-
-
 def render_index_files(catalog: Catalog) -> dict[str, bytes]:
     """The whole static index as ``{relative path: bytes}`` (deterministic)."""
     return index_files(catalog)
@@ -238,7 +194,7 @@ def render_find_links(catalog: Catalog) -> str:
 
 
 def build_index(
-    out: Path,
+    out: str | Path | S3Location,
     catalog: Catalog,
     *,
     only: Sequence[str] = (),
@@ -253,7 +209,7 @@ def build_index(
     ca_bundle: str | None = None,
     mirror_progress: bool = False,
 ) -> BuildResult:
-    """Filter ``catalog`` and publish it to ``out`` atomically.
+    """Filter ``catalog`` and publish it to ``out`` (a folder, or ``s3://BUCKET[/PREFIX]``).
 
     With ``mirror_cache``, every selected file is downloaded (once, verified) through that
     cache and published under ``files/`` with ``.metadata`` sidecars and relative links;
@@ -275,17 +231,8 @@ def build_index(
         tree: dict[str, Path | bytes] = {**index_files(selected, mirror_links(base_url)), **extra}
     else:
         tree = dict(index_files(selected))
-    if str(out).startswith("s3://"):
-        from spacy_index.publish_s3 import parse_s3_url, publish_s3
-
-        location = parse_s3_url(str(out))
-        s3 = publish_s3(tree, location, endpoint_url=s3_endpoint_url, allow_shrink=allow_shrink)
-        report = PublishReport(
-            path=str(location), changed=s3.changed, files_written=s3.uploaded_objects,  # type: ignore[arg-type]
-            bytes_written=s3.uploaded_bytes, files_changed=s3.uploaded_objects + s3.deleted_objects,
-        )
-    else:
-        report = publish_folder(tree, Path(out), allow_shrink=allow_shrink)
+    report = publish(tree, parse_target(out), allow_shrink=allow_shrink,
+                     s3_endpoint_url=s3_endpoint_url)
     return BuildResult(fetch=fetch or FetchResult(catalog, mode="given"), catalog=selected,
                        publish=report, mirror=mirrored)
 
@@ -304,16 +251,8 @@ def snapshot_from_live(
 ) -> tuple[snapshots.Snapshot, RequestStats]:
     """Read every release (and spacy-models' meta files) live into a new snapshot."""
     api_url = api_url.rstrip("/")
-    store = ConditionalStore(state_dir / "github.sqlite" if state_dir else None, notify)
-    own_client = client is None
-    if client is None:
-        client = make_client(auth=OriginBearerAuth(token, api_url) if token else None,
-                             ca_bundle=ca_bundle)
-    try:
-        gh = GitHubReleases(
-            repo, client=client, store=store, api_url=api_url, authenticated=bool(token),
-            max_wait=max_wait, notify=notify,
-        )
+    with _github(repo, api_url=api_url, token=token, state_dir=state_dir, client=client,
+                 notify=notify, ca_bundle=ca_bundle, max_wait=max_wait) as gh:
         listing = gh.listing()
         metas = parse_archive(gh.archive())[0] if uses_spacy_models_meta(repo) else {}
         snap = snapshots.Snapshot(
@@ -321,7 +260,3 @@ def snapshot_from_live(
             releases=tuple(listing.releases.values()), metas=metas,
         )
         return snap, gh.stats
-    finally:
-        if own_client:
-            client.close()
-        store.close()

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spacy_index.sources.github import DEFAULT_API_URL
+from spacy_index.sources.github_api import DEFAULT_API_URL
 
 
 @dataclass(frozen=True)

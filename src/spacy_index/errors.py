@@ -171,3 +171,65 @@ class TooLarge(UpstreamError):
 
 class OverBudget(ValueError):
     """Parsing a page took longer than its time budget."""
+
+
+# ---- build/publish
+class MetadataError(UpstreamError):
+    """The core metadata of a wheel could not be read.
+
+    ``source`` is where the wheel was read from (a URL with any userinfo redacted, or a path);
+    ``reason`` says what went wrong; ``status`` is the HTTP status when one caused it.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        filename: str | None = None,
+        source: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.filename = filename
+        self.source = source
+        self.status = status
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        what = f"the METADATA of {self.filename!r}" if self.filename else "a wheel's METADATA"
+        where = f" from {self.source}" if self.source else ""
+        return f"cannot read {what}{where}: {self.reason}"
+
+    def with_context(self, *, filename: str | None = None, source: str | None = None) -> MetadataError:
+        """A copy that names ``filename``/``source`` where this one does not yet."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.filename = self.filename or filename
+        new.source = self.source or source
+        new.args = (new._message(),)
+        return new
+
+
+class CorruptWheel(MetadataError):
+    """The file is not a readable ZIP archive, or the METADATA member fails its CRC check."""
+
+
+class BadRangeResponse(MetadataError):
+    """The server answered a range request with the wrong range, size or encoding."""
+
+
+class RangeNotSupported(MetadataError):
+    """The server ignores ``Range`` (answers 200 with the whole file); download it instead.
+
+    The body was not read: the caller can fall back to a full download.
+    """
+
+    def __init__(self, url: str, *, filename: str | None = None, status: int = 200) -> None:
+        self.url = url  #: with any userinfo already redacted by the reader
+        super().__init__(
+            f"the server does not support HTTP range requests (HTTP {status} to a Range request); "
+            "download the whole file instead",
+            filename=filename,
+            source=self.url,
+            status=status,
+        )

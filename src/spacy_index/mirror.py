@@ -22,8 +22,8 @@ import httpx
 from spacy_index.cache import FileCache, Upstream
 from spacy_index.catalog import Catalog
 from spacy_index.http import make_async_client
-from spacy_index.metadata import metadata_from_wheel_file
 from spacy_index.model import Distribution
+from spacy_index.wheelmeta import metadata_from_wheel_file
 
 Notify = Callable[[str], None]
 

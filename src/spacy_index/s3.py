@@ -1,4 +1,4 @@
-"""S3 plumbing shared by the publisher (:mod:`spacy_index.publish_s3`) and the shared-bucket
+"""S3 plumbing shared by the publisher (:mod:`spacy_index.publish.s3`) and the shared-bucket
 cache (:mod:`spacy_index.cache_s3`): locations, the client, error codes, and the lease.
 
 This module imports neither of them; both import it.

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from spacy_index.model import Distribution, Project, upload_time_text
-from spacy_index.render.pep691 import UrlFor, _origin_url
+from spacy_index.render.pep691 import UrlFor, origin_url
 
 #: list items or dict entries encoded per call of the C encoder (see :func:`dumps`)
 _CHUNK = 500
@@ -48,7 +48,7 @@ def dumps_value(value: Any) -> str:
     return _encode(value)
 
 
-def pypi_project_document(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
+def pypi_project_document(project: Project, url_for: UrlFor = origin_url) -> dict[str, Any]:
     """The subset of PyPI's ``/pypi/<name>/json`` that pip-tools and others read.
 
     pip-tools maps ``releases[version][*].url`` to ``digests.sha256`` and matches that URL

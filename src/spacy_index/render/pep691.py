@@ -14,7 +14,8 @@ HTML_CONTENT_TYPE = "application/vnd.pypi.simple.v1+html"
 UrlFor = Callable[[Distribution], str]
 
 
-def _origin_url(dist: Distribution) -> str:
+def origin_url(dist: Distribution) -> str:
+    """Where the file lives upstream: the link every rendering uses unless told otherwise."""
     return dist.url
 
 
@@ -30,7 +31,7 @@ def api_version(files: Iterable[Distribution], *, status: bool = False) -> str:
     return "1.3" if any(d.provenance for d in files) else "1.1"
 
 
-def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, Any]:
+def file_dict(dist: Distribution, url_for: UrlFor = origin_url) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "filename": dist.filename,
         "url": url_for(dist),
@@ -54,7 +55,7 @@ def file_dict(dist: Distribution, url_for: UrlFor = _origin_url) -> dict[str, An
     return entry
 
 
-def project_dict(project: Project, url_for: UrlFor = _origin_url) -> dict[str, Any]:
+def project_dict(project: Project, url_for: UrlFor = origin_url) -> dict[str, Any]:
     """The PEP 691 project detail document."""
     doc = project_shell(project)
     doc["files"] = [file_dict(d, url_for) for d in project.files]

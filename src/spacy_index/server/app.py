@@ -55,10 +55,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from spacy_index.cache import CacheWriteError, FileCache, Upstream
 from spacy_index.cache_index import FILES, METADATA, CacheIndex
 from spacy_index.catalog import Catalog
-from spacy_index.errors import DigestMismatch, InvalidFilename, SpacyIndexError
+from spacy_index.errors import DigestMismatch, InvalidFilename, MetadataError, SpacyIndexError
 from spacy_index.gcpause import without_gc
 from spacy_index.http import describe_error, redact_url
-from spacy_index.metadata import MetadataError, metadata_from_remote_wheel, metadata_from_wheel_file
 from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.render import html, pep691
 from spacy_index.render.json_api import dumps, dumps_value, pypi_project_document
@@ -79,6 +78,7 @@ from spacy_index.server.sources import (
     read_capped,
 )
 from spacy_index.server.stats import CacheStats, CountCache
+from spacy_index.wheelmeta import metadata_from_remote_wheel, metadata_from_wheel_file
 
 _T = TypeVar("_T")
 log = logging.getLogger("spacy_index.server")

@@ -11,13 +11,28 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from spacy_index.errors import UpstreamError
-from spacy_index.model import ModelMeta, is_sha256
+from spacy_index.http import StoredResponse
+from spacy_index.model import Distribution, ModelMeta, Release, is_sha256
+
+if TYPE_CHECKING:
+    from spacy_index.sources.github import GitHubReleases
+    from spacy_index.sources.snapshot import Snapshot
 
 SPACY_MODELS_REPO = "explosion/spacy-models"
+#: the ETag store's record of the release tags whose metas the cached archive was read for
+_CHECKED_KEY = "spacy-index:meta-checked-tags"
+
+
+def uses_spacy_models_meta(repo: str) -> bool:
+    return repo.lower() == SPACY_MODELS_REPO
 
 
 def meta_from_json(tag: str, data: Mapping[str, Any]) -> ModelMeta | None:
@@ -84,3 +99,46 @@ def parse_archive(data: bytes) -> tuple[dict[str, ModelMeta], dict[str, Any] | N
             if meta is not None:
                 metas[tag] = meta
     return metas, compatibility
+
+
+def release_metas(
+    gh: GitHubReleases, releases: Iterable[Release], snap: Snapshot | None
+) -> dict[str, ModelMeta]:
+    """Meta checksums for every release, fetching the repo archive only when some release
+    has not been checked against it yet (so warm runs and snapshot runs skip it)."""
+    tags = {r.tag for r in releases}
+    metas: dict[str, ModelMeta] = dict(snap.metas) if snap else {}
+    checked: set[str] = {r.tag for r in snap.releases} if snap else set()
+    archive_url = f"{gh.api_url}/repos/{gh.repo}/tarball"
+    stored = gh.store.get(_CHECKED_KEY + " " + archive_url, False)
+    cached_archive = gh.store.get(archive_url, gh.authenticated)
+    if stored and cached_archive:
+        checked |= set(json.loads(stored.body))
+        metas.update(parse_archive(cached_archive.body)[0])
+    if tags - checked:
+        gh.notify(f"reading checksums of {len(tags - checked)} release(s) from the repository")
+        fresh, _compat = parse_archive(gh.archive())
+        metas.update(fresh)
+        gh.store.put(
+            _CHECKED_KEY + " " + archive_url,
+            False,
+            StoredResponse("-", json.dumps(sorted(tags | checked)).encode()),
+        )
+    return metas
+
+
+def with_meta(dists: list[Distribution], metas: Mapping[str, ModelMeta]) -> list[Distribution]:
+    """Each file with its release's meta file (description, licence, approximate size, for
+    the catalogue page), matched by project and version as spacy-models' tags name them."""
+    by_release: dict[tuple[str, Version], ModelMeta] = {}
+    for meta in metas.values():
+        try:
+            by_release[(canonicalize_name(meta.project), Version(meta.version))] = meta
+        except (InvalidVersion, ValueError):
+            continue
+    if not by_release:
+        return dists
+    return [
+        replace(d, meta=found) if (found := by_release.get((d.project, d.version))) else d
+        for d in dists
+    ]

@@ -13,45 +13,16 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from spacy_index.errors import OutputLocked, PublishError, ShrinkRefused
+from spacy_index.errors import OutputLocked, PublishError
+from spacy_index.publish.guard import check_relative_path, check_shrink, marker_file_count
+from spacy_index.publish.report import Content, PublishReport
 from spacy_index.render.tree import MARKER
-
-SHRINK_LIMIT = 0.10
-#: a file's content: bytes (pages), or a local file to link/copy in (mirrored wheels)
-Content = bytes | Path
-
-
-@dataclass(frozen=True)
-class PublishReport:
-    path: Path
-    changed: bool
-    files_written: int
-    bytes_written: int
-    files_changed: int
-    #: the folder did not exist before this publish
-    created: bool = False
-
-
-def check_relative_path(path: str) -> PurePosixPath:
-    """Reject anything that could land outside the output root."""
-    p = PurePosixPath(path)
-    if (
-        not path
-        or p.is_absolute()
-        or "\\" in path
-        or "\x00" in path
-        or any(part in {"", ".", ".."} for part in path.split("/"))
-    ):
-        raise PublishError(f"refusing to write a path outside the output folder: {path!r}")
-    return p
 
 
 def list_tree(root: Path) -> list[str]:
@@ -132,14 +103,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def _marker_file_count(data: Content | None) -> int | None:
-    try:
-        raw = data.read_bytes() if isinstance(data, Path) else data
-        return int(json.loads(raw or b"")["files"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-
-
 def publish_folder(
     files: Mapping[str, Content], out: Path, *, allow_shrink: bool = False
 ) -> PublishReport:
@@ -175,10 +138,8 @@ def _publish_locked(files: Mapping[str, Content], out: Path, *, allow_shrink: bo
     ]
     if not changed:
         return PublishReport(out, changed=False, files_written=0, bytes_written=0, files_changed=0)
-    before = _marker_file_count(out / MARKER if MARKER in existing else None)
-    after = _marker_file_count(files.get(MARKER))
-    if not allow_shrink and before and after is not None and after < before * (1 - SHRINK_LIMIT):
-        raise ShrinkRefused(before, after)
+    check_shrink(marker_file_count(out / MARKER if MARKER in existing else None),
+                 marker_file_count(files.get(MARKER)), allow_shrink=allow_shrink)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
