@@ -56,7 +56,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spacy_index.errors import UsageError
-from spacy_index.server.config import AuthConfig
+from spacy_index.server.config_types import AuthConfig
 
 log = logging.getLogger("spacy_index.server")
 

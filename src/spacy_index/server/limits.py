@@ -34,7 +34,7 @@ import re
 import time
 from typing import Any
 
-from spacy_index.server.config import LimitsConfig
+from spacy_index.server.config_types import LimitsConfig
 
 log = logging.getLogger("spacy_index.server")
 
