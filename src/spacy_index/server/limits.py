@@ -33,6 +33,7 @@ import logging
 import time
 from typing import Any
 
+from spacy_index.errors import Refused
 from spacy_index.server.config_types import LimitsConfig
 from spacy_index.server.logtext import printable
 
@@ -59,14 +60,6 @@ LINGER_BYTES = 1 << 20
 
 BUSY = _answer(503, "too many connections; retry in a moment", retry_after=1)
 SHUTTING_DOWN = _answer(503, "the server is shutting down; retry", retry_after=1)
-
-
-class Refused(Exception):
-    """A request head over a limit: answered with ``status`` and closed."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class Guard:
@@ -334,5 +327,5 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, guard: Guard) -> None:
     loop.set_exception_handler(handler)
 
 
-__all__ = ["BUSY", "SHUTTING_DOWN", "ConnectionLimits", "Guard", "Refused", "drain_guarded",
+__all__ = ["BUSY", "SHUTTING_DOWN", "ConnectionLimits", "Guard", "drain_guarded",
            "quiet_accept_errors"]
