@@ -29,7 +29,8 @@ from packaging.version import Version
 
 from spacy_index.cli import main
 from spacy_index.install import Environment, SpacyTarget, resolve_spacy
-from spacy_index.model import Distribution, spacy_compatible, spacy_series
+from spacy_index.model import Distribution
+from spacy_index.model_spacy import spacy_compatible, spacy_series
 from tests.clients import clean_env, make_venv, serve_directory
 from tests.fakegithub import FakeGitHub, Fault
 from tests.wheels import meta_archive

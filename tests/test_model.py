@@ -13,9 +13,9 @@ from spacy_index.model import (
     name_matches,
     parse_filename,
     parse_specifier,
-    spacy_admits,
     upload_time_text,
 )
+from spacy_index.model_spacy import spacy_admits
 
 
 @pytest.mark.parametrize(

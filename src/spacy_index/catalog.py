@@ -21,8 +21,8 @@ from spacy_index.model import (
     Release,
     name_matches,
     parse_filename,
-    spacy_compatible,
 )
+from spacy_index.model_spacy import spacy_compatible
 
 
 @dataclass(frozen=True)

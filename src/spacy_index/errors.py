@@ -233,3 +233,13 @@ class RangeNotSupported(MetadataError):
             source=self.url,
             status=status,
         )
+
+
+# ---- server config/metrics
+class Refused(Exception):
+    """A request head over a limit (server/limits.py): answered with ``status`` and closed.
+    Not a SpacyIndexError: it never leaves the connection it was raised on."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status

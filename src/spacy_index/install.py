@@ -34,7 +34,8 @@ from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import SpacyIndexError, UpstreamUnreachable, UsageError
-from spacy_index.model import Distribution, spacy_compatible, split_requirement
+from spacy_index.model import Distribution, split_requirement
+from spacy_index.model_spacy import spacy_compatible
 
 if TYPE_CHECKING:
     import httpx

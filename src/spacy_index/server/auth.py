@@ -56,7 +56,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spacy_index.errors import UsageError
-from spacy_index.server.config import AuthConfig
+from spacy_index.server.config_types import AuthConfig
 
 log = logging.getLogger("spacy_index.server")
 
@@ -71,6 +71,43 @@ def _quoted(realm: str) -> str:
     """``realm`` as the inside of a quoted-string (no control characters, quotes escaped)."""
     clean = re.sub(r"[\x00-\x1f\x7f]", "", realm)
     return clean.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _read_bytes(where: str, path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read it ({e.strerror or e})") from None
+
+
+def _read_htpasswd(path: Path) -> dict[bytes, bytes]:
+    """user -> bcrypt hash; a line that is not ``user:bcrypt`` stops ``serve`` with its number."""
+    where = f"[auth] htpasswd {str(path)!r}"
+    users: dict[bytes, bytes] = {}
+    for number, raw in enumerate(_read_bytes(where, path).splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        user, sep, hashed = line.partition(b":")
+        if not sep or not user:
+            raise UsageError(f"{where}, line {number}: not a 'user:hash' line")
+        if not _BCRYPT.match(hashed):
+            shown = user.decode("utf-8", "replace")
+            raise UsageError(f"{where}, line {number}: the password of user {shown!r} "
+                             "is not a bcrypt hash; set it again with `htpasswd -B`")
+        users[user] = hashed
+    if not users:
+        raise UsageError(f"{where} holds no user")
+    return users
+
+
+def _read_tokens(path: Path) -> list[str]:
+    where = f"[auth] tokens_file {str(path)!r}"
+    found = [line.strip() for line in _read_bytes(where, path).splitlines()]
+    found = [t for t in found if t and not t.startswith(b"#")]
+    if not found:
+        raise UsageError(f"{where} holds no token")
+    return [t.decode("utf-8", "surrogateescape") for t in found]
 
 
 class Authenticator:
@@ -106,39 +143,10 @@ class Authenticator:
     # -- the files ------------------------------------------------------------ #
     def _read(self) -> tuple[dict[bytes, bytes], tuple[bytes, ...]]:
         cfg = self.config
-        users: dict[bytes, bytes] = {}
-        if cfg.htpasswd is not None:
-            where = f"[auth] htpasswd {str(cfg.htpasswd)!r}"
-            try:
-                text = Path(cfg.htpasswd).read_bytes()
-            except OSError as e:
-                raise UsageError(f"{where}: cannot read it ({e.strerror or e})") from None
-            for number, raw in enumerate(text.splitlines(), 1):
-                line = raw.strip()
-                if not line or line.startswith(b"#"):
-                    continue
-                user, sep, hashed = line.partition(b":")
-                if not sep or not user:
-                    raise UsageError(f"{where}, line {number}: not a 'user:hash' line")
-                if not _BCRYPT.match(hashed):
-                    shown = user.decode("utf-8", "replace")
-                    raise UsageError(f"{where}, line {number}: the password of user {shown!r} "
-                                     "is not a bcrypt hash; set it again with `htpasswd -B`")
-                users[user] = hashed
-            if not users:
-                raise UsageError(f"{where} holds no user")
+        users = _read_htpasswd(cfg.htpasswd) if cfg.htpasswd is not None else {}
         tokens = list(cfg.tokens)
         if cfg.tokens_file is not None:
-            where = f"[auth] tokens_file {str(cfg.tokens_file)!r}"
-            try:
-                text = Path(cfg.tokens_file).read_bytes()
-            except OSError as e:
-                raise UsageError(f"{where}: cannot read it ({e.strerror or e})") from None
-            found = [line.strip() for line in text.splitlines()]
-            found = [t for t in found if t and not t.startswith(b"#")]
-            if not found:
-                raise UsageError(f"{where} holds no token")
-            tokens.extend(t.decode("utf-8", "surrogateescape") for t in found)
+            tokens.extend(_read_tokens(cfg.tokens_file))
         short = sum(1 for t in tokens if len(t) < 16)
         if short:
             log.warning("[auth]: %d bearer token(s) shorter than 16 characters; use longer "

@@ -31,7 +31,7 @@ from spacy_index.catalog import Catalog
 from spacy_index.errors import SpacyIndexError
 from spacy_index.model import Distribution
 from spacy_index.render import catalogue as render
-from spacy_index.render.catalogue import Catalogue, ServeView
+from spacy_index.render.catalogue_data import Catalogue, ServeView, build_catalogue
 
 if TYPE_CHECKING:
     from spacy_index.server.app import Server
@@ -103,7 +103,7 @@ class CataloguePages:
                 source="; ".join(c.source for _, c in catalogs if c.source),
                 snapshot_date=next((c.snapshot_date for _, c in catalogs if c.snapshot_date), None),
             )
-            model = await asyncio.to_thread(render.build_catalogue, merged)
+            model = await asyncio.to_thread(build_catalogue, merged)
             self._built = _Built(tuple(c for _, c in catalogs), model, sources)
             return self._built
 

@@ -3,7 +3,7 @@
 httptools (under uvicorn) accepts a request head of any size and a connection that never sends
 one; uvicorn's own limits are the keep-alive timeout and a graceful-shutdown timeout whose
 cut tasks log a traceback and answer 500. :class:`ConnectionLimits` adds, per connection, what
-nginx-class servers enforce (``[limits]`` in the serve config, :class:`~.config.LimitsConfig`):
+nginx-class servers enforce (``[limits]`` in the serve config, :class:`~.config_types.LimitsConfig`):
 
 - the request head: ``max_header_size`` bytes in all (431), ``max_header_line`` bytes per
   header line (431), ``max_url_length`` for the request target (414), ``max_headers`` lines
@@ -30,15 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from typing import Any
 
-from spacy_index.server.config import LimitsConfig
+from spacy_index.errors import Refused
+from spacy_index.server.config_types import LimitsConfig
+from spacy_index.server.logtext import printable
 
 log = logging.getLogger("spacy_index.server")
 
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f-\xff]")
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long",
             431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
@@ -60,21 +60,6 @@ LINGER_BYTES = 1 << 20
 
 BUSY = _answer(503, "too many connections; retry in a moment", retry_after=1)
 SHUTTING_DOWN = _answer(503, "the server is shutting down; retry", retry_after=1)
-
-
-def printable(raw: bytes | str, limit: int = 200) -> str:
-    """``raw`` for a log line: control and non-ASCII bytes escaped, at most ``limit`` chars."""
-    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
-    text = _CONTROL.sub(lambda m: b"\\x%02x" % m.group()[0], data[:limit]).decode("ascii")
-    return text + ("…" if len(data) > limit else "")
-
-
-class Refused(Exception):
-    """A request head over a limit: answered with ``status`` and closed."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class Guard:
@@ -342,5 +327,5 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, guard: Guard) -> None:
     loop.set_exception_handler(handler)
 
 
-__all__ = ["BUSY", "SHUTTING_DOWN", "ConnectionLimits", "Guard", "Refused", "drain_guarded",
-           "printable", "quiet_accept_errors"]
+__all__ = ["BUSY", "SHUTTING_DOWN", "ConnectionLimits", "Guard", "drain_guarded",
+           "quiet_accept_errors"]

@@ -35,37 +35,23 @@ import contextlib
 import os
 import time
 import weakref
-from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
-from spacy_index import __version__
 from spacy_index.http import wrap_transports
+from spacy_index.server.metrics_families import LatencyCounts, WeakCollector
+from spacy_index.server.metrics_transport import MeteredTransport
 
 #: route kinds, the ``kind`` label of the request metrics
 KINDS = ("page", "file", "metadata", "json", "health", "metrics", "other")
-#: request latency buckets (seconds); a cached page takes well under the first one
-BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-          1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 UPSTREAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: methods counted by name; anything else is ``other`` (the label set stays bounded)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -73,7 +59,6 @@ DISK_INTERVAL = 30.0
 #: the classic text format (every Prometheus 2.x and 3.x reads it; the names here need
 #: nothing newer)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_LE = tuple(repr(float(b)) for b in BOUNDS)
 
 #: every live Metrics, for :func:`count_eviction` (empty at import; entries go with their server)
 _LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
@@ -93,21 +78,6 @@ def route_kind(path: str) -> str:
         return "metrics"
     return "other"
 
-
-class _Histogram:
-    """Bucket counts (not cumulative) and a sum; written by the event loop only."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BOUNDS) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(BOUNDS, value)] += 1
-        self.sum += value
-
-
 class Metrics:
     """The counters of one server, and its registry (``render()`` is the ``/metrics`` body)."""
 
@@ -121,7 +91,7 @@ class Metrics:
         # hot path: plain ints (see the module docstring)
         self._requests: dict[tuple[str, str, int], int] = {}
         self._sent: dict[str, int] = {}
-        self._durations: dict[str, _Histogram] = {}
+        self._durations: dict[str, LatencyCounts] = {}
         self._served: dict[tuple[str, str], int] = {}
         #: fast-path answers: method -> status -> count, and their body bytes; ``AccessLog``
         #: updates them inline (no call, no tuple per request: nothing for the GC to track)
@@ -129,45 +99,7 @@ class Metrics:
         self.fast_sent = [0]
         #: requests streaming a file whose download is still running (or just ended)
         self.flight_consumers = 0
-        # the rest: ordinary prometheus_client instruments (thread-safe; evictions and
-        # catalog loads happen in worker threads)
-        reg = self.registry
-        self.upstream_requests = Counter(
-            "spacy_index_upstream_requests", "Requests to upstream sources that got an answer, "
-            "by source and HTTP status", ["source", "status"], registry=reg)
-        self.upstream_errors = Counter(
-            "spacy_index_upstream_errors", "Upstream requests that failed without an answer "
-            "(connection, timeout, broken body), by source and error", ["source", "error"],
-            registry=reg)
-        self.upstream_bytes = Counter(
-            "spacy_index_upstream_bytes", "Body bytes received from upstream sources",
-            ["source"], registry=reg)
-        self.upstream_seconds = Histogram(
-            "spacy_index_upstream_request_duration_seconds", "Time from sending an upstream "
-            "request to its response headers, by source", ["source"], buckets=UPSTREAM_BOUNDS,
-            registry=reg)
-        self.catalog_loads = Counter(
-            "spacy_index_catalog_loads", "Catalog loads of GitHub sources (ok, error, or "
-            "snapshot: the bundled offline snapshot stood in)", ["source", "outcome"],
-            registry=reg)
-        self.catalog_seconds = Histogram(
-            "spacy_index_catalog_load_duration_seconds", "Duration of catalog loads",
-            ["source"], buckets=UPSTREAM_BOUNDS, registry=reg)
-        self.evictions = Counter(
-            "spacy_index_cache_evictions", "Cache entries evicted, by kind", ["kind"],
-            registry=reg)
-        self.evicted_bytes = Counter(
-            "spacy_index_cache_evicted_bytes", "Bytes evicted from the cache, by kind",
-            ["kind"], registry=reg)
-        self.auth_failures = Counter(
-            "spacy_index_auth_failures", "Refused client authentications: bad (wrong "
-            "credentials), blocked (429: too many failures from the client's address)",
-            ["reason"], registry=reg)
-        for kind in ("file", "metadata"):
-            self.evictions.labels(kind)
-            self.evicted_bytes.labels(kind)
-        for reason in ("bad", "blocked"):
-            self.auth_failures.labels(reason)
+        self._add_instruments(self.registry)
         self._upstream_children: dict[str, tuple[Any, Any]] = {}
         #: source name -> (monotonic time of the last successful load, last outcome)
         self._catalogs: dict[str, tuple[float | None, str]] = {}
@@ -176,8 +108,47 @@ class Metrics:
         self._disk: dict[str, tuple[int, int]] = {}
         self._disk_at: float | None = None
         self._disk_lock = asyncio.Lock()
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        self.registry.register(WeakCollector(self))  # type: ignore[arg-type]
         _LIVE.add(self)
+
+    def _add_instruments(self, reg: CollectorRegistry) -> None:
+        """The ordinary prometheus_client instruments: thread-safe, as evictions and catalog
+        loads happen in worker threads."""
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=reg)
+
+        def seconds(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, ["source"], buckets=UPSTREAM_BOUNDS, registry=reg)
+
+        self.upstream_requests = counter(
+            "spacy_index_upstream_requests", "Requests to upstream sources that got an answer, "
+            "by source and HTTP status", "source", "status")
+        self.upstream_errors = counter(
+            "spacy_index_upstream_errors", "Upstream requests that failed without an answer "
+            "(connection, timeout, broken body), by source and error", "source", "error")
+        self.upstream_bytes = counter(
+            "spacy_index_upstream_bytes", "Body bytes received from upstream sources", "source")
+        self.upstream_seconds = seconds(
+            "spacy_index_upstream_request_duration_seconds", "Time from sending an upstream "
+            "request to its response headers, by source")
+        self.catalog_loads = counter(
+            "spacy_index_catalog_loads", "Catalog loads of GitHub sources (ok, error, or "
+            "snapshot: the bundled offline snapshot stood in)", "source", "outcome")
+        self.catalog_seconds = seconds(
+            "spacy_index_catalog_load_duration_seconds", "Duration of catalog loads")
+        self.evictions = counter(
+            "spacy_index_cache_evictions", "Cache entries evicted, by kind", "kind")
+        self.evicted_bytes = counter(
+            "spacy_index_cache_evicted_bytes", "Bytes evicted from the cache, by kind", "kind")
+        self.auth_failures = counter(
+            "spacy_index_auth_failures", "Refused client authentications: bad (wrong "
+            "credentials), blocked (429: too many failures from the client's address)", "reason")
+        # zero rows from the start, so a dashboard's rate() has a baseline
+        for kind in ("file", "metadata"):
+            self.evictions.labels(kind)
+            self.evicted_bytes.labels(kind)
+        for reason in ("bad", "blocked"):
+            self.auth_failures.labels(reason)
 
     # -- requests (hot path) ------------------------------------------------ #
     def count(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
@@ -192,7 +163,7 @@ class Metrics:
         self._sent[kind] = self._sent.get(kind, 0) + sent
         hist = self._durations.get(kind)
         if hist is None:
-            hist = self._durations[kind] = _Histogram()
+            hist = self._durations[kind] = LatencyCounts()
         hist.observe(seconds)
         outcome = scope["state"].get("cache")
         if isinstance(outcome, str) and (kind == "file" or kind == "metadata"):
@@ -352,152 +323,6 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def collect(self) -> Iterator[Metric]:
-        server = self.server
-        fast = {(method, status): n for method, counts in list(self.fast_counts.items())
-                for status, n in list(counts.items())}
-        requests = dict(self._requests)
-        for (method, status), n in fast.items():
-            key = ("page", method, status)
-            requests[key] = requests.get(key, 0) + n
-        family = CounterMetricFamily(
-            "spacy_index_requests", "HTTP requests answered, by route kind, method and status "
-            "(pages answered by the task-free fast path included)",
-            labels=["kind", "method", "status"])
-        for (kind, method, status), n in sorted(requests.items()):
-            family.add_metric([kind, method, str(status)], n)
-        yield family
-
-        fast_total = sum(fast.values())
-        family = CounterMetricFamily(
-            "spacy_index_fast_path_responses", "Project pages answered from the rendered cache "
-            "by the protocol, without a task (included in spacy_index_requests_total)")
-        family.add_metric([], fast_total)
-        yield family
-
-        hist = HistogramMetricFamily(
-            "spacy_index_request_duration_seconds", "Time from the request to the last byte "
-            "handed to the socket, by route kind (fast-path pages: the first bucket)",
-            labels=["kind"])
-        durations = dict(self._durations)
-        if fast_total and "page" not in durations:
-            durations["page"] = _Histogram()
-        for kind, h in sorted(durations.items()):
-            counts = list(h.counts)
-            if kind == "page":
-                counts[0] += fast_total
-            running = 0
-            buckets = []
-            for le, n in zip((*_LE, "+Inf"), counts, strict=True):
-                running += n
-                buckets.append((le, running))
-            hist.add_metric([kind], buckets, h.sum)
-        yield hist
-
-        sent = dict(self._sent)
-        if self.fast_sent[0]:
-            sent["page"] = sent.get("page", 0) + self.fast_sent[0]
-        family = CounterMetricFamily("spacy_index_response_bytes", "Body bytes sent, by route "
-                                     "kind (sendfile spans included)", labels=["kind"])
-        for kind, n in sorted(sent.items()):
-            family.add_metric([kind], n)
-        yield family
-
-        yield from self._cache_families(server)
-
-        family = GaugeMetricFamily("spacy_index_catalog_age_seconds", "Seconds since the "
-                                   "catalog of each GitHub source was last loaded successfully",
-                                   labels=["source"])
-        ready = GaugeMetricFamily("spacy_index_source_ready", "1 when the source can answer "
-                                  "(a GitHub source: its catalog is loaded)", labels=["source"])
-        for name, source in getattr(server, "sources", {}).items():
-            if hasattr(source, "_catalog"):
-                age = self.catalog_age(name, source)
-                if age is not None:
-                    family.add_metric([name], age)
-                ready.add_metric([name], 0.0 if age is None else 1.0)
-        yield family
-        yield ready
-
-        info = GaugeMetricFamily("spacy_index_info", "The running spacy-index", labels=["version"])
-        info.add_metric([__version__], 1.0)
-        yield info
-
-    def _cache_families(self, server: Any) -> Iterator[Metric]:
-        stats = getattr(server, "cache_stats", None)
-        if stats is not None:
-            family = CounterMetricFamily(
-                "spacy_index_cache_requests", "File and metadata requests by cache outcome "
-                "(hit, miss, hit-unverified, miss-unverified, local, pass-through)",
-                labels=["kind", "outcome"])
-            hits = CounterMetricFamily("spacy_index_cache_hits", "Cache hits (verified or "
-                                       "not), by kind", labels=["kind"])
-            misses = CounterMetricFamily("spacy_index_cache_misses", "Cache misses (one "
-                                         "upstream download or metadata read), by kind",
-                                         labels=["kind"])
-            start = None
-            for name, labels, value in stats.samples():
-                if name == "spacy_index_cache_requests_total":
-                    family.add_metric([labels["kind"], labels["outcome"]], value)
-                elif name == "spacy_index_start_time_seconds":
-                    start = value
-            for kind in ("file", "metadata"):
-                hits.add_metric([kind], stats.hits(kind))
-                misses.add_metric([kind], stats.misses(kind))
-            yield family
-            yield hits
-            yield misses
-            if start is not None:
-                gauge = GaugeMetricFamily("spacy_index_start_time_seconds",
-                                          "When the server started (Unix time)")
-                gauge.add_metric([], start)
-                yield gauge
-
-        family = CounterMetricFamily("spacy_index_cache_served_bytes", "File and metadata "
-                                     "bytes sent, by kind and cache outcome",
-                                     labels=["kind", "outcome"])
-        for (kind, outcome), n in sorted(self._served.items()):
-            family.add_metric([kind, outcome], n)
-        yield family
-
-        flights = 0
-        for cache in list(getattr(server, "_caches", {}).values()):
-            flights += len(getattr(cache, "_flights", ()))
-        consumers = max(0, self.flight_consumers)
-        for name, doc, value in (
-            ("spacy_index_cache_downloads_in_flight", "Upstream downloads running now "
-             "(one per file, however many clients wait for it)", flights),
-            ("spacy_index_cache_flight_consumers", "Requests being served from a download "
-             "that is (or was, when they started) still running", consumers),
-            ("spacy_index_cache_flight_waiters", "Flight consumers beyond the first per "
-             "download: requests that single flight saved an upstream download", max(0, consumers - flights)),
-        ):
-            gauge = GaugeMetricFamily(name, doc)
-            gauge.add_metric([], value)
-            yield gauge
-
-        size = GaugeMetricFamily("spacy_index_cache_size_bytes", "Bytes in the cache folder, "
-                                 f"by kind (walked at most every {self.disk_interval:g} s)",
-                                 labels=["kind"])
-        files = GaugeMetricFamily("spacy_index_cache_files", "Files in the cache folder, by "
-                                  "kind", labels=["kind"])
-        for kind, (nbytes, nfiles) in sorted(self._disk.items()):
-            size.add_metric([kind], nbytes)
-            files.add_metric([kind], nfiles)
-        yield size
-        yield files
-
-
-class _Collector:
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = weakref.ref(metrics)
-
-    def collect(self) -> Iterator[Metric]:
-        metrics = self._metrics()
-        if metrics is not None:
-            yield from metrics.collect()
-
-
 def _folder_usage(root: Path) -> tuple[int, int]:
     """(bytes, files) of the regular files below ``root`` (temporary dot-files left out)."""
     nbytes = nfiles = 0
@@ -530,66 +355,6 @@ def count_eviction(kind: str, nbytes: int, root: str | os.PathLike[str] | None =
             metrics.count_eviction(kind, nbytes)
 
 
-# --------------------------------------------------------------------------- upstream
-class MeteredTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that counts each upstream request, its status, latency (to the
-    response headers), body bytes and failures under ``source``."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, metrics: Metrics, source: str) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._source = source
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        start = time.perf_counter()
-        try:
-            response = await self._inner.handle_async_request(request)
-        except Exception as e:
-            self._metrics.upstream_failed(self._source, e, time.perf_counter() - start)
-            raise
-        self._metrics.upstream_answered(self._source, response.status_code,
-                                        time.perf_counter() - start)
-        try:
-            body = response.content  # already in memory (a mock transport, a cached answer)
-        except httpx.ResponseNotRead:
-            stream = response.stream
-            if isinstance(stream, httpx.AsyncByteStream):
-                response.stream = _CountingStream(stream, self._metrics, self._source)
-        else:
-            self._metrics._upstream(self._source)[0].inc(len(body))
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> MeteredTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._inner.__aexit__(*exc)
-
-
-class _CountingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, metrics: Metrics, source: str) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._source = source
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        counter = self._metrics._upstream(self._source)[0]
-        try:
-            async for chunk in self._inner:
-                counter.inc(len(chunk))
-                yield chunk
-        except Exception as e:
-            self._metrics.upstream_failed(self._source, e, None)
-            raise
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 # --------------------------------------------------------------------------- routes
 def observability_routes(server: Any, *, metrics: bool = True) -> list[Route]:
     """``/ready`` (and ``/metrics`` unless ``metrics`` is off) for ``create_app``; ``/health``
@@ -613,5 +378,4 @@ def observability_routes(server: Any, *, metrics: bool = True) -> list[Route]:
     return routes
 
 
-__all__ = ["KINDS", "MeteredTransport", "Metrics", "count_eviction", "observability_routes",
-           "route_kind"]
+__all__ = ["KINDS", "Metrics", "count_eviction", "observability_routes", "route_kind"]
