@@ -135,7 +135,6 @@ def _summary(result, out: Console) -> None:
               f"{example}   # the flat page")
 
 
-
 def run_snapshot(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:
     from spacy_index.api import snapshot_from_live
 

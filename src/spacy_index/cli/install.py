@@ -91,10 +91,9 @@ def run_install(args: argparse.Namespace, env: Mapping[str, str], out: Console,
     verified wheel (cache, index folder or download) and one installer run with its hash."""
     from spacy_index.install.environment import probe
     from spacy_index.install.index import parse_index
-    from spacy_index.install.installer import split_passthrough
     from spacy_index.install.target import resolve_spacy
 
-    extra, no_deps = split_passthrough(args.passthrough, args.no_deps)
+    extra, no_deps = _split_passthrough(args.passthrough, args.no_deps)
     direct = _check_download_args(args)
     force = args.force or direct
     settings, cache_dir = config.load(env, args.cache_dir)
@@ -110,6 +109,13 @@ def run_install(args: argparse.Namespace, env: Mapping[str, str], out: Console,
             out.print(c.requirement_line, markup=False, highlight=False)
         return 0
     return _install_each(job, choices, how)
+
+
+def _split_passthrough(args: Sequence[str], no_deps: bool) -> tuple[list[str], bool]:
+    """The installer arguments without ``--no-deps``, which becomes the flag itself: the
+    pipeline is always installed alone first, and ``--no-deps`` then skips its requirements."""
+    rest = [a for a in args if a != "--no-deps"]
+    return rest, no_deps or len(rest) != len(args)
 
 
 def _check_download_args(args: argparse.Namespace) -> bool:

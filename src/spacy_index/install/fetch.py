@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spacy_index.errors import Interrupted, SpacyIndexError, UpstreamUnreachable
+from spacy_index.errors import DigestMismatch, Interrupted, SpacyIndexError, UpstreamUnreachable
 from spacy_index.install.index import local_path
 from spacy_index.install.target import Choice
 from spacy_index.model import Distribution
@@ -77,8 +77,6 @@ def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
                               or known.parent.parent == files):
         return known, False
     if d.url.startswith("file:"):  # a local index (a mirror folder): verify, use in place
-        from spacy_index.errors import DigestMismatch
-
         local = local_path(d.url)
         try:
             actual = _hash_file(local)
@@ -103,7 +101,6 @@ def _fetch(d: Distribution, cache_dir: Path, *, progress: bool,
     import httpx
 
     from spacy_index.cache import UpstreamFileError
-    from spacy_index.errors import DigestMismatch
     from spacy_index.http import describe_error
 
     assert d.sha256 is not None

@@ -108,13 +108,6 @@ def pick_installer(mode: str, env: Environment, extra: Sequence[str],
                      "pip install uv (or 'spacy-index[uv]')")
 
 
-def split_passthrough(args: Sequence[str], no_deps: bool) -> tuple[list[str], bool]:
-    """The installer arguments without ``--no-deps``, which becomes the flag itself: the
-    pipeline is always installed alone first, and ``--no-deps`` then skips its requirements."""
-    rest = [a for a in args if a != "--no-deps"]
-    return rest, no_deps or len(rest) != len(args)
-
-
 @dataclass(frozen=True)
 class InstallReport:
     installer: Installer

@@ -66,7 +66,6 @@ class Choice:
         return f"{self.dist.project}=={self.dist.version} --hash=sha256:{self.dist.sha256}"
 
 
-
 def minor_series(dists: Iterable[Distribution]) -> list[str]:
     specs = {d.spacy_requirement for d in dists} - {None}
     return [str(m) for m in KNOWN_SPACY_MINORS if any(spacy_compatible(s, m) for s in specs)]
