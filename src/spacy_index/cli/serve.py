@@ -25,6 +25,7 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) ->
 
     _check_tls(args)
     settings, cache_dir = settings_config.load(env, args.cache_dir)
+    api_url, token = settings.api_url, settings.token  # a bad GITHUB_API_URL fails here, first
     config = _serve_config(args, env)
     level = args.log_level.upper()
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
@@ -36,8 +37,8 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) ->
     uv_config = _uvicorn_config(args, limits)
     sock = _listen(args.host, args.port)  # before saying so: a busy port is one line
     try:
-        server = build_server(config, cache_dir=cache_dir, api_url=settings.api_url,
-                              token=settings.token, s3_cache=args.cache,
+        server = build_server(config, cache_dir=cache_dir, api_url=api_url,
+                              token=token, s3_cache=args.cache,
                               s3_endpoint_url=args.s3_endpoint_url,
                               s3_lock_ttl=args.s3_lock_ttl)
         app = create_app(server)
