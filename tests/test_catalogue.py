@@ -20,10 +20,9 @@ from hypothesis import strategies as st
 from packaging.version import Version
 
 from spacy_index.catalog import Catalog
-from spacy_index.errors import SpacyIndexError
+from spacy_index.errors import NoCompatibleVersion, SpacyIndexError
 from spacy_index.install import (
     Environment,
-    NoCompatibleVersion,
     choose,
     resolve_spacy,
     split_model,

@@ -178,7 +178,7 @@ def test_dockerfile_rules(dockerfile):
         for src in sources:
             assert (REPO / src).exists(), src
             assert not dockerignored(src, ignore), src
-    for kept in ("pyproject.toml", "README.md", "src/spacy_index/cli.py",
+    for kept in ("pyproject.toml", "README.md", "src/spacy_index/cli/__init__.py",
                  "src/spacy_index/data"):
         assert not dockerignored(kept, ignore), kept
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/test_s3.py", "bench/serve.py",

@@ -513,7 +513,7 @@ def test_probe_is_kept_until_the_environment_changes(tmp_path, monkeypatch, isol
     """The answer of the probe subprocess is reused while the interpreter, its sys.path
     variables and every folder on sys.path are unchanged; installing anything changes a
     folder's mtime, and the next probe runs again."""
-    from spacy_index import install as inst
+    from spacy_index.install import environment as inst
 
     venv = make_venv(tmp_path / "v", with_spacy=False, env=isolated)
     site = venv.site_packages

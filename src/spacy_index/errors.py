@@ -8,6 +8,7 @@ never parse messages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -243,3 +244,42 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+# ---- cli/install
+class NoSuchModel(UsageError):
+    def __init__(self, name: str, suggestions: Sequence[str]) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(f"no spaCy pipeline named {name!r}{hint} (see `spacy-index list`)")
+
+
+class NoCompatibleVersion(SpacyIndexError):
+    def __init__(self, name: str, spacy: object, have: Sequence[str]) -> None:
+        self.name = name
+        self.spacy = spacy
+        self.have = list(have)
+        which = ", ".join(have) if have else "none"
+        super().__init__(
+            f"no version of {name} works with spaCy {spacy}; spaCy versions that have one: "
+            f"{which}. Upgrade or downgrade spaCy, pass --spacy X.Y, or --force to install "
+            "it anyway"
+        )
+
+
+class SpacyMissing(SpacyIndexError):
+    def __init__(self, python: str) -> None:
+        self.python = python
+        super().__init__(
+            f"spaCy is not installed for {python}; install it first (pip install spacy) "
+            "or pass --spacy X.Y to choose for another version"
+        )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying one line that says what was kept."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -179,59 +179,8 @@ def mirror(
         report = progress
     else:
         report = PlainProgress(notify)
-    sizes = [d.size for d in keep]
-    total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
-
-    async def run() -> tuple[dict[str, Path], int, int, int]:
-        sem = asyncio.Semaphore(concurrency)
-        paths: dict[str, Path] = {}
-        counts = {"downloaded": 0, "bytes": 0, "cached": 0}
-        flying: set[str] = set()
-        async with make_async_client(transport=transport, ca_bundle=ca_bundle,
-                                     timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-            cache = FileCache(cache_dir, client, resume=True)
-
-            async def one(d: Distribution) -> None:
-                assert d.sha256 is not None
-                async with sem:
-                    hit = await asyncio.to_thread(cache.cached, d.sha256)
-                    if hit is None:
-                        flying.add(d.sha256)
-                        report.started(d)
-                        try:
-                            path = await cache.ensure(Upstream(
-                                url=d.url, filename=d.filename, sha256=d.sha256, size=d.size))
-                        finally:
-                            flying.discard(d.sha256)
-                    else:
-                        path = hit
-                size = path.stat().st_size
-                if hit:
-                    counts["cached"] += 1
-                else:
-                    counts["downloaded"] += 1
-                    counts["bytes"] += size
-                paths[d.filename] = path
-                report.done(d, size, downloaded=hit is None)
-
-            async def ticker() -> None:
-                while True:
-                    report.tick(sum(cache.received(sha) or 0 for sha in flying))
-                    await asyncio.sleep(0.2)
-
-            report.start(len(keep), total)
-            tick = asyncio.create_task(ticker())
-            try:
-                await asyncio.gather(*(one(d) for d in keep))
-            finally:
-                tick.cancel()
-                await asyncio.gather(tick, return_exceptions=True)
-                await cache.aclose()
-                report.tick(0)  # the last state: every finished download counted
-                report.stop()
-        return paths, counts["downloaded"], counts["bytes"], counts["cached"]
-
-    paths, downloaded, nbytes, cached = asyncio.run(run())
+    paths, counts = asyncio.run(_fetch_all(keep, cache_dir, report, concurrency=concurrency,
+                                           transport=transport, ca_bundle=ca_bundle))
     files: dict[str, Path | bytes] = {}
     dists = []
     for d in keep:
@@ -247,4 +196,62 @@ def mirror(
         dists, source=catalog.source, snapshot_date=catalog.snapshot_date,
         warnings=catalog.warnings, tags_without_release=catalog.tags_without_release,
     )
-    return MirrorResult(mirrored, files, warnings, downloaded, nbytes, cached)
+    return MirrorResult(mirrored, files, warnings, counts["downloaded"], counts["bytes"],
+                        counts["cached"])
+
+
+async def _fetch_all(
+    keep: list[Distribution], cache_dir: Path, report: MirrorProgress, *, concurrency: int,
+    transport: httpx.AsyncBaseTransport | None, ca_bundle: str | None,
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Every file of ``keep`` in the cache, ``concurrency`` downloads at a time: the cached
+    path by filename, and how many files were downloaded (and their bytes) or cached."""
+    sizes = [d.size for d in keep]
+    total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+    sem = asyncio.Semaphore(concurrency)
+    paths: dict[str, Path] = {}
+    counts = {"downloaded": 0, "bytes": 0, "cached": 0}
+    flying: set[str] = set()
+    async with make_async_client(transport=transport, ca_bundle=ca_bundle,
+                                 timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        cache = FileCache(cache_dir, client, resume=True)
+
+        async def one(d: Distribution) -> None:
+            assert d.sha256 is not None
+            async with sem:
+                hit = await asyncio.to_thread(cache.cached, d.sha256)
+                if hit is None:
+                    flying.add(d.sha256)
+                    report.started(d)
+                    try:
+                        path = await cache.ensure(Upstream(
+                            url=d.url, filename=d.filename, sha256=d.sha256, size=d.size))
+                    finally:
+                        flying.discard(d.sha256)
+                else:
+                    path = hit
+            size = path.stat().st_size
+            if hit:
+                counts["cached"] += 1
+            else:
+                counts["downloaded"] += 1
+                counts["bytes"] += size
+            paths[d.filename] = path
+            report.done(d, size, downloaded=hit is None)
+
+        async def ticker() -> None:
+            while True:
+                report.tick(sum(cache.received(sha) or 0 for sha in flying))
+                await asyncio.sleep(0.2)
+
+        report.start(len(keep), total)
+        tick = asyncio.create_task(ticker())
+        try:
+            await asyncio.gather(*(one(d) for d in keep))
+        finally:
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+            await cache.aclose()
+            report.tick(0)  # the last state: every finished download counted
+            report.stop()
+    return paths, counts

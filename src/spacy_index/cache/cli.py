@@ -100,7 +100,7 @@ def _warm(args: argparse.Namespace, env: Mapping[str, str], index, out: Console,
     wheel of each (``NAME==VER`` pins it; ``--spacy X.Y``: the newest for that spaCy)."""
     from spacy_index import install as inst
     from spacy_index.cache.index import FILES
-    from spacy_index.cli import _install_catalog
+    from spacy_index.cli.install import install_catalog as _install_catalog
 
     catalog, _how, _ = _install_catalog(args, env, err, projects=args.names)
     target = (inst.resolve_spacy(args.spacy, inst.Environment("", None, {}, False))

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
+from spacy_index.config import DEFAULT_API_URL
 from spacy_index.errors import RateLimited, UpstreamError, UpstreamUnreachable
 from spacy_index.http import ConditionalStore, StoredResponse, describe_error, origin, redact_url
 
-DEFAULT_API_URL = "https://api.github.com"
 SECONDARY_LIMIT_WAIT = 60.0
 Notify = Callable[[str], None]
 
