@@ -687,11 +687,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> in
     import uvicorn
 
     from spacy_index.http import redact_url
-    from spacy_index.server.app import build_server, create_app
     from spacy_index.server.config import ACCEPT_BATCH, load_config
     from spacy_index.server.limits import Guard
     from spacy_index.server.logbuffer import BufferedStreamHandler
     from spacy_index.server.protocol import protocol_class
+    from spacy_index.server.wiring import build_server, create_app
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
