@@ -313,7 +313,7 @@ def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
 # use their own pipeline, padded above it.
 import contextlib  # noqa: E402
 
-from spacy_index.server import protocol as zerocopy  # noqa: E402
+from spacy_index.server import zerocopy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
