@@ -8,6 +8,7 @@ or the server's own paths.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -67,19 +68,17 @@ def _error(status: int, message: str) -> PlainTextResponse:
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
-#: a name already normalized (and so valid): most requests, found without packaging's two
-#: regular expressions (a cached page's fast path asks for every request)
-_NORMALIZED = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
 def _valid_name(raw: str) -> NormalizedName | None:
     """The normalized name, or None when ``raw`` is not a valid project name at all."""
-    if _NORMALIZED.fullmatch(raw):
-        return raw  # type: ignore[return-value]
     try:
         return canonicalize_name(raw, validate=True)
     except InvalidName:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _page_name(raw: str) -> NormalizedName | None:
+    return _valid_name(raw)
 
 
 def page_target(raw: str, path: str, accept: str | None,
@@ -88,7 +87,8 @@ def page_target(raw: str, path: str, accept: str | None,
     answer instead: 404 for a name that is none, 301 to the normalized name with its slash,
     406 when no content type fits. The route and the protocol's fast path (which takes the
     route on anything but a tuple) both ask here, so they cannot disagree on a page."""
-    name = raw if _NORMALIZED.fullmatch(raw) else _valid_name(raw)
+    # remembered for short names (bounded memory): the fast path asks on every page request
+    name = _page_name(raw) if len(raw) <= 128 else _valid_name(raw)
     if name is None:
         return _error(404, "not a valid project name")
     if raw != name or not path.endswith("/"):
