@@ -39,7 +39,7 @@ from tests.catalogue_support import catalogue_server, offline_catalog  # noqa: E
 from tests.servers import run_app  # noqa: E402
 
 from spacy_index.api import build_index  # noqa: E402
-from spacy_index.server.app import create_app  # noqa: E402
+from spacy_index.server.wiring import create_app  # noqa: E402
 
 WEIGHT_GOAL = 300_000
 DCL_GOAL_MS = 300.0

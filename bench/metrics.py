@@ -54,7 +54,7 @@ PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.
 # --------------------------------------------------------------------------- the servers
 def child(mode: str, argv: list[str]) -> int:
     """The server process: the real CLI, with ``create_app(metrics=False)`` for "off"."""
-    from spacy_index.server import app as app_module
+    from spacy_index.server import wiring as app_module
 
     if mode.startswith("off"):
         real = app_module.create_app
@@ -88,8 +88,9 @@ def micro(work: Path) -> dict[str, float]:
     rendered page; the auth guard's attribute test on its own."""
     import logging
 
-    from spacy_index.server.app import AccessLog, Server
+    from spacy_index.server.accesslog import AccessLog
     from spacy_index.server.metrics import Metrics
+    from spacy_index.server.state import Server
 
     logging.getLogger("spacy_index.access").setLevel(logging.WARNING)
 

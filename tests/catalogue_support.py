@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spacy_index.catalog import Catalog
-from spacy_index.server.app import Server
 from spacy_index.server.config import ServeConfig, SourceConfig, default_spacy_models_source
 from spacy_index.server.sources import CatalogSource, IndexSource
+from spacy_index.server.state import Server
 
 #: nothing listens here: a name that reaches the upstream fails at once
 NO_UPSTREAM = "http://127.0.0.1:9/simple/"

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.servers import run_app, serve_handler
 from tests.test_upstream_fidelity import JSON, SHA, Index, _file, index_server
 

@@ -22,9 +22,9 @@ import pytest
 
 from spacy_index.errors import UsageError
 from spacy_index.server import auth as auth_module
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.auth import BAD, BLOCKED, MISSING, OK, Authenticator
 from spacy_index.server.config import AuthConfig, load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import make_venv, run, serve_directory, uv_bin
 from tests.servers import free_port, run_app, wait_healthy
 from tests.workflow_support import base_python, ensure_tools, licensed_host, stub_wheel, tool_env

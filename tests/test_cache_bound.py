@@ -11,8 +11,8 @@ import httpx
 
 from spacy_index.cache.index import FILES, METADATA, CacheIndex
 from spacy_index.cli import main
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app
 from tests.test_upstream_fidelity import JSON, Index, _file, index_server

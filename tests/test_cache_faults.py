@@ -12,8 +12,8 @@ import shutil
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app
 from tests.test_serve_upstream import PIP_ACCEPT, Upstream, small_wheel, upstream

@@ -30,8 +30,8 @@ from spacy_index.install import (
 from spacy_index.model import Distribution, ModelMeta
 from spacy_index.render import catalogue, html, pep691
 from spacy_index.render.tree import index_files
-from spacy_index.server.app import create_app
 from spacy_index.server.stats import CacheStats
+from spacy_index.server.wiring import create_app
 from spacy_index.sources.spacy_models import meta_from_json
 
 from .browser import static_server

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from spacy_index.cli import main
 from spacy_index.install import Environment, choose, resolve_spacy
 from spacy_index.render import catalogue
-from spacy_index.server.app import create_app
+from spacy_index.server.wiring import create_app
 
 from .browser import (
     CHROMIUM,

@@ -26,9 +26,10 @@ from spacy_index.cli import main
 from spacy_index.errors import InvalidFilename
 from spacy_index.model import parse_filename
 from spacy_index.publish.folder import read_tree
-from spacy_index.server.app import _parse_range, build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
+from spacy_index.server.responses import _parse_range
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub
 from tests.servers import free_port, run_app, wait_healthy, write_simple_project

@@ -17,11 +17,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from spacy_index.server.app import AccessLog, build_server, create_app
+from spacy_index.server.accesslog import AccessLog
 from spacy_index.server.config import load_config
 from spacy_index.server.metrics import Metrics, count_eviction, route_kind
 from spacy_index.server.metrics_families import BOUNDS
 from spacy_index.server.metrics_transport import MeteredTransport
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub, Fault
 from tests.servers import run_app, write_simple_project

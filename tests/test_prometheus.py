@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub
 from tests.servers import free_port, run_app

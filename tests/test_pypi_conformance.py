@@ -59,8 +59,8 @@ import pytest
 from packaging.utils import NormalizedName, canonicalize_name
 
 from spacy_index.http import USER_AGENT, ssl_context
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.servers import run_app
 
 #: serve may announce a newer minor API version than pypi_simple knows; that is allowed

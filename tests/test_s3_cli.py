@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from spacy_index.cli import main
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.fakegithub import FakeGitHub
 from tests.htmlparse import parse_anchors
 from tests.s3server import s3_fixture  # noqa: F401 (fixture)

@@ -21,8 +21,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import build_wheelhouse, make_venv, run, serve_directory
 from tests.fakegithub import FakeGitHub
 from tests.htmlparse import parse_anchors

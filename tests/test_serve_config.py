@@ -11,9 +11,9 @@ import pytest
 
 from spacy_index.cli import main
 from spacy_index.errors import UsageError
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
+from spacy_index.server.wiring import build_server, create_app
 from tests.servers import run_app
 from tests.test_serve_upstream import small_wheel
 

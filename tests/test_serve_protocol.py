@@ -18,10 +18,10 @@ import time
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.logbuffer import BufferedStreamHandler
 from spacy_index.server.protocol import ZEROCOPY, protocol_class
+from spacy_index.server.wiring import build_server, create_app
 from tests.fakegithub import FakeGitHub
 from tests.servers import free_port, run_app, tls_files, wait_healthy
 from tests.wheels import meta_archive
@@ -313,7 +313,7 @@ def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
 # use their own pipeline, padded above it.
 import contextlib  # noqa: E402
 
-from spacy_index.server import protocol as zerocopy  # noqa: E402
+from spacy_index.server import zerocopy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -562,7 +562,7 @@ def test_cache_hits_answer_without_the_disconnect_race_and_are_still_counted(wor
     (two tasks and loop turns before the first byte). Its hit is still recorded in the cache
     index, off the request's path."""
     from spacy_index.cache.index import FILES
-    from spacy_index.server import app as app_module
+    from spacy_index.server import routes as app_module
 
     raced: list[str] = []
     unless_gone = app_module._unless_gone

@@ -18,8 +18,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app, serve_handler, tls_files
 

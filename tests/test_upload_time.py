@@ -35,8 +35,8 @@ from spacy_index.api import fetch_catalog
 from spacy_index.cli import main
 from spacy_index.errors import SnapshotError
 from spacy_index.model import parse_timestamp
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from spacy_index.sources import snapshot as snapshots
 from tests.clients import clean_env, make_venv, run, serve_directory, uv_bin
 from tests.fakegithub import FakeGitHub

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from spacy_index.http import describe_error, make_client, ssl_context
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from spacy_index.simple.parse import parse_page
 from tests.servers import run_app, serve_handler, tls_files
 
@@ -392,8 +392,8 @@ def test_access_log_counts_zero_copy_bytes_and_escapes_control_characters(tmp_pa
 def test_metadata_for_one_project_does_not_re_render_another_projects_page(tmp_path):
     """A cold install stores metadata for 45 wheels: pages of other projects stay rendered."""
     from spacy_index.model import Distribution, Project
-    from spacy_index.server.app import build_server
     from spacy_index.server.config import load_config
+    from spacy_index.server.wiring import build_server
 
     server = build_server(load_config(None, {}, upstream="http://127.0.0.1:9/simple/"),
                           cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
@@ -438,7 +438,7 @@ def test_new_metadata_re_renders_only_its_file_and_the_page_is_the_same_bytes(tm
     """After metadata arrives for one wheel, its page advertises the hash; the re-render
     encodes that one file again and copies the others from the last body, byte for byte
     what a full render (and a fresh server on the same cache) writes."""
-    from spacy_index.server.app import Server
+    from spacy_index.server import pages
 
     config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
     server = build_server(config, cache_dir=tmp_path, api_url="http://127.0.0.1:9", token=None)
@@ -448,9 +448,9 @@ def test_new_metadata_re_renders_only_its_file_and_the_page_is_the_same_bytes(tm
     assert body == _reference(server, big, ctype)
     assert body.count(b"true") == 40 * per_file  # every hashed wheel; no hash known yet
     encoded = []
-    original = Server._local_file_dict
-    monkeypatch.setattr(Server, "_local_file_dict",
-                        staticmethod(lambda d, meta: encoded.append(d.filename) or original(d, meta)))
+    original = pages.local_file_dict
+    monkeypatch.setattr(pages, "local_file_dict",
+                        lambda d, meta: encoded.append(d.filename) or original(d, meta))
     meta = b"Metadata-Version: 2.1\nName: big\nVersion: 1.7\n"
     server.metadata.put(big.files[7].sha256, meta, "big")
     assert server.rendered(big, ctype) is None
@@ -470,7 +470,7 @@ def test_page_metadata_lookups_follow_the_folder_also_when_another_process_write
     """A render takes one listing of the metadata folder (not one probe per wheel): a file
     another process writes or removes shows in the next listing, a removed folder lists
     nothing, metadata kept in memory is still found."""
-    from spacy_index.server.app import MetadataStore
+    from spacy_index.server.stores import MetadataStore
 
     store = MetadataStore(tmp_path / "metadata")
     a, b = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()

@@ -43,8 +43,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from spacy_index.cli import main
-from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
+from spacy_index.server.wiring import build_server, create_app
 from tests.clients import SPACY_VERSION, make_venv, run, serve_directory, uv_bin
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app

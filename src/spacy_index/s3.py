@@ -1,5 +1,5 @@
 """S3 plumbing shared by the publisher (:mod:`spacy_index.publish.s3`) and the shared-bucket
-cache (:mod:`spacy_index.cache_s3`): locations, the client, error codes, and the lease.
+cache (:mod:`spacy_index.cache.s3`): locations, the client, error codes, and the lease.
 
 This module imports neither of them; both import it.
 

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 
 def run_serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) -> int:
-    from spacy_index.server.app import build_server, create_app
     from spacy_index.server.limits import Guard
     from spacy_index.server.protocol import protocol_class
+    from spacy_index.server.wiring import build_server, create_app
 
     _check_tls(args)
     settings, cache_dir = settings_config.load(env, args.cache_dir)

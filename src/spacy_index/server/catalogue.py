@@ -34,8 +34,8 @@ from spacy_index.render import catalogue as render
 from spacy_index.render.catalogue_data import Catalogue, ServeView, build_catalogue
 
 if TYPE_CHECKING:
-    from spacy_index.server.app import Server
     from spacy_index.server.sources import Source
+    from spacy_index.server.state import Server
 
 log = logging.getLogger("spacy_index.server")
 

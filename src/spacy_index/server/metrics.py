@@ -1,6 +1,6 @@
 """Prometheus metrics (``/metrics``) and the Kubernetes probes (``/health``, ``/ready``).
 
-One :class:`Metrics` per :class:`~spacy_index.server.app.Server`, with its own
+One :class:`Metrics` per :class:`~spacy_index.server.state.Server`, with its own
 ``CollectorRegistry`` (nothing is registered globally, so one process can run several
 servers). What is counted where:
 
