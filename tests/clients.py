@@ -70,6 +70,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.wheels import require_spacy
+
 
 def _spacy_version() -> str:
     """The test runner's spaCy; the pure tests collect and run without it."""
@@ -655,12 +657,14 @@ def client_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def spacy_venv(tmp_path: Path, client_env: dict[str, str]) -> Venv:
     """A fresh venv with pip and spaCy (cloned), per test."""
+    require_spacy()
     return make_venv(tmp_path / "venv", env=client_env)
 
 
 @pytest.fixture(scope="session")
 def spacy_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Session wheelhouse with spaCy's closure and pip (offline re-pack)."""
+    require_spacy()
     return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"), with_pip=True)
 
 
