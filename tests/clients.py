@@ -60,7 +60,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.servers import serve_http
 from tests.wheels import require_spacy
 
 
@@ -623,18 +623,11 @@ def serve_directory(root: os.PathLike[str] | str) -> Iterator[StaticServer]:
     like ``python -m http.server --bind 127.0.0.1 --directory root``.
     Directories serve their ``index.html``.  Stopped on exit."""
     handler = functools.partial(_QuietHandler, directory=os.fspath(root))
-    httpd = _Server(("127.0.0.1", 0), handler)
     log: list[str] = []
-    httpd.request_log = log  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, name="static-index", daemon=True)
-    thread.start()
-    host, port = httpd.server_address[:2]
-    try:
+    with serve_http(handler, server_class=_Server, name="static-index") as httpd:
+        httpd.request_log = log  # type: ignore[attr-defined]
+        host, port = httpd.server_address[:2]
         yield StaticServer(url=f"http://{host}:{port}", port=port, requests=log)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 @dataclass

@@ -27,9 +27,9 @@ from spacy_index.server.metrics import (
     route_kind,
 )
 from tests.clients import serve_directory
-from tests.fakegithub import FakeGitHub, Fault
-from tests.servers import run_app, write_simple_project
-from tests.wheels import meta_archive
+from tests.fakegithub import Fault
+from tests.servers import run_app, serve_http, write_simple_project
+from tests.worlds import pipeline_github
 
 TOKEN = "fake-ghp-METRICStokenMETRICS0123456789ab"
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -109,37 +109,30 @@ def world(tmp_path_factory, model_wheels):
     sm = model_wheels(version="3.8.50")
     pypi = root / "pypi"
     write_simple_project(pypi, "tinypkg", {"tinypkg-1.0.tar.gz": b"tiny sdist"})
-    slow = _SlowServer(("127.0.0.1", 0), _SlowHandler)
-    slow.data, slow.gate, slow.seen = os.urandom(3 << 20), threading.Event(), []
-    thread = threading.Thread(target=slow.serve_forever, daemon=True)
-    thread.start()
     config_file = root / "serve.toml"
-    config_file.write_text(
-        "[[source]]\n"
-        'name = "slow"\n'
-        'kind = "simple"\n'
-        f'url = "http://127.0.0.1:{slow.server_address[1]}/simple/"\n'
-        'projects = ["slowpkg"]\n')
-    try:
-        with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh, \
-                serve_directory(pypi) as fake_pypi:
-            gh.add_release(f"{sm.project}-{sm.version}", {sm.wheel.name: sm.wheel.read_bytes()})
-            config = load_config(config_file, {}, upstream=fake_pypi.url + "/simple/")
-            counter = iter(range(1000))
+    with serve_http(_SlowHandler, server_class=_SlowServer) as slow, \
+            pipeline_github([sm], token=TOKEN) as gh, serve_directory(pypi) as fake_pypi:
+        slow.data, slow.gate, slow.seen = os.urandom(3 << 20), threading.Event(), []
+        config_file.write_text(
+            "[[source]]\n"
+            'name = "slow"\n'
+            'kind = "simple"\n'
+            f'url = "http://127.0.0.1:{slow.server_address[1]}/simple/"\n'
+            'projects = ["slowpkg"]\n')
+        config = load_config(config_file, {}, upstream=fake_pypi.url + "/simple/")
+        counter = iter(range(1000))
 
-            def make(**kwargs):
-                cache = root / f"cache-{next(counter)}"
-                server = build_server(config, cache_dir=cache, api_url=kwargs.pop("api_url", gh.api_url),
-                                      token=TOKEN, **kwargs)
-                server.metrics.disk_interval = 0  # every scrape walks the cache folder
-                return server
+        def make(**kwargs):
+            cache = root / f"cache-{next(counter)}"
+            server = build_server(config, cache_dir=cache, api_url=kwargs.pop("api_url", gh.api_url),
+                                  token=TOKEN, **kwargs)
+            server.metrics.disk_interval = 0  # every scrape walks the cache folder
+            return server
 
+        try:
             yield {"gh": gh, "sm": sm, "make": make, "slow": slow, "root": root}
-    finally:
-        slow.gate.set()
-        slow.shutdown()
-        slow.server_close()
-        thread.join(10)
+        finally:
+            slow.gate.set()  # a download still held at the gate ends before the server stops
 
 
 # ----------------------------------------------------------------------------- units

@@ -22,9 +22,8 @@ from spacy_index.server.app import build_server, create_app
 from spacy_index.server.config import load_config
 from spacy_index.server.logbuffer import BufferedStreamHandler
 from spacy_index.server.protocol import ZEROCOPY, protocol_class
-from tests.fakegithub import FakeGitHub
 from tests.servers import free_port, run_app, tls_files, wait_healthy
-from tests.wheels import meta_archive
+from tests.worlds import pipeline_github
 
 TOKEN = "fake-ghp-PROTOCOLtokenPROTOCOL0123456789"
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -36,15 +35,19 @@ def world(tmp_path_factory, model_wheels):
     """One pipeline on a fake GitHub; a server whose file cache already holds it."""
     root = tmp_path_factory.mktemp("protocol")
     sm = model_wheels(version="3.8.50")
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh:
-        gh.add_release(f"{sm.project}-{sm.version}", {sm.wheel.name: sm.wheel.read_bytes()})
-        config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+    with pipeline_github([sm], token=TOKEN) as gh:
+        yield {"gh": gh, "sm": sm, "make": _app_maker(root, gh)}
 
-        def make():
-            server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
-            return server, create_app(server)
 
-        yield {"gh": gh, "sm": sm, "make": make}
+def _app_maker(root, gh):
+    """``make()``: ``(server, app)``, every server on one cache folder (it holds the files)."""
+    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+
+    def make():
+        server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
+        return server, create_app(server)
+
+    return make
 
 
 def _counting(app):
@@ -322,15 +325,8 @@ def big_world(tmp_path_factory, model_wheels):
     root = tmp_path_factory.mktemp("protocol-big")
     md = model_wheels(name="core_web_md", version="3.8.51", pad_bytes=12 << 20)
     assert md.wheel.stat().st_size > 4 * zerocopy.THREAD_MIN
-    with FakeGitHub(load_fixture=False, archive=meta_archive([md]), token=TOKEN) as gh:
-        gh.add_release(f"{md.project}-{md.version}", {md.wheel.name: md.wheel.read_bytes()})
-        config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
-
-        def make():
-            server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
-            return server, create_app(server)
-
-        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": make}
+    with pipeline_github([md], token=TOKEN) as gh:
+        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": _app_maker(root, gh)}
 
 
 @pytest.fixture
