@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import http.server
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -134,11 +135,12 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
 
 
 @contextlib.contextmanager
-def serve_http(handler: Any, *, server_class: type[http.server.HTTPServer] | None = None,
+def serve_http(handler: Any, *, server_class: type[socketserver.BaseServer] | None = None,
                tls: Any = None, name: str = "test-http",
-               poll_interval: float = 0.5) -> Iterator[http.server.HTTPServer]:
-    """A ``http.server`` handler class on 127.0.0.1 (an ephemeral port) in a thread (wrapped
-    in an ``ssl.SSLContext`` as ``tls``); yields the server and stops it afterwards."""
+               poll_interval: float = 0.5) -> Iterator[Any]:
+    """A ``http.server`` (or ``socketserver``) handler class on 127.0.0.1 (an ephemeral port)
+    in a thread, its socket wrapped in ``tls`` (an ``ssl.SSLContext``) if given; yields the
+    server (``server_class``, default ``ThreadingHTTPServer``) and stops it afterwards."""
     httpd = (server_class or http.server.ThreadingHTTPServer)(("127.0.0.1", 0), handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
