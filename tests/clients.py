@@ -489,6 +489,7 @@ def make_venv(
     if with_pip:
         wanted.append("pip")
     if with_spacy:
+        require_spacy()
         wanted.append("spacy")
     if wanted:
         site = _site_packages(path)
@@ -650,7 +651,6 @@ def client_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def spacy_venv(tmp_path: Path, client_env: dict[str, str]) -> Venv:
     """A fresh venv with pip and spaCy (cloned), per test."""
-    require_spacy()
     return make_venv(tmp_path / "venv", env=client_env)
 
 
