@@ -106,6 +106,7 @@ def test_row5_page_limits_files_and_parse_time_are_upstream_errors(tmp_path):
     assert again.status_code == 200 and again.json() == first.json()  # the last good page
 
 
+@pytest.mark.slow
 def test_row8_long_lived_maps_are_bounded(tmp_path):
     """Every map that lives as long as the server is an LRU with a size."""
     from cachetools import LRUCache

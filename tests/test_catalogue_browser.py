@@ -184,6 +184,7 @@ def _filter_and_open(c: Checked, model, catalog, base: str) -> None:
     assert _clipboard(page) == f"pip install --index-url {base}simple/ en_core_web_sm==3.8.0"
 
 
+@pytest.mark.slow
 def test_static_folder_under_a_prefix(browser, axe, static_url, model, catalog):
     c = Checked(browser, axe)
     response = c.goto(static_url)  # the folder itself: http.server answers index.html
@@ -192,6 +193,7 @@ def test_static_folder_under_a_prefix(browser, axe, static_url, model, catalog):
     c.close()
 
 
+@pytest.mark.slow
 def test_serve(browser, axe, serve_url, model, catalog):
     c = Checked(browser, axe)
     response = c.goto(serve_url)

@@ -95,6 +95,7 @@ def upstream_bytes(gh) -> int:
 
 
 # ----------------------------------------------------------------------------- protocol
+@pytest.mark.slow
 def test_negotiation_redirect_etag(world):
     url = world["url"]
     with httpx.Client(base_url=url) as c:
@@ -124,6 +125,7 @@ def test_negotiation_redirect_etag(world):
         assert c.get("/health").json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_file_head_range_and_cache_headers(world):
     sm = world["sm"]
     data = sm.wheel.read_bytes()
@@ -146,6 +148,7 @@ def test_file_head_range_and_cache_headers(world):
         assert page["files"][0]["core-metadata"] == {"sha256": hashlib.sha256(sm.metadata).hexdigest()}
 
 
+@pytest.mark.slow
 def test_pypi_json_for_pip_tools_everywhere_it_looks(world):
     with httpx.Client(base_url=world["url"]) as c:
         for path in ("/pypi/en-core-web-sm/json", "/simple/pypi/en_core_web_sm/json", "/en-core-web-sm/json"):

@@ -284,6 +284,7 @@ def test_uv_exclude_newer_on_a_static_offline_build(offline_sm, form):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_pip_uploaded_prior_to_on_a_static_offline_build(offline_sm, pip_venv):
     """pip reads ``upload-time`` from the JSON form only (an HTML-only host gives it none).
 

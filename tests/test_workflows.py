@@ -640,6 +640,7 @@ def test_dockerfile_uses_a_cache_mount_and_one_index():
         assert not re.match(r"(ARG|ENV)\s+\S*(KEY|TOKEN|SECRET|PASSWORD)", line, re.I), line
 
 
+@pytest.mark.slow
 def test_github_actions_workflow(tmp_path):
     import yaml  # PyYAML: add to the [test] extra
 
