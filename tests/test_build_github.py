@@ -225,6 +225,7 @@ def test_snapshot_plus_delta_costs_two_requests(gh, tmp_path, capsys, wheel_byte
     assert all("size" in f and "upload-time" in f for f in doc["files"])
 
 
+@pytest.mark.slow
 def test_snapshot_is_never_applied_to_another_repository(gh, tmp_path, capsys):
     snap = tmp_path / "snap.json.gz"
     env = {"GITHUB_API_URL": gh.api_url, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "c1")}

@@ -214,6 +214,7 @@ def test_serve(browser, axe, serve_url, model, catalog):
     c.close()
 
 
+@pytest.mark.slow
 def test_the_csp_detector_sees_a_violation(browser, serve_url):
     """Control: an inline script is refused by the page's policy, and the tests notice."""
     log = PageLog()
@@ -230,6 +231,7 @@ def test_the_csp_detector_sees_a_violation(browser, serve_url):
     page.close()
 
 
+@pytest.mark.slow
 def test_without_javascript_the_full_table_shows(pw, static_url, model):
     with chromium(pw, java_script_enabled=False) as context:
         page = context.new_page()

@@ -281,6 +281,7 @@ def test_buffered_access_log_keeps_every_line_in_order():
     assert lines[3:] == [f"GET /{i:02d} 200" for i in range(20)] + ["GET /last 200"]
 
 
+@pytest.mark.slow
 def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
     gh = world["gh"]
     port = free_port()
@@ -463,6 +464,7 @@ def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(big_world, monkey
     assert thread_jobs == [False, False]
 
 
+@pytest.mark.slow
 def test_a_stalled_client_does_not_hold_up_shutdown(big_world, thread_jobs):
     """A client that stops reading keeps the worker thread in sendfile(2); at shutdown, after
     uvicorn's graceful timeout (5 s in run_app), the cancelled transfer shuts the socket down,

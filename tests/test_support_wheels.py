@@ -105,6 +105,7 @@ def test_builds_are_reproducible(tmp_path: Path, sm: ModelPackage) -> None:
     assert again.metadata == sm.metadata
 
 
+@pytest.mark.slow
 def test_padded_wheel_is_big_and_still_loads(tmp_path: Path, models: ModelCache) -> None:
     import spacy
 
@@ -255,6 +256,7 @@ def test_pip_require_hashes(tmp_path: Path, static_index: Path, sm: ModelPackage
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_uv_require_hashes_needs_hashes_for_dependencies(
     tmp_path: Path, static_index: Path, sm: ModelPackage
 ) -> None:
