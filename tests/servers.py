@@ -137,10 +137,12 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
 @contextlib.contextmanager
 def serve_http(handler: Any, *, server_class: type[socketserver.BaseServer] | None = None,
                tls: Any = None, name: str = "test-http",
-               poll_interval: float = 0.5) -> Iterator[Any]:
+               poll_interval: float = 0.05) -> Iterator[Any]:
     """A ``http.server`` (or ``socketserver``) handler class on 127.0.0.1 (an ephemeral port)
     in a thread, its socket wrapped in ``tls`` (an ``ssl.SSLContext``) if given; yields the
-    server (``server_class``, default ``ThreadingHTTPServer``) and stops it afterwards."""
+    server (``server_class``, default ``ThreadingHTTPServer``) and stops it afterwards.
+    ``shutdown()`` waits for the serving thread's next poll: 0.5 s each at the stdlib's
+    default, for every server a test starts."""
     httpd = (server_class or http.server.ThreadingHTTPServer)(("127.0.0.1", 0), handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
