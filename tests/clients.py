@@ -60,7 +60,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +68,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.servers import serve_http
+from tests.wheels import require_spacy
 
 
 def _spacy_version() -> str:
@@ -487,6 +489,7 @@ def make_venv(
     if with_pip:
         wanted.append("pip")
     if with_spacy:
+        require_spacy()
         wanted.append("spacy")
     if wanted:
         site = _site_packages(path)
@@ -621,18 +624,11 @@ def serve_directory(root: os.PathLike[str] | str) -> Iterator[StaticServer]:
     like ``python -m http.server --bind 127.0.0.1 --directory root``.
     Directories serve their ``index.html``.  Stopped on exit."""
     handler = functools.partial(_QuietHandler, directory=os.fspath(root))
-    httpd = _Server(("127.0.0.1", 0), handler)
     log: list[str] = []
-    httpd.request_log = log  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, name="static-index", daemon=True)
-    thread.start()
-    host, port = httpd.server_address[:2]
-    try:
+    with serve_http(handler, server_class=_Server, name="static-index") as httpd:
+        httpd.request_log = log  # type: ignore[attr-defined]
+        host, port = httpd.server_address[:2]
         yield StaticServer(url=f"http://{host}:{port}", port=port, requests=log)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 @dataclass
@@ -661,6 +657,7 @@ def spacy_venv(tmp_path: Path, client_env: dict[str, str]) -> Venv:
 @pytest.fixture(scope="session")
 def spacy_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Session wheelhouse with spaCy's closure and pip (offline re-pack)."""
+    require_spacy()
     return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"), with_pip=True)
 
 

@@ -1,19 +1,68 @@
-"""Run an ASGI app under a real uvicorn on 127.0.0.1 (ephemeral port), from a thread."""
+"""Where tests start servers: ``spacy-index serve``'s app in process (``asgi_client``) or under
+a real uvicorn on 127.0.0.1 (``run_app``), and ``http.server`` handlers (``serve_http``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import http.server
 import socket
+import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from spacy_index.server.protocol import protocol_class
+
+# the one import of the server's wiring in tests/servers.py: a move of build_server or
+# create_app changes this line only
+from spacy_index.server.wiring import build_server, create_app
+
+
+def build_app(config: Any, *, cache_dir: Path, api_url: str = "http://127.0.0.1:9",
+              token: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """``(server, app)`` as ``spacy-index serve`` wires them for ``config``. The default
+    ``api_url`` refuses connections: a test that meant no GitHub fails loudly if it asks."""
+    server = build_server(config, cache_dir=cache_dir, api_url=api_url, token=token, **kwargs)
+    return server, create_app(server)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """The ASGI lifespan of ``app``, entered as uvicorn does (startup before the first
+    request, shutdown after the last). ``create_app`` wraps Starlette in middleware, so
+    ``app.router.lifespan_context`` is not reachable; the protocol is."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                   inbox.get, outbox.put))
+
+    async def step(event: str) -> None:
+        await inbox.put({"type": f"lifespan.{event}"})
+        got = await outbox.get()
+        if got["type"] != f"lifespan.{event}.complete":
+            raise RuntimeError(f"lifespan {event} failed: {got}")
+
+    await step("startup")
+    try:
+        yield
+    finally:
+        await step("shutdown")
+        await task
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: Any, base_url: str = "http://test") -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client that calls ``app`` in process (no socket), inside its lifespan."""
+    async with lifespan(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                base_url=base_url) as client:
+        yield client
 
 
 @contextlib.contextmanager
@@ -87,19 +136,30 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
 
 
 @contextlib.contextmanager
-def serve_handler(handler, *, tls=None) -> Iterator[str]:
-    """A ``http.server`` handler class on 127.0.0.1 (an ephemeral port) in a thread; yields its
-    base URL (https with an ``ssl.SSLContext`` as ``tls``) and stops it afterwards."""
-    import http.server
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve_http(handler: Any, *, server_class: type[socketserver.BaseServer] | None = None,
+               tls: Any = None, name: str = "test-http",
+               poll_interval: float = 0.05) -> Iterator[Any]:
+    """A ``http.server`` (or ``socketserver``) handler class on 127.0.0.1 (an ephemeral port)
+    in a thread, its socket wrapped in ``tls`` (an ``ssl.SSLContext``) if given; yields the
+    server (``server_class``, default ``ThreadingHTTPServer``) and stops it afterwards.
+    ``shutdown()`` waits for the serving thread's next poll: 0.5 s each at the stdlib's
+    default, for every server a test starts."""
+    httpd = (server_class or http.server.ThreadingHTTPServer)(("127.0.0.1", 0), handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(poll_interval,), name=name,
+                              daemon=True)
     thread.start()
     try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
+        yield httpd
     finally:
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+@contextlib.contextmanager
+def serve_handler(handler: Any, *, tls: Any = None) -> Iterator[str]:
+    """:func:`serve_http`, yielding its base URL (https with ``tls``)."""
+    with serve_http(handler, tls=tls) as httpd:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"

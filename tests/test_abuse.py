@@ -24,6 +24,7 @@ def _server(tmp_path, up: str):
                         token=None)
 
 
+@pytest.mark.slow
 def test_row9_an_upstream_error_is_remembered_briefly(tmp_path):
     """20 requests for a name whose upstream answers 500: one upstream request."""
     Index.routes = {"/simple/broken/": (500, "text/plain", b"oops")}
@@ -59,6 +60,7 @@ def test_row15_invalid_range_syntax_is_ignored(tmp_path):
         assert good.status_code == 206 and good.content == data[10:20]
 
 
+@pytest.mark.slow
 def test_row7_malformed_upstream_json_is_an_upstream_error_and_the_last_page_stays(tmp_path):
     good = {"meta": {"api-version": "1.0"}, "name": "mal", "files": [_file("mal-1.0.tar.gz", SHA["a"])]}
     Index.routes = {"/simple/mal/": (200, JSON, json.dumps(good).encode())}
@@ -106,6 +108,7 @@ def test_row5_page_limits_files_and_parse_time_are_upstream_errors(tmp_path):
     assert again.status_code == 200 and again.json() == first.json()  # the last good page
 
 
+@pytest.mark.slow
 def test_row8_long_lived_maps_are_bounded(tmp_path):
     """Every map that lives as long as the server is an LRU with a size."""
     from cachetools import LRUCache
@@ -150,6 +153,7 @@ def test_row11_a_public_url_wins_over_the_host_header(tmp_path):
     assert urls and all(u.startswith("https://index.example.org/files/") for u in urls)
 
 
+@pytest.mark.slow
 def test_row10_head_and_range_on_a_cold_file_need_no_whole_download_first(tmp_path):
     """A slow upstream (a 2 MB file in about 4 s): HEAD answers from the listed size at once, a
     Range is read from upstream as it comes; the whole file is cached behind them, once."""

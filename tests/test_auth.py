@@ -401,6 +401,7 @@ def test_cli_serve_with_auth_logs_no_secret(world, tmp_path):
         assert secret not in text, secret
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_non_bcrypt_htpasswd_in_one_line(tmp_path):
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("carol:$apr1$Oq0bXe4S$d2m0J9tXjP0p8y8kRwnxj/\n")

@@ -190,6 +190,7 @@ def _prepare(case: Case, tmp_path: Path, bare: str) -> tuple[list[str], dict[str
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(case, tmp_path, capsys, bare_python):
     argv, env = _prepare(case, tmp_path, bare_python)
     busy = None

@@ -33,6 +33,7 @@ def files_of(out):
     return parse_anchors((out / "find-links.html").read_text()).anchors
 
 
+@pytest.mark.slow
 def test_cold_build_is_complete_past_the_1000_cap(gh, tmp_path, capsys):
     out = tmp_path / "public"
     assert run(gh, out) == 0
@@ -65,6 +66,7 @@ def test_cold_build_is_complete_past_the_1000_cap(gh, tmp_path, capsys):
             assert TOKEN.encode() not in f.read_bytes()
 
 
+@pytest.mark.slow
 def test_warm_rebuild_spends_no_rate_limit_and_rewrites_nothing(gh, tmp_path, capsys):
     out = tmp_path / "public"
     assert run(gh, out) == 0
@@ -85,6 +87,7 @@ def test_warm_rebuild_spends_no_rate_limit_and_rewrites_nothing(gh, tmp_path, ca
     assert "0 rate-limit units spent" in text
 
 
+@pytest.mark.slow
 def test_new_release_upstream_is_picked_up_warm(gh, tmp_path, wheel_bytes):
     out = tmp_path / "public"
     assert run(gh, out) == 0
@@ -95,6 +98,7 @@ def test_new_release_upstream_is_picked_up_warm(gh, tmp_path, wheel_bytes):
     assert len(names) == 1922
 
 
+@pytest.mark.slow
 def test_digest_disagreeing_with_meta_checksum_is_left_out(tmp_path, capsys):
     with FakeGitHub(keep_digests=True) as fake:
         rel = fake.release("en_core_web_sm-3.7.1")
@@ -125,6 +129,7 @@ def test_digest_disagreeing_with_meta_checksum_is_left_out(tmp_path, capsys):
     ids=["502-once", "502-persistent", "truncated", "empty-page", "no-link", "429", "403-retry-after",
          "primary-limit", "503-by-tag"],
 )
+@pytest.mark.slow
 def test_faults_still_give_the_complete_index(gh, tmp_path, fault):
     gh.inject(fault)
     out = tmp_path / "public"
@@ -144,6 +149,7 @@ def test_faults_still_give_the_complete_index(gh, tmp_path, fault):
     ],
     ids=["reset-far-away", "secondary", "500-forever", "truncated-forever"],
 )
+@pytest.mark.slow
 def test_unrecoverable_faults_fail_in_one_line_and_keep_previous_output(gh, tmp_path, capsys, fault, message):
     out = tmp_path / "public"
     assert run(gh, out) == 0
@@ -173,6 +179,7 @@ def test_unreachable_github_suggests_offline(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_bad_asset_names_are_skipped_with_one_warning_each(gh, tmp_path, capsys):
     gh.add_asset("en_core_web_sm-3.7.1", '"><script>alert(1)</script>-1.0.tar.gz', b"x")
     gh.add_asset("en_core_web_sm-3.7.1", "en_core_web_sm-3.7.1.whl.sig", b"x")
@@ -189,6 +196,7 @@ def test_bad_asset_names_are_skipped_with_one_warning_each(gh, tmp_path, capsys)
     assert len(files_of(out)) == 1921
 
 
+@pytest.mark.slow
 def test_snapshot_plus_delta_costs_two_requests(gh, tmp_path, capsys, wheel_bytes):
     snap = tmp_path / "snap.json.gz"
     env = {"GITHUB_API_URL": gh.api_url, "GITHUB_TOKEN": TOKEN, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "c1")}
@@ -217,6 +225,7 @@ def test_snapshot_plus_delta_costs_two_requests(gh, tmp_path, capsys, wheel_byte
     assert all("size" in f and "upload-time" in f for f in doc["files"])
 
 
+@pytest.mark.slow
 def test_snapshot_is_never_applied_to_another_repository(gh, tmp_path, capsys):
     snap = tmp_path / "snap.json.gz"
     env = {"GITHUB_API_URL": gh.api_url, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "c1")}

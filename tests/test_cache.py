@@ -244,6 +244,7 @@ def test_invalid_digests_never_touch_the_filesystem(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- #
 # Single flight
 # --------------------------------------------------------------------------- #
+@pytest.mark.slow
 def test_fifty_concurrent_consumers_share_one_download(gh: FakeGitHub, tmp_path: Path) -> None:
     data = os.urandom(20 * MB + 12345)
     up = publish(gh, data)

@@ -292,6 +292,7 @@ def served(tmp_path_factory):
         yield url, server
 
 
+@pytest.mark.slow
 def test_serve_routes_headers_and_redirects(served):
     url, _ = served
     for path in ("/", "/index.html", "/catalogue/en-core-web-sm.html"):

@@ -184,6 +184,7 @@ def _filter_and_open(c: Checked, model, catalog, base: str) -> None:
     assert _clipboard(page) == f"pip install --index-url {base}simple/ en_core_web_sm==3.8.0"
 
 
+@pytest.mark.slow
 def test_static_folder_under_a_prefix(browser, axe, static_url, model, catalog):
     c = Checked(browser, axe)
     response = c.goto(static_url)  # the folder itself: http.server answers index.html
@@ -192,6 +193,7 @@ def test_static_folder_under_a_prefix(browser, axe, static_url, model, catalog):
     c.close()
 
 
+@pytest.mark.slow
 def test_serve(browser, axe, serve_url, model, catalog):
     c = Checked(browser, axe)
     response = c.goto(serve_url)
@@ -212,6 +214,7 @@ def test_serve(browser, axe, serve_url, model, catalog):
     c.close()
 
 
+@pytest.mark.slow
 def test_the_csp_detector_sees_a_violation(browser, serve_url):
     """Control: an inline script is refused by the page's policy, and the tests notice."""
     log = PageLog()
@@ -228,6 +231,7 @@ def test_the_csp_detector_sees_a_violation(browser, serve_url):
     page.close()
 
 
+@pytest.mark.slow
 def test_without_javascript_the_full_table_shows(pw, static_url, model):
     with chromium(pw, java_script_enabled=False) as context:
         page = context.new_page()

@@ -243,6 +243,7 @@ def container_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_the_images_command_line_serves_and_its_healthcheck_passes(dockerfile, tmp_path):
     env_lines = {k: v for i in dockerfile if i.cmd == "ENV" for k, v in env_pairs(i.args).items()}
     cache = tmp_path / "var-cache-spacy-index"
@@ -440,6 +441,7 @@ def test_composes_commands_run_against_seaweedfs_with_composes_identities(
             "sha256": pkg.sha256}
 
 
+@pytest.mark.slow
 def test_nginx_conf_is_valid_and_balances_to_a_replica(tmp_path):
     require(nginx_binary(), "nginx", "apt-get install -y nginx-light")
     conf = (DEPLOY / "nginx.conf").read_text()
@@ -541,6 +543,7 @@ def test_systemd_analyze_verify_and_security(tmp_path):
     print(f"\n[deploy] systemd-analyze security: exposure {score} (of 10)")
 
 
+@pytest.mark.slow
 def test_the_units_execstart_serves_and_stops_on_its_killsignal(unit, tmp_path):
     cache_root = tmp_path / "var-cache"  # %C
     (cache_root / "spacy-index").mkdir(parents=True)

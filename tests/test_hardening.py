@@ -241,6 +241,7 @@ def test_range_parsing_stays_inside_the_file(header, size):
 TOKEN = "fake-ghp-HARDENtokenHARDENtokenHARDEN123456789"
 
 
+@pytest.mark.slow
 def test_build_at_debug_never_logs_or_writes_the_token(tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)
     with FakeGitHub(token=TOKEN) as gh:

@@ -566,6 +566,7 @@ def test_remote_long_local_extra_needs_one_more_request() -> None:
     assert got.bytes_transferred < TAIL + 3000 + len(METADATA) + 1024 + 200
 
 
+@pytest.mark.slow
 def test_remote_real_spacy_wheel_via_fake_github(tmp_path: Path) -> None:
     from tests.wheels import build_model_package
 

@@ -49,8 +49,9 @@ from packaging.utils import canonicalize_name
 from tests.clients import make_venv, run, uv_bin
 from tests.fakegithub import FakeGitHub
 from tests.realpypi import ServeProcess, Window
-from tests.wheels import ModelPackage, meta_archive
+from tests.wheels import ModelPackage
 from tests.workflow_support import Tools, base_python, ensure_tools, tool_env
+from tests.worlds import pipeline_github
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.e2e]
 
@@ -165,9 +166,7 @@ def world(tmp_path_factory, model_wheels):
     root = tmp_path_factory.mktemp("real-pypi")
     config = root / "serve.toml"
     config.write_text(SERVE_CONFIG)
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh:
-        gh.add_release(f"en_core_web_sm-{sm.version}",
-                       {sm.wheel.name: sm.wheel.read_bytes(), sm.sdist.name: sm.sdist.read_bytes()})
+    with pipeline_github([sm], token=TOKEN) as gh:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPACY_INDEX_", "GITHUB_"))}
         env.update(GITHUB_API_URL=gh.api_url, GITHUB_TOKEN=TOKEN,
                    REALPYPI_PRIVATE_USER=PRIVATE_USER, REALPYPI_PRIVATE_PASSWORD=PRIVATE_PASSWORD)

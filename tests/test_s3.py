@@ -627,6 +627,7 @@ def test_a_second_concurrent_publish_fails_fast(s3: S3Env, tmp_path):
     assert without_control(s3.objects("idx")) == as_bytes(mirror_tree(tmp_path / "a", V1))
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_and_a_fresh_one_is_not(s3: S3Env, tmp_path):
     loc = S3Location(s3.bucket, "idx")
     files = mirror_tree(tmp_path, V1)

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
-import http.server
 import io
 import json
 import logging
 import sys
 import tarfile
-import threading
-import zipfile
-from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -24,10 +19,10 @@ import pytest
 from spacy_index.server.config import load_config
 from spacy_index.server.wiring import build_server, create_app
 from tests.clients import build_wheelhouse, make_venv, run, serve_directory
-from tests.fakegithub import FakeGitHub
 from tests.htmlparse import parse_anchors
 from tests.servers import run_app, write_simple_project
-from tests.wheels import meta_archive
+from tests.workflow_support import licensed_host, stub_wheel
+from tests.worlds import pipeline_github
 
 TOKEN = "fake-ghp-SERVEtokenSERVEtokenSERVE0123456789"
 LICENCE_KEY = "LicKey-7c1e/9f+SECRET"  # has characters that get percent-encoded
@@ -52,76 +47,7 @@ def placeholder_sdist(name: str) -> bytes:
 
 
 def tiny_wheel(name: str, version: str) -> bytes:
-    buf = io.BytesIO()
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": b"VERSION = '%s'\n" % version.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = "".join(
-        f"{k},sha256={base64.urlsafe_b64encode(hashlib.sha256(v).digest()).rstrip(b'=').decode()},{len(v)}\n"
-        for k, v in files.items()
-    ) + f"{dist}/RECORD,,\n"
-    with zipfile.ZipFile(buf, "w") as z:
-        for k, v in (*files.items(), (f"{dist}/RECORD", record.encode())):
-            z.writestr(zipfile.ZipInfo(k, date_time=(2020, 1, 1, 0, 0, 0)), v)
-    return buf.getvalue()
-
-
-class _LicensedHandler(http.server.BaseHTTPRequestHandler):
-    """A Prodigy-like private find-links host: the licence key is the basic-auth username."""
-
-    files: ClassVar[dict[str, bytes]] = {}
-    seen_auth: ClassVar[list[str]] = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        expected = "Basic " + base64.b64encode(f"{LICENCE_KEY}:".encode()).decode()
-        self.seen_auth.append(self.headers.get("Authorization", ""))
-        if self.headers.get("Authorization") != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="licensed"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        name = self.path.strip("/")
-        if name == "":
-            body = "".join(
-                f'<a href="/{n}#sha256={hashlib.sha256(d).hexdigest()}">{n}</a>\n'
-                for n, d in self.files.items()
-            ).encode()
-            ctype = "text/html"
-        elif name in self.files:
-            body, ctype = self.files[name], "application/octet-stream"
-        else:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@contextlib.contextmanager
-def licensed_host():
-    _LicensedHandler.files = {"prodigy-1.15.0-py3-none-any.whl": tiny_wheel("prodigy", "1.15.0"),
-                              "prodigy_addon-0.1.0-py3-none-any.whl": tiny_wheel("prodigy_addon", "0.1.0")}
-    _LicensedHandler.seen_auth = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LicensedHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
+    return stub_wheel(name, version)[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +63,11 @@ def world(tmp_path_factory, model_wheels):
         write_simple_project(pypi, spelling, {f"{spelling}-999.9.9.tar.gz": placeholder_sdist(spelling)},
                              dirname=spelling)
     config_file = root / "serve.toml"
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm, md, trf]), token=TOKEN) as gh, \
-            serve_directory(pypi) as fake_pypi, licensed_host() as licensed_port:
-        for p in (sm, md, trf):
-            gh.add_release(f"{p.project}-{p.version}", {p.wheel.name: p.wheel.read_bytes()})
+    licensed = {"prodigy-1.15.0-py3-none-any.whl": tiny_wheel("prodigy", "1.15.0"),
+                "prodigy_addon-0.1.0-py3-none-any.whl": tiny_wheel("prodigy_addon", "0.1.0")}
+    with pipeline_github([sm, md, trf], token=TOKEN) as gh, serve_directory(pypi) as fake_pypi, \
+            licensed_host(LICENCE_KEY, licensed) as host:
+        licensed_port = host.port
         config_file.write_text(
             # the key twice: percent-encoded in the URL's username slot, and as basic auth
             "[[source]]\n"
@@ -168,6 +95,7 @@ def upstream_bytes(gh) -> int:
 
 
 # ----------------------------------------------------------------------------- protocol
+@pytest.mark.slow
 def test_negotiation_redirect_etag(world):
     url = world["url"]
     with httpx.Client(base_url=url) as c:
@@ -197,6 +125,7 @@ def test_negotiation_redirect_etag(world):
         assert c.get("/health").json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_file_head_range_and_cache_headers(world):
     sm = world["sm"]
     data = sm.wheel.read_bytes()
@@ -219,6 +148,7 @@ def test_file_head_range_and_cache_headers(world):
         assert page["files"][0]["core-metadata"] == {"sha256": hashlib.sha256(sm.metadata).hexdigest()}
 
 
+@pytest.mark.slow
 def test_pypi_json_for_pip_tools_everywhere_it_looks(world):
     with httpx.Client(base_url=world["url"]) as c:
         for path in ("/pypi/en-core-web-sm/json", "/simple/pypi/en_core_web_sm/json", "/en-core-web-sm/json"):

@@ -22,9 +22,8 @@ from spacy_index.server.config import load_config
 from spacy_index.server.logbuffer import BufferedStreamHandler
 from spacy_index.server.protocol import ZEROCOPY, protocol_class
 from spacy_index.server.wiring import build_server, create_app
-from tests.fakegithub import FakeGitHub
 from tests.servers import free_port, run_app, tls_files, wait_healthy
-from tests.wheels import meta_archive
+from tests.worlds import pipeline_github
 
 TOKEN = "fake-ghp-PROTOCOLtokenPROTOCOL0123456789"
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -36,15 +35,19 @@ def world(tmp_path_factory, model_wheels):
     """One pipeline on a fake GitHub; a server whose file cache already holds it."""
     root = tmp_path_factory.mktemp("protocol")
     sm = model_wheels(version="3.8.50")
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh:
-        gh.add_release(f"{sm.project}-{sm.version}", {sm.wheel.name: sm.wheel.read_bytes()})
-        config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+    with pipeline_github([sm], token=TOKEN) as gh:
+        yield {"gh": gh, "sm": sm, "make": _app_maker(root, gh)}
 
-        def make():
-            server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
-            return server, create_app(server)
 
-        yield {"gh": gh, "sm": sm, "make": make}
+def _app_maker(root, gh):
+    """``make()``: ``(server, app)``, every server on one cache folder (it holds the files)."""
+    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
+
+    def make():
+        server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
+        return server, create_app(server)
+
+    return make
 
 
 def _counting(app):
@@ -278,6 +281,7 @@ def test_buffered_access_log_keeps_every_line_in_order():
     assert lines[3:] == [f"GET /{i:02d} 200" for i in range(20)] + ["GET /last 200"]
 
 
+@pytest.mark.slow
 def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
     gh = world["gh"]
     port = free_port()
@@ -322,15 +326,8 @@ def big_world(tmp_path_factory, model_wheels):
     root = tmp_path_factory.mktemp("protocol-big")
     md = model_wheels(name="core_web_md", version="3.8.51", pad_bytes=12 << 20)
     assert md.wheel.stat().st_size > 4 * zerocopy.THREAD_MIN
-    with FakeGitHub(load_fixture=False, archive=meta_archive([md]), token=TOKEN) as gh:
-        gh.add_release(f"{md.project}-{md.version}", {md.wheel.name: md.wheel.read_bytes()})
-        config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
-
-        def make():
-            server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
-            return server, create_app(server)
-
-        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": make}
+    with pipeline_github([md], token=TOKEN) as gh:
+        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": _app_maker(root, gh)}
 
 
 @pytest.fixture
@@ -467,6 +464,7 @@ def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(big_world, monkey
     assert thread_jobs == [False, False]
 
 
+@pytest.mark.slow
 def test_a_stalled_client_does_not_hold_up_shutdown(big_world, thread_jobs):
     """A client that stops reading keeps the worker thread in sendfile(2); at shutdown, after
     uvicorn's graceful timeout (5 s in run_app), the cancelled transfer shuts the socket down,

@@ -105,6 +105,7 @@ def test_builds_are_reproducible(tmp_path: Path, sm: ModelPackage) -> None:
     assert again.metadata == sm.metadata
 
 
+@pytest.mark.slow
 def test_padded_wheel_is_big_and_still_loads(tmp_path: Path, models: ModelCache) -> None:
     import spacy
 
@@ -172,6 +173,7 @@ def test_pip_sees_no_config_in_clean_env() -> None:
 # venvs
 
 
+@pytest.mark.slow
 def test_venv_with_spacy_is_seen_by_pip_and_uv(tmp_path: Path) -> None:
     venv = make_venv(tmp_path / "venv", cache_dir=tmp_path / "cache")
     out = venv.run("-c", "import spacy, sys; print(spacy.__version__); print(spacy.__file__)")
@@ -209,6 +211,7 @@ def test_venv_with_pip_tools_console_scripts(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("client", ["pip-http", "pip-file", "uv-http", "uv-file"])
+@pytest.mark.slow
 def test_install_from_static_index_then_spacy_load(
     client: str, tmp_path: Path, static_index: Path, sm: ModelPackage
 ) -> None:
@@ -235,6 +238,7 @@ def test_install_from_static_index_then_spacy_load(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_pip_require_hashes(tmp_path: Path, static_index: Path, sm: ModelPackage) -> None:
     good = tmp_path / "good.txt"
     good.write_text(f"en_core_web_sm==3.8.0 --hash=sha256:{sm.sha256}\n")
@@ -252,6 +256,7 @@ def test_pip_require_hashes(tmp_path: Path, static_index: Path, sm: ModelPackage
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_uv_require_hashes_needs_hashes_for_dependencies(
     tmp_path: Path, static_index: Path, sm: ModelPackage
 ) -> None:

@@ -24,7 +24,6 @@ import json
 import re
 import socketserver
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +40,7 @@ from spacy_index.sources import snapshot as snapshots
 from tests.clients import clean_env, make_venv, run, serve_directory, uv_bin
 from tests.fakegithub import FakeGitHub
 from tests.htmlparse import parse_anchors
-from tests.servers import run_app
+from tests.servers import run_app, serve_http
 from tests.wheels import meta_archive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,17 +100,10 @@ class _NegotiatingHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def negotiating_server(root: Path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     handler = lambda *a, **kw: _NegotiatingHandler(*a, directory=str(root), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    httpd.served = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(handler) as httpd:
+        httpd.daemon_threads = True  # type: ignore[attr-defined]
+        httpd.served = []  # type: ignore[attr-defined]
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.served  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
 
 
 class _RefusingProxy(socketserver.StreamRequestHandler):
@@ -127,17 +119,10 @@ class _RefusingProxy(socketserver.StreamRequestHandler):
 
 @contextlib.contextmanager
 def refusing_proxy() -> Iterator[tuple[str, list[str]]]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RefusingProxy)
-    server.daemon_threads = True
-    server.asked = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(_RefusingProxy, server_class=socketserver.ThreadingTCPServer) as server:
+        server.daemon_threads = True  # type: ignore[attr-defined]
+        server.asked = []  # type: ignore[attr-defined]
         yield f"http://127.0.0.1:{server.server_address[1]}", server.asked  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def uv_pick(index_url: str, cutoff: str | None) -> str:
@@ -299,6 +284,7 @@ def test_uv_exclude_newer_on_a_static_offline_build(offline_sm, form):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_pip_uploaded_prior_to_on_a_static_offline_build(offline_sm, pip_venv):
     """pip reads ``upload-time`` from the JSON form only (an HTML-only host gives it none).
 

@@ -48,7 +48,7 @@ from spacy_index.server.wiring import build_server, create_app
 from tests.clients import SPACY_VERSION, make_venv, run, serve_directory, uv_bin
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app
-from tests.wheels import ModelPackage, meta_archive
+from tests.wheels import ModelPackage
 from tests.workflow_support import (
     PLACEHOLDER_VERSION,
     REPO,
@@ -64,6 +64,7 @@ from tests.workflow_support import (
     upstream_bytes,
     write_fake_pypi,
 )
+from tests.worlds import pipeline_github
 
 
 def e2e(test):
@@ -109,10 +110,7 @@ def world(tmp_path_factory, model_wheels, spacy_wheelhouse):
     sm = model_wheels(version=MODEL_VERSION, sdist=True)
     root = tmp_path_factory.mktemp("workflows")
     (root / "pypi").mkdir()
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh, \
-            serve_directory(root / "pypi") as pypi_server:
-        gh.add_release(f"en_core_web_sm-{sm.version}",
-                       {sm.wheel.name: sm.wheel.read_bytes(), sm.sdist.name: sm.sdist.read_bytes()})
+    with pipeline_github([sm], token=TOKEN) as gh, serve_directory(root / "pypi") as pypi_server:
         pypi = write_fake_pypi(root / "pypi", pypi_server.url, spacy_wheelhouse)
         out = root / "public"
         env = {"GITHUB_API_URL": gh.api_url, "GITHUB_TOKEN": TOKEN,
@@ -642,6 +640,7 @@ def test_dockerfile_uses_a_cache_mount_and_one_index():
         assert not re.match(r"(ARG|ENV)\s+\S*(KEY|TOKEN|SECRET|PASSWORD)", line, re.I), line
 
 
+@pytest.mark.slow
 def test_github_actions_workflow(tmp_path):
     import yaml  # PyYAML: add to the [test] extra
 

@@ -42,6 +42,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ _CHUNK = 16 << 20
 def default_spacy_version() -> str:
     """``>=X.Y.0,<X.(Y+1).0`` for the installed spaCy (so the package
     installs next to it and ``spacy.load`` does not warn)."""
-    import spacy
+    spacy = require_spacy()
 
     major, minor = (int(p) for p in spacy.__version__.split(".")[:2])
     return f">={major}.{minor}.0,<{major}.{minor + 1}.0"
@@ -211,7 +212,7 @@ def build_model_package(
     that excludes the installed spaCy makes a package pip cannot install
     next to it (useful to test resolution failures).
     """
-    import spacy
+    spacy = require_spacy()
 
     if backend not in ("auto", "inprocess", "cli"):
         raise ValueError(f"unknown backend {backend!r}")
@@ -453,15 +454,23 @@ class ModelCache:
 
 
 def session_model_cache(tmp_path_factory: pytest.TempPathFactory) -> ModelCache:
-    """A :class:`ModelCache` building under ``tmp_path_factory`` directories."""
+    """A :class:`ModelCache` building under ``tmp_path_factory`` directories (the test
+    skipped without spaCy)."""
+    require_spacy()
     return ModelCache(lambda name: tmp_path_factory.mktemp(name, numbered=True))
 
 
 @pytest.fixture(scope="session")
 def model_wheels(tmp_path_factory: pytest.TempPathFactory) -> ModelCache:
     """Session-wide memoized builder: ``model_wheels(name="core_web_md",
-    version="3.8.0", pad_bytes=50 << 20)`` -> :class:`ModelPackage`."""
+    version="3.8.0", pad_bytes=50 << 20)`` -> :class:`ModelPackage`. Skips without spaCy."""
     return session_model_cache(tmp_path_factory)
+
+
+def require_spacy() -> Any:
+    """spaCy, or the test skipped (not failed) where it is missing: the pure tests run
+    without it; whatever builds a real pipeline or a venv with spaCy calls this."""
+    return pytest.importorskip("spacy", reason="needs spaCy (the [test] extra)")
 
 
 __all__ = [
@@ -471,6 +480,7 @@ __all__ = [
     "build_model_package",
     "default_spacy_version",
     "model_wheels",
+    "require_spacy",
     "sdist_pkg_info",
     "session_model_cache",
     "sha256_file",

@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import tarfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -52,6 +51,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from tests.clients import clean_env, run, uv_bin
+from tests.servers import serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_REQUIREMENTS = REPO / "requirements" / "tools.txt"
@@ -409,17 +409,10 @@ class LicensedHost:
 def licensed_host(key: str, files: Mapping[str, bytes]) -> Iterator[LicensedHost]:
     """Serve ``files`` as one flat find-links page at ``/`` on 127.0.0.1, only to clients
     that send ``key`` as the basic-auth username (empty password); 401 otherwise."""
-    httpd = _LicensedServer(("127.0.0.1", 0), _LicensedHandler)
-    httpd.key, httpd.files, httpd.seen = key, dict(files), []
-    thread = threading.Thread(target=httpd.serve_forever, name="licensed-host", daemon=True)
-    thread.start()
-    port = httpd.server_address[1]
-    try:
+    with serve_http(_LicensedHandler, server_class=_LicensedServer, name="licensed-host") as httpd:
+        httpd.key, httpd.files, httpd.seen = key, dict(files), []
+        port = httpd.server_address[1]
         yield LicensedHost(url=f"http://127.0.0.1:{port}/", port=port, seen=httpd.seen)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
 
 
 # ----------------------------------------------------------------------------- measuring
