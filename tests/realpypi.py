@@ -1,7 +1,7 @@
 """Support for tests/test_real_pypi_clients.py: `spacy-index serve` as a subprocess whose
 stderr (the access log and httpx's upstream request log) is read back per client run.
 
-Access-log lines (``server/app.py`` ``AccessLog``)::
+Access-log lines (``server/accesslog.py`` ``AccessLog``)::
 
     GET /files/numpy-2.3.4-cp311-cp311-manylinux_2_28_x86_64.whl 200 16823108B miss 1.234s
 

@@ -440,7 +440,7 @@ def test_two_replicas_never_both_take_over_one_stale_lock(weed, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="files listed without a sha256 bypass the shared S3 "
-                   "cache: each replica downloads them (server/app.py files(): the "
+                   "cache: each replica downloads them (server/routes.py cached_file(): the "
                    "unverified branch comes before the s3 one)")
 def test_a_file_listed_without_a_hash_is_downloaded_once_by_the_fleet(weed, model_wheels,
                                                                        tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from spacy_index._version import __version__
 
 #: re-exported name → the module that defines it
 _EXPORTS = {

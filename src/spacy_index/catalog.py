@@ -69,7 +69,7 @@ class Catalog:
     ) -> Catalog:
         """Keep the projects matching any ``only`` glob, and the files admitted by the filters.
 
-        ``spacy``: files compatible with that spaCy by :func:`~spacy_index.model.spacy_compatible`
+        ``spacy``: files compatible with that spaCy by :func:`~spacy_index.model_spacy.spacy_compatible`
         (``3.8`` the whole series, ``3.8.2`` exactly), the rule ``install`` and ``list`` use.
         Pre-releases are kept: clients filter them out themselves.
         """

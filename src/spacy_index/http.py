@@ -20,7 +20,7 @@ from urllib.parse import urlunsplit
 
 import httpx
 
-from spacy_index import __version__
+from spacy_index._version import __version__
 from spacy_index.errors import UsageError
 from spacy_index.urls import split_userinfo
 

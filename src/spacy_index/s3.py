@@ -49,7 +49,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from spacy_index import __version__
+from spacy_index._version import __version__
 from spacy_index.errors import PublishError, UsageError
 from spacy_index.http import redact_url
 

@@ -27,7 +27,7 @@ How a download works (one *flight* per sha256, shared by everyone who asks for i
   file that fails the final check is removed as usual.
 
 Beside it: :mod:`.index` (what the folder holds, and its size bound), :mod:`.s3` (a bucket
-shared by several servers) and :mod:`.cli` (``spacy-index cache ...``).
+shared by several servers); ``spacy-index cache ...`` is :mod:`spacy_index.cli.cache`.
 """
 
 from spacy_index.cache.download import Upstream

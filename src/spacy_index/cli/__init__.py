@@ -95,7 +95,7 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], out: LazyConsole
 
         return (run_list if args.command == "list" else run_install)(args, env, out, err)
     if args.command == "cache":
-        from spacy_index.cache.cli import run_cache
+        from spacy_index.cli.cache import run_cache
 
         return run_cache(args, env, out, err)
     raise UsageError(f"unknown command {args.command!r}")

@@ -17,43 +17,13 @@ from spacy_index.errors import (
     UsageError,
 )
 from spacy_index.model import Distribution
-from spacy_index.model_spacy import spacy_compatible
+from spacy_index.model_spacy import KNOWN_SPACY_MINORS, SpacyTarget, spacy_compatible, spacy_target
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from spacy_index.catalog import Catalog
     from spacy_index.install.environment import Environment
-
-#: spaCy minor series a pipeline can target, for "which spaCy versions have one" messages.
-KNOWN_SPACY_MINORS = tuple(Version(v) for v in (
-    "1.6", "1.7", "1.8", "1.9", "1.10", "2.0", "2.1", "2.2", "2.3",
-    "3.0", "3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7", "3.8", "3.9",
-))
-
-
-@dataclass(frozen=True)
-class SpacyTarget:
-    """The spaCy a pipeline must work with: one version, or a whole ``X.Y`` series.
-
-    ``version`` is what :func:`~spacy_index.model_spacy.spacy_compatible` takes (``3.8``: the
-    series, ``3.8.2``: exactly); ``versions`` is kept for callers that list them.
-    """
-
-    label: str
-    versions: tuple[Version, ...]
-    version: Version | None = None
-
-    def admits(self, dist: Distribution) -> bool:
-        """Whether ``dist`` runs on this spaCy (the one rule: ``spacy_compatible``)."""
-        spec = dist.spacy_requirement
-        if self.version is not None:
-            return spacy_compatible(spec, self.version)
-        return any(spacy_compatible(spec, v) for v in self.versions)
-
-    def __str__(self) -> str:
-        return self.label
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -150,13 +120,4 @@ def resolve_spacy(option: str, env: Environment) -> SpacyTarget:
         if env.spacy is None:
             raise SpacyMissing(env.python)
         return SpacyTarget(str(env.spacy), (env.spacy,), env.spacy)
-    try:
-        v = Version(option)
-    except InvalidVersion:
-        raise UsageError(f"--spacy needs auto or a version such as 3.8, got {option!r}") from None
-    if len(v.release) >= 3:
-        return SpacyTarget(str(v), (v,), v)
-    major, minor = v.release[0], (v.release[1] if len(v.release) > 1 else 0)
-    series = tuple(Version(f"{major}.{minor}.{patch}") for patch in range(40))
-    return SpacyTarget(f"{major}.{minor}.x", series, Version(f"{major}.{minor}"))
-
+    return spacy_target(option)

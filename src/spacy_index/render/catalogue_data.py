@@ -3,7 +3,7 @@ the spaCy minor series each file runs on (:mod:`spacy_index.render.catalogue` wr
 from it). Pure and deterministic.
 
 spaCy compatibility is decided by the rule ``spacy-index install --spacy X.Y`` uses:
-:func:`spacy_index.install.resolve_spacy` makes the target, :meth:`SpacyTarget.admits` says yes
+:func:`spacy_index.model_spacy.spacy_target` makes the target, :meth:`SpacyTarget.admits` says yes
 or no.
 """
 
@@ -16,8 +16,8 @@ from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
 from spacy_index.catalog import Catalog
-from spacy_index.install import KNOWN_SPACY_MINORS, Environment, SpacyTarget, resolve_spacy
 from spacy_index.model import Distribution, Project
+from spacy_index.model_spacy import KNOWN_SPACY_MINORS, SpacyTarget, spacy_target
 
 #: spaCy's language codes (``spacy.lang``) → English names, for the language column and filter
 LANGUAGES = {
@@ -120,9 +120,8 @@ def build_catalogue(catalog: Catalog) -> Catalogue:
     """The catalogue's view of ``catalog``: languages, newest versions and, for every file,
     the spaCy minor series it runs on by ``install``'s rule (asked once per distinct spaCy
     requirement: a few dozen in all of spacy-models)."""
-    env = Environment("", None, {}, False)
     targets: list[tuple[Version, SpacyTarget]] = [
-        (m, resolve_spacy(str(m), env)) for m in _candidate_minors(catalog)
+        (m, spacy_target(str(m))) for m in _candidate_minors(catalog)
     ]
     by_spec: dict[str, tuple[Version, ...]] = {}
 

@@ -5,7 +5,7 @@ One :class:`Metrics` per :class:`~spacy_index.server.state.Server`, with its own
 servers). What is counted where:
 
 * **Requests** (by route kind, method, status), **latency** and **bytes sent**: in
-  ``AccessLog`` (app.py), which already has the status, the bytes and the duration of every
+  ``AccessLog`` (accesslog.py), which already has the status, the bytes and the duration of every
   request the app answers, and in its ``log_fast`` for the pages the protocol answers without
   a task (``Server.fast_response``). Both only add to plain ints in dicts (the event loop is
   the only writer); a collector turns them into samples at scrape time. A fast-path answer is

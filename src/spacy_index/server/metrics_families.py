@@ -16,7 +16,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from spacy_index import __version__
+from spacy_index._version import __version__
 
 if TYPE_CHECKING:
     from spacy_index.server.metrics import Metrics
