@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.latency import slow_answers
 from tests.realpypi import ServeProcess
 from tests.servers import serve_handler
 
@@ -171,7 +172,8 @@ def test_row1_oversized_request_heads_get_431_or_414_with_memory_bounded(tmp_pat
     # what the kernel buffered on both sides, plus the 64 KiB head limit
     assert max(sent) < 16 * MiB, sent
     assert peak - before < 50, f"peak RSS {before:.0f} -> {peak:.0f} MiB"
-    assert not probe.failures and probe.p99() < 0.05, (probe.failures[:3], probe.p99())
+    assert not probe.failures, probe.failures[:3]
+    assert slow_answers(probe.latencies) is None, slow_answers(probe.latencies)
     assert "Traceback" not in log and len(said(log)) < 12, log
 
 
@@ -203,7 +205,8 @@ def test_row2_idle_and_half_sent_connections_cannot_starve_others(tmp_path):
         log = srv.text()
     assert closed == 300
     assert len(probe.latencies) > 50
-    assert not probe.failures and probe.p99() < 0.05, (probe.failures[:3], probe.p99())
+    assert not probe.failures, probe.failures[:3]
+    assert slow_answers(probe.latencies) is None, slow_answers(probe.latencies)
     assert "Traceback" not in log and len(said(log)) < 12, log
 
 
@@ -224,7 +227,8 @@ def test_row2_an_open_file_limit_of_256_gives_no_accept_storm(tmp_path):
         log = srv.text()
     # each one either timed out its head (408) or was closed for a newcomer (no answer)
     assert set(outcomes) <= {408, None}, outcomes
-    assert not probe.failures and probe.p99() < 0.05, (probe.failures[:3], probe.p99())
+    assert not probe.failures, probe.failures[:3]
+    assert slow_answers(probe.latencies) is None, slow_answers(probe.latencies)
     assert len(probe.latencies) > 50
     assert cpu < 2.0, f"serve used {cpu:.2f} CPU-s in 4 s"
     assert "Traceback" not in log and "out of system resource" not in log, log[-2000:]

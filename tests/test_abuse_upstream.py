@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from tests.latency import slow_answers
 from tests.servers import serve_handler
 from tests.test_abuse_connections import (
     JSON,
@@ -271,11 +272,13 @@ class PageProber(TimedProber):
         return status(got) == 200 and b'"files"' in got and got.rstrip().endswith(b"}")
 
 
-def well_behaved(*probes: TimedProber, p99: float = 0.05) -> None:
+def well_behaved(*probes: TimedProber) -> None:
+    """Other clients kept getting answers (tests/latency.py says what that means)."""
     for probe in probes:
         assert len(probe.latencies) > 20, (type(probe).__name__, probe.summary())
         assert not probe.failures, (type(probe).__name__, probe.failures[:3])
-        assert probe.p99() < p99, (type(probe).__name__, probe.summary())
+        assert slow_answers(probe.latencies) is None, (
+            type(probe).__name__, slow_answers(probe.latencies), probe.summary())
 
 
 def report(what: str, **values: object) -> None:
