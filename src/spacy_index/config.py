@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
-#: GitHub\'s REST API; sources/ import it from here (this module loads no HTTP library)
+from spacy_index.urls import split_userinfo
+
+#: GitHub's REST API; sources/ import it from here (this module loads no HTTP library)
 DEFAULT_API_URL = "https://api.github.com"
 
 
@@ -60,9 +62,8 @@ class Settings:
     def api_key(self) -> str:
         """The API URL without credentials, scheme and host in lower case, no trailing slash:
         what keys the catalog cached for it (no httpx needed)."""
-        parts = urlsplit(self.github_api_url.strip())
-        netloc = parts.netloc.rpartition("@")[2].lower()
-        return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, "")).rstrip("/")
+        parts, _userinfo, host = split_userinfo(self.github_api_url.strip())
+        return urlunsplit((parts.scheme.lower(), host.lower(), parts.path, parts.query, "")).rstrip("/")
 
     def resolved_cache_dir(self, override: Path | None = None) -> Path:
         """``override`` (``--cache-dir``), else ``SPACY_INDEX_CACHE_DIR``, else the platform's

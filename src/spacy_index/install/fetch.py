@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spacy_index.errors import DigestMismatch, Interrupted, SpacyIndexError, UpstreamUnreachable
+from spacy_index.hashing import file_sha256
 from spacy_index.install.index import local_path
 from spacy_index.install.target import Choice
 from spacy_index.model import Distribution
@@ -51,16 +52,6 @@ def _remember_verified(cache_dir: Path, sha256: str, path: Path) -> None:
         pass  # only a shortcut: without it the next run hashes the file again
 
 
-def _hash_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
              transport: httpx.AsyncBaseTransport | None = None,
              ca_bundle: str | None = None, say: Say | None = None,
@@ -79,7 +70,7 @@ def download(choice: Choice, cache_dir: Path, *, progress: bool = True,
     if d.url.startswith("file:"):  # a local index (a mirror folder): verify, use in place
         local = local_path(d.url)
         try:
-            actual = _hash_file(local)
+            actual = file_sha256(local)
         except OSError as e:
             raise SpacyIndexError(f"cannot read {d.filename} in the index folder: "
                                   f"{e.strerror or e} ({local})") from None

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from spacy_index.errors import OutputLocked, PublishError
+from spacy_index.hashing import file_sha256
 from spacy_index.publish.guard import check_relative_path, check_shrink, marker_file_count
 from spacy_index.publish.report import Content, PublishReport
 from spacy_index.render.tree import MARKER
@@ -34,16 +35,6 @@ def list_tree(root: Path) -> list[str]:
     )
 
 
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def same_content(existing: Path, new: Content) -> bool:
     """Whether ``existing`` already holds ``new`` (cheap for hard links and size changes)."""
     try:
@@ -54,7 +45,7 @@ def same_content(existing: Path, new: Content) -> bool:
         return st.st_size == len(new) and existing.read_bytes() == new
     if os.path.samefile(existing, new):
         return True
-    return st.st_size == new.stat().st_size and _file_digest(existing) == _file_digest(new)
+    return st.st_size == new.stat().st_size and file_sha256(existing) == file_sha256(new)
 
 
 def read_tree(root: Path) -> dict[str, bytes]:

@@ -49,7 +49,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -69,6 +68,7 @@ from spacy_index.server.config_types import (
     SourceConfig,
     default_spacy_models_source,
 )
+from spacy_index.urls import split_userinfo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -329,10 +329,10 @@ def _url_setting(raw: str | None, env: Mapping[str, str], where: str) -> str | N
     """An http(s) URL from the config: ``${VAR}`` expanded; userinfo only from ``${VAR}``."""
     if raw is None:
         return None
-    parts = urlsplit(raw)
+    parts, found, _host = split_userinfo(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"{where}: {redact_url(raw)!r} is not an http:// or https:// URL")
-    userinfo = parts.netloc.rpartition("@")[0]
+    userinfo = found or ""
     user, _, password = userinfo.partition(":")
     # the secret part must come from ${VAR}: the password, or the username when it stands
     # alone (Prodigy's key); a literal user name before a ${VAR} password is fine

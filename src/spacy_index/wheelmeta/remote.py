@@ -10,7 +10,6 @@ more the METADATA member. A 450 MB model wheel costs one or two requests and abo
 from __future__ import annotations
 
 import asyncio
-import re
 import zipfile
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import httpx
 
 from spacy_index.errors import BadRangeResponse, MetadataError, RangeNotSupported
 from spacy_index.gcpause import gc_paused
-from spacy_index.http import redact_url
+from spacy_index.http import parse_content_range, redact_url
 from spacy_index.model import parse_filename
 from spacy_index.wheelmeta.ranges import Plan, metadata_plan
 
@@ -42,7 +41,6 @@ class RemoteMetadata:
     size: int = 0
 
 
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
 _RETRY_ORIGINAL = frozenset({401, 403, 404, 410})
 
 
@@ -145,12 +143,11 @@ class _Session:
         if encoding not in ("", "identity"):
             raise self.error(BadRangeResponse, f"the range came with Content-Encoding {encoding}")
         header = response.headers.get("Content-Range", "")
-        m = _CONTENT_RANGE.fullmatch(header)
-        if m is None:
+        parsed = parse_content_range(header)
+        if parsed is None:
             raise self.error(BadRangeResponse, f"bad Content-Range {header!r}")
-        start, end = int(m.group(1)), int(m.group(2))
-        total = None if m.group(3) == "*" else int(m.group(3))
-        if end < start or (total is not None and end >= total):
+        start, end, total = parsed
+        if total is not None and end >= total:
             raise self.error(BadRangeResponse, f"bad Content-Range {header!r}")
         return start, end, total
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from packaging.utils import NormalizedName
 
 from spacy_index.catalog import Catalog
 from spacy_index.errors import InvalidFilename, UpstreamError
+from spacy_index.hashing import file_sha256
 from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.server.config import SourceConfig
 from spacy_index.server.sources.base import SourceDefaults
@@ -56,11 +56,7 @@ class FolderSource(SourceDefaults):
             key = (entry.name, st.st_size, st.st_mtime_ns)
             sha = self._hashes.get(key)
             if sha is None:
-                h = hashlib.sha256()
-                with open(entry.path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                sha = self._hashes[key] = h.hexdigest()
+                sha = self._hashes[key] = file_sha256(entry.path)
             dists.append(Distribution(
                 project=parsed.name, filename=entry.name, url=Path(entry.path).as_uri(),
                 version=parsed.version, kind=parsed.kind, sha256=sha, size=st.st_size,
