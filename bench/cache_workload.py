@@ -10,13 +10,13 @@ import math
 import os
 import random
 import shutil
-import threading
 import time
 import zipfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 from urllib.parse import unquote
 
+from harness.procfs import Sampler
 from harness.util import MB, log
 
 PROJECTS = 10
@@ -136,22 +136,22 @@ def simulate(seq: list[int], sizes: list[int], cap: int, policy: str) -> dict:
     return {"hit_rate": hits / len(seq), "misses": len(seq) - hits, "missed_bytes": missed}
 
 
-class DiskPeak:
+class DiskPeak(Sampler):
     """Peak sizes of a cache folder, by kind, walked every ``interval`` s in a thread.
     ``kind(relpath)`` names the bucket of a file ("files", "metadata", "partial", "other")."""
 
+    final = True
+
     def __init__(self, root: Path, kind, *, cap: int, limit: int, interval: float = 0.02) -> None:
-        self.root, self.kind, self.interval = root, kind, interval
+        super().__init__(interval, "disk-peak")
+        self.root, self.kind = root, kind
         self.cap, self.limit = cap, limit
         #: samples of the bounded bucket over the cap / over the limit (cap + one file)
         self.over_cap = self.over_limit = 0
         self.series: list[tuple[float, int, int]] = []  #: (s, bounded, partial)
         self.peak: dict[str, int] = {}
         self.peak_at: dict[str, float] = {}
-        self.samples = 0
         self.last: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="disk-peak")
         self.t0 = time.monotonic()
 
     def now(self) -> dict[str, int]:
@@ -163,7 +163,7 @@ class DiskPeak:
                     out[self.kind(os.path.join(rel, name))] += os.stat(os.path.join(dirpath, name)).st_size
         return dict(out)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         cur = self.now()
         buckets = {**cur, "bounded": self.bounded(cur), "all": sum(cur.values())}
         for k, v in buckets.items():
@@ -180,20 +180,6 @@ class DiskPeak:
     @staticmethod
     def bounded(cur: dict[str, int]) -> int:
         return cur.get("files", 0) + cur.get("metadata", 0)  # proxpi: "files" only
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> DiskPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sample()
 
 
 def serve_kind(rel: str) -> str:

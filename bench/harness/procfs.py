@@ -53,31 +53,49 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-class RssSampler:
-    """Samples VmRSS of ``pid`` every ``interval`` s in a thread; ``peak`` in KiB."""
+class Sampler:
+    """Calls ``sample()`` every ``interval`` s in a thread while entered; once more on exit
+    when ``final`` (so the last state is counted even if the thread slept through it)."""
 
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        self.pid = pid
+    final = False
+
+    def __init__(self, interval: float, name: str) -> None:
         self.interval = interval
-        self.peak = 0
         self.samples = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(OSError, KeyError):
-                self.peak = max(self.peak, status_kib(self.pid, "VmRSS")["VmRSS"])
-                self.samples += 1
+            self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self.final:
+            self.sample()
+
+
+class RssSampler(Sampler):
+    """Samples VmRSS of ``pid`` every ``interval`` s in a thread; ``peak`` in KiB."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        super().__init__(interval, "rss-sampler")
+        self.pid = pid
+        self.peak = 0
+
+    def sample(self) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            self.peak = max(self.peak, status_kib(self.pid, "VmRSS")["VmRSS"])
+            self.samples += 1
 
 
 def system_cpu() -> float:
