@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -81,21 +82,36 @@ def _page_name(raw: str) -> NormalizedName | None:
     return _valid_name(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class PageRefusal:
+    """Why a page request gets no page: 404 or 406 with its message, or 301 to ``text``.
+    Only the route turns it into a response: the fast path, which asks on every page
+    request, just hands such a request to the route."""
+
+    status: int
+    text: str
+
+    def response(self) -> Response:
+        if self.status == 301:
+            return RedirectResponse(self.text, status_code=301)
+        return _error(self.status, self.text)
+
+
 def page_target(raw: str, path: str, accept: str | None,
-                root_path: str = "") -> tuple[NormalizedName, str] | Response:
-    """What a request for ``/simple/<raw>`` asks for, (normalized name, content type), or the
-    answer instead: 404 for a name that is none, 301 to the normalized name with its slash,
+                root_path: str = "") -> tuple[NormalizedName, str] | PageRefusal:
+    """What a request for ``/simple/<raw>`` asks for, (normalized name, content type), or why
+    it gets no page: 404 for a name that is none, 301 to the normalized name with its slash,
     406 when no content type fits. The route and the protocol's fast path (which takes the
     route on anything but a tuple) both ask here, so they cannot disagree on a page."""
     # remembered for short names (bounded memory): the fast path asks on every page request
     name = _page_name(raw) if len(raw) <= 128 else _valid_name(raw)
     if name is None:
-        return _error(404, "not a valid project name")
+        return PageRefusal(404, "not a valid project name")
     if raw != name or not path.endswith("/"):
-        return RedirectResponse(f"{root_path}/simple/{name}/", status_code=301)
+        return PageRefusal(301, f"{root_path}/simple/{name}/")
     ctype = negotiate(accept)
     if ctype is None:
-        return _error(406, NOT_ACCEPTABLE)
+        return PageRefusal(406, NOT_ACCEPTABLE)
     return name, ctype
 
 

@@ -27,6 +27,7 @@ from spacy_index.server.negotiate import negotiate
 from spacy_index.server.pages import pypi_json_entry
 from spacy_index.server.responses import (
     NOT_ACCEPTABLE,
+    PageRefusal,
     _bytes_response,
     _error,
     _media_type,
@@ -90,8 +91,8 @@ async def lookup(request: Request, name: NormalizedName) -> Project | Response:
 async def project_page(request: Request) -> Response:
     target = page_target(request.path_params["project"], request.url.path,
                          request.headers.get("accept"), request.scope.get("root_path", ""))
-    if isinstance(target, Response):
-        return target
+    if isinstance(target, PageRefusal):
+        return target.response()
     name, ctype = target
     project = await lookup(request, name)
     if isinstance(project, Response):
