@@ -22,6 +22,9 @@ a fresh venv (pip cloned in before the clock starts; tests.clients.make_venv) wi
   from memory: what a warm server sees once its pages expired);
 * ``direct``: PyPI itself, ``<pipeline>`` = ``en_core_web_sm @ <static URL>`` (what
   ``spacy download`` runs);
+* ``floor``: ``--no-index --find-links <folder>`` holding the same wheels (``pip download``
+  from PyPI once per run, not timed): pip's own floor, local work only; no index can go
+  below it, so it says which ratios are within an index's reach on this machine;
 * ``devpi-cold`` / ``devpi-warm``: devpi-server (fresh ``devpi-init`` per repetition), its
   PyPI mirror ``/root/pypi/+simple/``, pipeline by direct URL; a fresh mirror's first page
   also loads PyPI's whole project list (~40 MB, 10+ s, once per server), so one untimed
@@ -140,15 +143,17 @@ def timed(argv: list, env: dict, *, pids: list[int], timeout: float, cwd: Path |
             "quiet_wait": waited, "load_before": load}
 
 
-def run_install(variant: str, world: dict, index: str, pipeline: str, *, pids: list[int],
+def run_install(variant: str, world: dict, index: str | None, pipeline: str, *, pids: list[int],
                 args) -> dict:
     from tests.clients import make_venv
 
     env = client_env()
     vdir = world["run_dir"] / "venvs" / f"{variant}-{world['rep']}"
     venv = make_venv(vdir, with_spacy=False, env=env)  # pip cloned in; not timed
+    where = (["--index-url", index] if index is not None
+             else ["--no-index", "--find-links", world["wheelhouse"]])
     argv = [venv.python, "-m", "pip", "install", "--no-cache-dir", "--progress-bar", "off",
-            "--disable-pip-version-check", "--index-url", index, SPACY_REQ, pipeline]
+            "--disable-pip-version-check", *where, SPACY_REQ, pipeline]
     mark = len(world["gh"].requests)
     static_mark = len(world["static"].requests)
     r = timed(argv, venv._env(env), pids=pids, timeout=args.timeout, quiet_wait=args.quiet_wait,
@@ -293,6 +298,19 @@ def compile_group(tool: str, world: dict, args, runs: dict) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def fill_wheelhouse(run_dir: Path, pipeline: Path) -> Path:
+    """A folder with spaCy's closure from PyPI (``pip download``, not timed) and the pipeline."""
+    house = run_dir / "wheelhouse"
+    house.mkdir()
+    subprocess.run([VENV_BIN / "python", "-m", "pip", "download", "--no-cache-dir", "--quiet",
+                    "--disable-pip-version-check", "--only-binary", ":all:", "--index-url", PYPI,
+                    "-d", house, SPACY_REQ], env=client_env(), check=True,
+                   stdin=subprocess.DEVNULL)
+    shutil.copy2(pipeline, house / pipeline.name)
+    log(f"wheelhouse: {len(list(house.iterdir()))} files for the floor")
+    return house
+
+
 def measure(args, run_dir: Path) -> dict:
     from tests.clients import serve_directory
     from tests.fakegithub import FakeGitHub
@@ -327,7 +345,9 @@ def measure(args, run_dir: Path) -> dict:
         static = stack.enter_context(serve_directory(run_dir / "files"))
         world = {"gh": gh, "static": static, "pkg": pkg, "run_dir": run_dir, "peers": peers,
                  "pipeline_url": f"{pkg.project} @ {static.url}/{pkg.wheel.name}"}
-        groups = [g for g in ("serve", "direct", "devpi", "proxpi") if g in args.groups
+        if "floor" in args.groups:
+            world["wheelhouse"] = fill_wheelhouse(run_dir, pkg.wheel)
+        groups = [g for g in ("serve", "direct", "floor", "devpi", "proxpi") if g in args.groups
                   and (g not in PEER_NAMES or peers.get(g))]
         for rep in range(args.reps):
             world["rep"] = rep
@@ -336,6 +356,9 @@ def measure(args, run_dir: Path) -> dict:
             for g in order:
                 if g == "serve":
                     serve_install_group(world, args, runs)
+                elif g == "floor":
+                    runs["floor"].append(run_install("floor", world, None, "en_core_web_sm",
+                                                     pids=[], args=args))
                 elif g == "direct":
                     runs["direct"].append(run_install("direct", world, PYPI, world["pipeline_url"],
                                                       pids=[], args=args))

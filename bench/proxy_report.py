@@ -15,12 +15,13 @@ INSTALL_VARIANTS = {
     "serve-warm": "pip → spacy-index serve, warm (same server + cache)",
     "serve-restart": "pip → spacy-index serve, warm cache, restarted",
     "direct": "pip → PyPI + pipeline by URL",
+    "floor": "pip → a local folder of the same wheels (--no-index --find-links)",
     "devpi-cold": "pip → devpi-server, cold",
     "devpi-warm": "pip → devpi-server, warm",
     "proxpi-cold": "pip → proxpi, cold",
     "proxpi-warm": "pip → proxpi, warm",
 }
-GROUPS = ("serve", "direct", "devpi", "proxpi", "pip-compile", "uv")
+GROUPS = ("serve", "direct", "floor", "devpi", "proxpi", "pip-compile", "uv")
 TOOLS = {"pip-compile": "pip-compile --generate-hashes", "uv": "uv pip compile --generate-hashes"}
 COMPILE_VARIANTS = {"serve-cold": "through serve, cold", "serve-warm": "through serve, warm",
                     "direct": "PyPI + --find-links"}
@@ -102,6 +103,16 @@ def _goals(s: dict, runs: dict, cruns: dict) -> list[str]:
 
     ratio_goal("install, serve warm ÷ direct", si.get("serve-warm"), 0.80)
     ratio_goal("install, serve cold ÷ direct", si.get("serve-cold"), 1.15)
+    floor = (si.get("floor") or {}).get("ratio")
+    if floor is not None:
+        # no index can install faster than pip from a folder on the same disk: when this
+        # ratio is above a goal, that goal is out of any index's reach on this machine
+        goals.append(["(for reference) pip's floor, a local folder ÷ direct", "-",
+                      f"{floor:.2f}x", "-"])
+        warm = (si.get("serve-warm") or {}).get("ratio")
+        if warm is not None:
+            goals.append(["(for reference) serve warm ÷ the floor (median ratios)", "-",
+                          f"{warm / floor:.2f}x", "-"])
     for v in ("serve-warm", "serve-cold"):
         fr = (si.get(v) or {}).get("fetch_ratio")
         if fr is not None:
