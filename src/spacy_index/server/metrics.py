@@ -47,8 +47,9 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from spacy_index.http import wrap_transports
-from spacy_index.server.metrics_families import LatencyCounts, WeakCollector
+from spacy_index.server.metrics_families import Counts, LatencyCounts, WeakCollector
 from spacy_index.server.metrics_transport import MeteredTransport
+from spacy_index.server.sources.catalog import CatalogSource
 
 #: route kinds, the ``kind`` label of the request metrics
 KINDS = ("page", "file", "metadata", "json", "health", "metrics", "other")
@@ -62,6 +63,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: every live Metrics, for :func:`count_eviction` (empty at import; entries go with their server)
 _LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
+#: the clients whose transports are metered already (a client is metered once)
+_METERED: weakref.WeakSet[httpx.AsyncClient] = weakref.WeakSet()
 
 
 def route_kind(path: str) -> str:
@@ -201,16 +204,11 @@ class Metrics:
         name = source.name
         # every client the source holds (pages and files may have pools of their own)
         for client in list(vars(source).values()):
-            if (isinstance(client, httpx.AsyncClient)
-                    and not getattr(client, "_spacy_index_metered", False)
+            if (isinstance(client, httpx.AsyncClient) and client not in _METERED
                     and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
-                client._spacy_index_metered = True  # type: ignore[attr-defined]
-        load = getattr(source, "_load", None)
-        if callable(load) and hasattr(source, "_catalog"):
-            source._load = self._timed_load(name, load, "ok")
-            fallback = getattr(source, "_fallback", None)
-            if callable(fallback):
-                source._fallback = self._timed_load(name, fallback, "snapshot")
+                _METERED.add(client)
+        if isinstance(source, CatalogSource):
+            source.wrap_loads(lambda load, outcome: self._timed_load(name, load, outcome))
 
     def _timed_load(self, name: str, load: Callable[[], Any], outcome: str) -> Callable[[], Any]:
         def timed() -> Any:
@@ -251,12 +249,13 @@ class Metrics:
     # -- catalogs and readiness ---------------------------------------------- #
     def catalog_age(self, name: str, source: Any) -> float | None:
         """Seconds since ``source`` last loaded its catalog successfully (None: never)."""
-        if getattr(source, "_catalog", None) is None:
+        loaded_at = source.loaded_at if isinstance(source, CatalogSource) else None
+        if loaded_at is None:
             return None
         loaded = self._catalogs.get(name, (None, ""))[0]
         if loaded is None:  # loaded before it was instrumented
-            loaded = getattr(source, "_loaded_at", None)
-        return None if loaded is None else max(0.0, self._clock() - loaded)
+            loaded = loaded_at
+        return max(0.0, self._clock() - loaded)
 
     def start_loading(self, name: str, source: Any) -> None:
         """Load a catalog nobody asked for yet, in the background (once at a time)."""
@@ -282,11 +281,10 @@ class Metrics:
         for name, source in sources.items():
             cfg = getattr(source, "cfg", None)
             entry: dict[str, Any] = {"kind": getattr(cfg, "kind", "simple")}
-            if hasattr(source, "_catalog") and hasattr(source, "catalog"):
+            if isinstance(source, CatalogSource):
                 age = self.catalog_age(name, source)
                 if age is None:
-                    failed = getattr(source, "_failed", None) is not None
-                    entry["state"] = "failed" if failed else "loading"
+                    entry["state"] = "failed" if source.failing else "loading"
                     waiting.append(name)
                     self.start_loading(name, source)
                 else:
@@ -320,6 +318,12 @@ class Metrics:
                 for kind, sub in (("file", "files"), ("metadata", "metadata"))}
 
     # -- output --------------------------------------------------------------- #
+    def counts(self) -> Counts:
+        """A copy of the hot path's counters, for the ``/metrics`` families."""
+        return Counts(requests=dict(self._requests), sent=dict(self._sent),
+                      durations=dict(self._durations), served=dict(self._served),
+                      disk=dict(self._disk))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

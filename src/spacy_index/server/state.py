@@ -120,6 +120,11 @@ class Server:
         found = self.located.get(filename)
         return found.dist.project if found is not None else ""
 
+    def downloads_in_flight(self) -> int:
+        """Upstream downloads running now, over every source's file cache (``/metrics``)."""
+        # FileCache has no public count of its flights yet
+        return sum(len(getattr(cache, "_flights", ())) for cache in list(self._caches.values()))
+
     def in_use(self, sha: str) -> bool:
         return any(cache.in_use(sha) for cache in self._caches.values())
 

@@ -46,6 +46,24 @@ class CatalogSource(SourceDefaults):
         self.client, _ = source_client(None, None, None)
         self.files_client = self.client
 
+    @property
+    def loaded_at(self) -> float | None:
+        """``time.monotonic()`` of the last successful load; None before the first."""
+        return self._loaded_at if self._catalog is not None else None
+
+    @property
+    def failing(self) -> bool:
+        """No catalog could be loaded yet, and the last try failed (see ``retry_after``)."""
+        return self._failed is not None
+
+    def wrap_loads(self, wrap: Callable[[Callable[[], Catalog], str], Callable[[], Catalog]]
+                   ) -> None:
+        """Put ``wrap(load, outcome)`` around the loaders (the metrics time and count them):
+        outcome ``ok`` for the catalog's own load, ``snapshot`` for the offline fallback."""
+        self._load = wrap(self._load, "ok")
+        if self._fallback is not None:
+            self._fallback = wrap(self._fallback, "snapshot")
+
     async def catalog(self) -> Catalog:
         fresh = self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh
         if fresh:
