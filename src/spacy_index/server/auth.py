@@ -57,6 +57,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spacy_index.errors import UsageError
 from spacy_index.server.config_types import AuthConfig
+from spacy_index.server.memory import Bounds
 from spacy_index.singleflight import SingleFlight
 
 log = logging.getLogger("spacy_index.server")
@@ -119,7 +120,7 @@ class Authenticator:
     def __init__(self, config: AuthConfig, *, metrics: Any = None,
                  clock: Callable[[], float] = time.monotonic, max_failures: int = 10,
                  window: float = 60.0, block: float = 60.0, remember: float = 300.0,
-                 reload_every: float = 5.0, max_clients: int = 10_000) -> None:
+                 reload_every: float = 5.0, max_clients: int = Bounds.auth_clients) -> None:
         self.config = config
         self.metrics = metrics
         self._clock = clock

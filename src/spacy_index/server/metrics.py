@@ -50,6 +50,7 @@ from spacy_index.http import wrap_transports
 from spacy_index.server.metrics_families import Counts, LatencyCounts, WeakCollector
 from spacy_index.server.metrics_transport import MeteredTransport
 from spacy_index.server.sources.catalog import CatalogSource
+from spacy_index.singleflight import SingleFlight
 
 #: route kinds, the ``kind`` label of the request metrics
 KINDS = ("page", "file", "metadata", "json", "health", "metrics", "other")
@@ -107,7 +108,8 @@ class Metrics:
         #: source name -> (monotonic time of the last successful load, last outcome)
         self._catalogs: dict[str, tuple[float | None, str]] = {}
         self._upstream_last: dict[str, bool] = {}
-        self._loading: dict[str, asyncio.Task[None]] = {}
+        #: background catalog loads started by /ready, one per source at a time
+        self._loading: SingleFlight[str, None] = SingleFlight()
         self._disk: dict[str, tuple[int, int]] = {}
         self._disk_at: float | None = None
         self._disk_lock = asyncio.Lock()
@@ -259,16 +261,12 @@ class Metrics:
 
     def start_loading(self, name: str, source: Any) -> None:
         """Load a catalog nobody asked for yet, in the background (once at a time)."""
-        task = self._loading.get(name)
-        if task is not None and not task.done():
-            return
-
         async def load() -> None:
             with contextlib.suppress(Exception):  # logged by the source; /ready says "failed"
                 await source.catalog()
 
         with contextlib.suppress(RuntimeError):  # no running loop
-            self._loading[name] = asyncio.get_running_loop().create_task(load())
+            self._loading.start(name, load)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """``(ready, body)`` for ``/ready``: not ready while a GitHub source has never loaded
