@@ -112,7 +112,8 @@ class Metrics:
         self._loading: SingleFlight[str, None] = SingleFlight()
         self._disk: dict[str, tuple[int, int]] = {}
         self._disk_at: float | None = None
-        self._disk_lock = asyncio.Lock()
+        #: the walk of the cache folder running now, shared by concurrent scrapes
+        self._walks: SingleFlight[None, None] = SingleFlight()
         self.registry.register(WeakCollector(self))  # type: ignore[arg-type]
         _LIVE.add(self)
 
@@ -306,10 +307,12 @@ class Metrics:
     async def refresh_disk(self) -> None:
         """Walk the cache folder (in a worker thread) if the last walk is older than
         ``disk_interval``; concurrent scrapes share one walk."""
-        async with self._disk_lock:
-            if self.disk_due():
-                self._disk = await asyncio.to_thread(self._scan)
-                self._disk_at = self._clock()
+        if self.disk_due():
+            await self._walks.run(None, self._walk)
+
+    async def _walk(self) -> None:
+        self._disk = await asyncio.to_thread(self._scan)
+        self._disk_at = self._clock()
 
     def _scan(self) -> dict[str, tuple[int, int]]:
         return {kind: _folder_usage(self.cache_dir / sub)

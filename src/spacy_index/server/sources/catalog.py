@@ -15,6 +15,7 @@ from spacy_index.model import Project
 from spacy_index.server.config import SourceConfig
 from spacy_index.server.sources.base import SourceDefaults
 from spacy_index.server.sources.clients import source_client
+from spacy_index.singleflight import SingleFlight
 
 log = logging.getLogger("spacy_index.server")
 
@@ -39,7 +40,7 @@ class CatalogSource(SourceDefaults):
         self._refresh = refresh
         self._catalog: Catalog | None = None
         self._loaded_at = 0.0
-        self._lock = asyncio.Lock()
+        self._loads: SingleFlight[None, Catalog] = SingleFlight()
         #: circuit breaker: after a failed first load, the same error for ``retry_after`` s
         self.retry_after = 30.0
         self._failed: tuple[float, SpacyIndexError] | None = None
@@ -65,30 +66,30 @@ class CatalogSource(SourceDefaults):
             self._fallback = wrap(self._fallback, "snapshot")
 
     async def catalog(self) -> Catalog:
-        fresh = self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh
-        if fresh:
-            assert self._catalog is not None
+        if self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh:
             return self._catalog
-        async with self._lock:
-            if self._catalog is not None and time.monotonic() - self._loaded_at < self._refresh:
-                return self._catalog
-            if self._failed is not None and time.monotonic() < self._failed[0]:
-                raise self._failed[1]  # fail fast: the source was unreachable moments ago
-            try:
-                self._catalog = await asyncio.to_thread(self._load)
-                self._failed = None
-            except SpacyIndexError as e:
-                if self._catalog is not None:
-                    log.warning("%s: refresh failed, keeping the last catalog: %s", self.name, e)
-                elif self._fallback is not None:
-                    log.warning("%s: %s; using the bundled snapshot", self.name, e)
-                    self._catalog = await asyncio.to_thread(self._fallback)
-                else:
-                    log.warning("%s: %s", self.name, e)
-                    self._failed = (time.monotonic() + self.retry_after, e)
-                    raise
-            self._loaded_at = time.monotonic()
-            return self._catalog
+        # one load at a time, shared by every request waiting for it; it goes on when they
+        # leave (the thread could not be stopped anyway: its catalog is kept, not loaded twice)
+        return await self._loads.run(None, self._reload)
+
+    async def _reload(self) -> Catalog:
+        if self._failed is not None and time.monotonic() < self._failed[0]:
+            raise self._failed[1]  # fail fast: the source was unreachable moments ago
+        try:
+            self._catalog = await asyncio.to_thread(self._load)
+            self._failed = None
+        except SpacyIndexError as e:
+            if self._catalog is not None:
+                log.warning("%s: refresh failed, keeping the last catalog: %s", self.name, e)
+            elif self._fallback is not None:
+                log.warning("%s: %s; using the bundled snapshot", self.name, e)
+                self._catalog = await asyncio.to_thread(self._fallback)
+            else:
+                log.warning("%s: %s", self.name, e)
+                self._failed = (time.monotonic() + self.retry_after, e)
+                raise
+        self._loaded_at = time.monotonic()
+        return self._catalog
 
     async def project(self, name: NormalizedName) -> Project | None:
         return (await self.catalog()).projects.get(name)
