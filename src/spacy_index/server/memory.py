@@ -10,7 +10,7 @@ from them; ``build_server`` makes one and hands it to the sources and the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
@@ -51,29 +51,15 @@ class Bounds:
 
 
 class Memory:
-    """Makes the long-lived maps from :attr:`bounds`, and remembers them (:meth:`maps`)."""
+    """Makes the long-lived maps, each bounded by its :attr:`bounds` field."""
 
     def __init__(self, bounds: Bounds | None = None) -> None:
         self.bounds = bounds or Bounds()
-        self._made: list[tuple[str, LRUCache[Any, Any]]] = []
 
     def lru(self, bound: str, getsizeof: Callable[[Any], float] | None = None) -> LRUCache[Any, Any]:
         """A new LRU bounded by the :class:`Bounds` field named ``bound``."""
-        made: LRUCache[Any, Any] = LRUCache(maxsize=self._size(bound), getsizeof=getsizeof)
-        self._made.append((bound, made))
-        return made
+        return LRUCache(maxsize=getattr(self.bounds, bound), getsizeof=getsizeof)
 
     def locks(self) -> AsyncKeyedLocks[Any]:
         """Per-key ``asyncio`` locks, bounded by :attr:`Bounds.locks`."""
-        made: AsyncKeyedLocks[Any] = AsyncKeyedLocks(maxsize=self.bounds.locks)
-        self._made.append(("locks", made))
-        return made
-
-    def _size(self, bound: str) -> int:
-        if bound not in {f.name for f in fields(Bounds)}:
-            raise KeyError(f"no bound named {bound!r}")
-        return int(getattr(self.bounds, bound))
-
-    def maps(self) -> list[tuple[str, LRUCache[Any, Any]]]:
-        """(bound, map) of every map made here: what a memory report or test walks."""
-        return list(self._made)
+        return AsyncKeyedLocks(maxsize=self.bounds.locks)
