@@ -57,6 +57,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spacy_index.errors import UsageError
 from spacy_index.server.config_types import AuthConfig
+from spacy_index.server.memory import Bounds
+from spacy_index.singleflight import SingleFlight
 
 log = logging.getLogger("spacy_index.server")
 
@@ -118,7 +120,7 @@ class Authenticator:
     def __init__(self, config: AuthConfig, *, metrics: Any = None,
                  clock: Callable[[], float] = time.monotonic, max_failures: int = 10,
                  window: float = 60.0, block: float = 60.0, remember: float = 300.0,
-                 reload_every: float = 5.0, max_clients: int = 10_000) -> None:
+                 reload_every: float = 5.0, max_clients: int = Bounds.auth_clients) -> None:
         self.config = config
         self.metrics = metrics
         self._clock = clock
@@ -135,7 +137,8 @@ class Authenticator:
         self._checked = clock()
         self._dummy = self._dummy_hash()
         self._verified: dict[bytes, float] = {}
-        self._pending: dict[bytes, asyncio.Future[bool]] = {}
+        #: one check per distinct header at a time, shared by the requests that sent it
+        self._pending: SingleFlight[bytes, bool] = SingleFlight()
         self._failures: dict[str, deque[float]] = {}
         self._blocked: dict[str, float] = {}
         self._bcrypt_slots: asyncio.Semaphore | None = None
@@ -254,12 +257,7 @@ class Authenticator:
             return BLOCKED, wait
         if header is None:
             return MISSING, 0.0
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._check(header))
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _f, k=key: self._pending.pop(k, None))
-        ok = await asyncio.shield(pending)
+        ok = await self._pending.run(key, lambda: self._check(header))
         now = self._clock()
         if ok:
             if len(self._verified) >= self.max_clients:

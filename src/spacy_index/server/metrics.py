@@ -47,8 +47,10 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from spacy_index.http import wrap_transports
-from spacy_index.server.metrics_families import LatencyCounts, WeakCollector
+from spacy_index.server.metrics_families import Counts, LatencyCounts, WeakCollector
 from spacy_index.server.metrics_transport import MeteredTransport
+from spacy_index.server.sources.catalog import CatalogSource
+from spacy_index.singleflight import SingleFlight
 
 #: route kinds, the ``kind`` label of the request metrics
 KINDS = ("page", "file", "metadata", "json", "health", "metrics", "other")
@@ -62,6 +64,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: every live Metrics, for :func:`count_eviction` (empty at import; entries go with their server)
 _LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
+#: the clients whose transports are metered already (a client is metered once)
+_METERED: weakref.WeakSet[httpx.AsyncClient] = weakref.WeakSet()
 
 
 def route_kind(path: str) -> str:
@@ -104,10 +108,12 @@ class Metrics:
         #: source name -> (monotonic time of the last successful load, last outcome)
         self._catalogs: dict[str, tuple[float | None, str]] = {}
         self._upstream_last: dict[str, bool] = {}
-        self._loading: dict[str, asyncio.Task[None]] = {}
+        #: background catalog loads started by /ready, one per source at a time
+        self._loading: SingleFlight[str, None] = SingleFlight()
         self._disk: dict[str, tuple[int, int]] = {}
         self._disk_at: float | None = None
-        self._disk_lock = asyncio.Lock()
+        #: the walk of the cache folder running now, shared by concurrent scrapes
+        self._walks: SingleFlight[None, None] = SingleFlight()
         self.registry.register(WeakCollector(self))  # type: ignore[arg-type]
         _LIVE.add(self)
 
@@ -201,16 +207,11 @@ class Metrics:
         name = source.name
         # every client the source holds (pages and files may have pools of their own)
         for client in list(vars(source).values()):
-            if (isinstance(client, httpx.AsyncClient)
-                    and not getattr(client, "_spacy_index_metered", False)
+            if (isinstance(client, httpx.AsyncClient) and client not in _METERED
                     and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
-                client._spacy_index_metered = True  # type: ignore[attr-defined]
-        load = getattr(source, "_load", None)
-        if callable(load) and hasattr(source, "_catalog"):
-            source._load = self._timed_load(name, load, "ok")
-            fallback = getattr(source, "_fallback", None)
-            if callable(fallback):
-                source._fallback = self._timed_load(name, fallback, "snapshot")
+                _METERED.add(client)
+        if isinstance(source, CatalogSource):
+            source.wrap_loads(lambda load, outcome: self._timed_load(name, load, outcome))
 
     def _timed_load(self, name: str, load: Callable[[], Any], outcome: str) -> Callable[[], Any]:
         def timed() -> Any:
@@ -251,25 +252,22 @@ class Metrics:
     # -- catalogs and readiness ---------------------------------------------- #
     def catalog_age(self, name: str, source: Any) -> float | None:
         """Seconds since ``source`` last loaded its catalog successfully (None: never)."""
-        if getattr(source, "_catalog", None) is None:
+        loaded_at = source.loaded_at if isinstance(source, CatalogSource) else None
+        if loaded_at is None:
             return None
         loaded = self._catalogs.get(name, (None, ""))[0]
         if loaded is None:  # loaded before it was instrumented
-            loaded = getattr(source, "_loaded_at", None)
-        return None if loaded is None else max(0.0, self._clock() - loaded)
+            loaded = loaded_at
+        return max(0.0, self._clock() - loaded)
 
     def start_loading(self, name: str, source: Any) -> None:
         """Load a catalog nobody asked for yet, in the background (once at a time)."""
-        task = self._loading.get(name)
-        if task is not None and not task.done():
-            return
-
         async def load() -> None:
             with contextlib.suppress(Exception):  # logged by the source; /ready says "failed"
                 await source.catalog()
 
         with contextlib.suppress(RuntimeError):  # no running loop
-            self._loading[name] = asyncio.get_running_loop().create_task(load())
+            self._loading.start(name, load)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """``(ready, body)`` for ``/ready``: not ready while a GitHub source has never loaded
@@ -282,11 +280,10 @@ class Metrics:
         for name, source in sources.items():
             cfg = getattr(source, "cfg", None)
             entry: dict[str, Any] = {"kind": getattr(cfg, "kind", "simple")}
-            if hasattr(source, "_catalog") and hasattr(source, "catalog"):
+            if isinstance(source, CatalogSource):
                 age = self.catalog_age(name, source)
                 if age is None:
-                    failed = getattr(source, "_failed", None) is not None
-                    entry["state"] = "failed" if failed else "loading"
+                    entry["state"] = "failed" if source.failing else "loading"
                     waiting.append(name)
                     self.start_loading(name, source)
                 else:
@@ -310,16 +307,24 @@ class Metrics:
     async def refresh_disk(self) -> None:
         """Walk the cache folder (in a worker thread) if the last walk is older than
         ``disk_interval``; concurrent scrapes share one walk."""
-        async with self._disk_lock:
-            if self.disk_due():
-                self._disk = await asyncio.to_thread(self._scan)
-                self._disk_at = self._clock()
+        if self.disk_due():
+            await self._walks.run(None, self._walk)
+
+    async def _walk(self) -> None:
+        self._disk = await asyncio.to_thread(self._scan)
+        self._disk_at = self._clock()
 
     def _scan(self) -> dict[str, tuple[int, int]]:
         return {kind: _folder_usage(self.cache_dir / sub)
                 for kind, sub in (("file", "files"), ("metadata", "metadata"))}
 
     # -- output --------------------------------------------------------------- #
+    def counts(self) -> Counts:
+        """A copy of the hot path's counters, for the ``/metrics`` families."""
+        return Counts(requests=dict(self._requests), sent=dict(self._sent),
+                      durations=dict(self._durations), served=dict(self._served),
+                      disk=dict(self._disk))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -17,6 +18,7 @@ from prometheus_client.core import (
 )
 
 from spacy_index._version import __version__
+from spacy_index.server.sources.catalog import CatalogSource
 
 if TYPE_CHECKING:
     from spacy_index.server.metrics import Metrics
@@ -41,6 +43,22 @@ class LatencyCounts:
         self.sum += value
 
 
+@dataclass(frozen=True)
+class Counts:
+    """A copy of the counters :class:`~spacy_index.server.metrics.Metrics` keeps on the
+    hot path (``Metrics.counts()``): what a scrape reads."""
+
+    #: (route kind, method, status) -> requests
+    requests: dict[tuple[str, str, int], int]
+    #: route kind -> body bytes sent
+    sent: dict[str, int]
+    durations: dict[str, LatencyCounts]
+    #: (kind, cache outcome) -> bytes
+    served: dict[tuple[str, str], int]
+    #: kind -> (bytes, files) in the cache folder, from the last walk
+    disk: dict[str, tuple[int, int]]
+
+
 class WeakCollector:
     """What the registry holds: a weak reference, so a dropped server takes its counters."""
 
@@ -56,20 +74,22 @@ class WeakCollector:
 def collect(m: Metrics) -> Iterator[Metric]:
     """Every family of ``m``, in the order ``/metrics`` has always listed them."""
     server = m.server
+    counts = m.counts()
     fast = {(method, status): n for method, counts in list(m.fast_counts.items())
             for status, n in list(counts.items())}
-    yield from _request_families(m, fast)
+    yield from _request_families(m, counts, fast)
     yield from _cache_families(server)
-    yield from _flight_families(m, server)
+    yield from _flight_families(m, counts, server)
     yield from _catalog_families(m, server)
     info = GaugeMetricFamily("spacy_index_info", "The running spacy-index", labels=["version"])
     info.add_metric([__version__], 1.0)
     yield info
 
 
-def _request_families(m: Metrics, fast: dict[tuple[str, int], int]) -> Iterator[Metric]:
+def _request_families(m: Metrics, counts: Counts,
+                      fast: dict[tuple[str, int], int]) -> Iterator[Metric]:
     # fast-path answers are pages the app never saw: folded into the page rows here
-    requests = dict(m._requests)
+    requests = counts.requests
     for (method, status), n in fast.items():
         key = ("page", method, status)
         requests[key] = requests.get(key, 0) + n
@@ -87,9 +107,9 @@ def _request_families(m: Metrics, fast: dict[tuple[str, int], int]) -> Iterator[
         "by the protocol, without a task (included in spacy_index_requests_total)")
     family.add_metric([], fast_total)
     yield family
-    yield _durations_family(m, fast_total)
+    yield _durations_family(counts, fast_total)
 
-    sent = dict(m._sent)
+    sent = counts.sent
     if m.fast_sent[0]:
         sent["page"] = sent.get("page", 0) + m.fast_sent[0]
     family = CounterMetricFamily("spacy_index_response_bytes", "Body bytes sent, by route "
@@ -99,12 +119,12 @@ def _request_families(m: Metrics, fast: dict[tuple[str, int], int]) -> Iterator[
     yield family
 
 
-def _durations_family(m: Metrics, fast_total: int) -> Metric:
+def _durations_family(counts: Counts, fast_total: int) -> Metric:
     hist = HistogramMetricFamily(
         "spacy_index_request_duration_seconds", "Time from the request to the last byte "
         "handed to the socket, by route kind (fast-path pages: the first bucket)",
         labels=["kind"])
-    durations = dict(m._durations)
+    durations = counts.durations
     if fast_total and "page" not in durations:
         durations["page"] = LatencyCounts()
     for kind, h in sorted(durations.items()):
@@ -152,17 +172,16 @@ def _cache_families(server: Any) -> Iterator[Metric]:
         yield gauge
 
 
-def _flight_families(m: Metrics, server: Any) -> Iterator[Metric]:
+def _flight_families(m: Metrics, counts: Counts, server: Any) -> Iterator[Metric]:
     family = CounterMetricFamily("spacy_index_cache_served_bytes", "File and metadata "
                                  "bytes sent, by kind and cache outcome",
                                  labels=["kind", "outcome"])
-    for (kind, outcome), n in sorted(m._served.items()):
+    for (kind, outcome), n in sorted(counts.served.items()):
         family.add_metric([kind, outcome], n)
     yield family
 
-    flights = 0
-    for cache in list(getattr(server, "_caches", {}).values()):
-        flights += len(getattr(cache, "_flights", ()))
+    in_flight = getattr(server, "downloads_in_flight", None)
+    flights = in_flight() if callable(in_flight) else 0
     consumers = max(0, m.flight_consumers)
     for name, doc, value in (
         ("spacy_index_cache_downloads_in_flight", "Upstream downloads running now "
@@ -181,7 +200,7 @@ def _flight_families(m: Metrics, server: Any) -> Iterator[Metric]:
                              labels=["kind"])
     files = GaugeMetricFamily("spacy_index_cache_files", "Files in the cache folder, by "
                               "kind", labels=["kind"])
-    for kind, (nbytes, nfiles) in sorted(m._disk.items()):
+    for kind, (nbytes, nfiles) in sorted(counts.disk.items()):
         size.add_metric([kind], nbytes)
         files.add_metric([kind], nfiles)
     yield size
@@ -195,7 +214,7 @@ def _catalog_families(m: Metrics, server: Any) -> Iterator[Metric]:
     ready = GaugeMetricFamily("spacy_index_source_ready", "1 when the source can answer "
                               "(a GitHub source: its catalog is loaded)", labels=["source"])
     for name, source in getattr(server, "sources", {}).items():
-        if hasattr(source, "_catalog"):
+        if isinstance(source, CatalogSource):
             age = m.catalog_age(name, source)
             if age is not None:
                 family.add_metric([name], age)

@@ -22,6 +22,7 @@ from spacy_index.gcpause import without_gc
 from spacy_index.model import Distribution, Project, parse_filename
 from spacy_index.server.auth import Authenticator
 from spacy_index.server.config import ServeConfig, SourceConfig
+from spacy_index.server.memory import Memory
 from spacy_index.server.metrics import Metrics
 from spacy_index.server.pages import PageEntry, entry_size, local_url, render_entry
 from spacy_index.server.responses import _not_modified, _page, _valid_name, page_target
@@ -49,12 +50,15 @@ class Server:
         s3_cache: str | None = None,
         s3_endpoint_url: str | None = None,
         s3_lock_ttl: float = 120.0,
+        memory: Memory | None = None,
     ) -> None:
         self.config = config
+        #: makes every long-lived map with its bound (server/memory.py)
+        self.memory = memory = memory or Memory()
         self.cache_dir = cache_dir
         self.sources: dict[str, Source] = {s.name: source_factory(s) for s in config.sources}
         self.upstream = upstream
-        self.metadata = MetadataStore(cache_dir / "metadata")
+        self.metadata = MetadataStore(cache_dir / "metadata", memory)
         self._caches: dict[str, FileCache] = {}
         self._s3_stores: dict[str, Any] = {}
         self.s3_location = None
@@ -66,12 +70,11 @@ class Server:
             self.s3_location = parse_s3_url(s3_cache)
         self._routes: dict[str, Source] = {}
         # every long-lived map is bounded (LRU), whatever sequence of names clients ask for
-        self.located: LRUCache[str, Located] = LRUCache(maxsize=400_000)
-        self._indexed: LRUCache[str, Project] = LRUCache(maxsize=20_000)
-        #: rendered pages by (name, content type), bounded by bytes: the sum of the rendered
-        #: bodies stays under 256 MiB
-        self.pages: LRUCache[tuple[str, str], PageEntry] = LRUCache(
-            maxsize=256 << 20, getsizeof=entry_size)
+        self.located: LRUCache[str, Located] = memory.lru("located")
+        self._indexed: LRUCache[str, Project] = memory.lru("indexed")
+        #: rendered pages by (name, content type), bounded by the bytes of their bodies
+        self.pages: LRUCache[tuple[str, str], PageEntry] = memory.lru(
+            "rendered_bytes", getsizeof=entry_size)
         #: set by create_app: writes the access-log line of a request answered by fast_response
         self.log_fast: Callable[[dict[str, Any], int, int], None] | None = None
         #: file/metadata cache hits and misses since start (the catalogue page shows them)
@@ -81,7 +84,9 @@ class Server:
         for source in (*self.sources.values(), self.upstream):
             self.metrics.instrument(source)
         #: client authentication ([auth], server/auth.py); None when off
-        self.auth = Authenticator(config.auth, metrics=self.metrics) if config.auth.enabled else None
+        self.auth = (Authenticator(config.auth, metrics=self.metrics,
+                                   max_clients=memory.bounds.auth_clients)
+                     if config.auth.enabled else None)
         self.auth_enabled = self.auth is not None
         #: the cache index: hit counts, last use, and the [cache] max_size bound (LRU)
         self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
@@ -92,7 +97,8 @@ class Server:
         if source is None:
             cfg = self.config.route(name)
             source = self.sources[cfg.name] if cfg else self.upstream
-            if len(self._routes) < 100_000:  # the config never changes while serving
+            # the config never changes while serving: a route, once found, holds
+            if len(self._routes) < self.memory.bounds.routes:
                 self._routes[name] = source
         return source
 
@@ -113,6 +119,11 @@ class Server:
     def _project_of(self, filename: str) -> str:
         found = self.located.get(filename)
         return found.dist.project if found is not None else ""
+
+    def downloads_in_flight(self) -> int:
+        """Upstream downloads running now, over every source's file cache (``/metrics``)."""
+        # FileCache has no public count of its flights yet
+        return sum(len(getattr(cache, "_flights", ())) for cache in list(self._caches.values()))
 
     def in_use(self, sha: str) -> bool:
         return any(cache.in_use(sha) for cache in self._caches.values())

@@ -18,6 +18,8 @@ from typing import Any
 from cachetools import LRUCache
 
 from spacy_index.cache.index import FILES, CacheIndex
+from spacy_index.server.memory import Memory
+from spacy_index.singleflight import AsyncKeyedLocks
 
 log = logging.getLogger("spacy_index.server")
 
@@ -30,19 +32,20 @@ class MetadataStore:
     memory instead (one warning), so reading never needs writing.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, memory: Memory | None = None) -> None:
         self.root = root
         with contextlib.suppress(OSError):
             root.mkdir(parents=True, exist_ok=True)
-        self._digests: LRUCache[str, str] = LRUCache(maxsize=200_000)
+        memory = memory or Memory()
+        self._digests: LRUCache[str, str] = memory.lru("metadata_digests")
         #: metadata that could not be written to disk (a read-only or full cache)
         self.in_memory: dict[str, bytes] = {}
         self._warned = False
-        self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
+        self._locks: AsyncKeyedLocks[str] = memory.locks()
         #: bumped whenever a metadata file is stored, so cached pages know to re-render
         self.version = 0
         #: per project (see version_of); bounded like every long-lived map
-        self.versions: LRUCache[str, int] = LRUCache(maxsize=100_000)
+        self.versions: LRUCache[str, int] = memory.lru("metadata_versions")
         #: ((inode, mtime) of the folder, the wheel sha256s with a metadata file in it)
         self._listing: tuple[tuple[int, int], frozenset[str]] | None = None
 
@@ -121,7 +124,7 @@ class MetadataStore:
         self.versions[project] = self.versions.get(project, 0) + 1
 
     def lock(self, wheel_sha: str) -> asyncio.Lock:
-        return self._locks.setdefault(wheel_sha, asyncio.Lock())
+        return self._locks(wheel_sha)
 
 
 class CacheBound:

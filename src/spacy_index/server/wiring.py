@@ -36,6 +36,7 @@ from spacy_index.server.accesslog import AccessLog
 from spacy_index.server.auth import AuthMiddleware
 from spacy_index.server.catalogue import catalogue_routes
 from spacy_index.server.config import ServeConfig, SourceConfig
+from spacy_index.server.memory import Memory
 from spacy_index.server.metrics import observability_routes
 from spacy_index.server.sources import CatalogSource, FolderSource, IndexSource, Source
 from spacy_index.server.state import Server
@@ -102,6 +103,8 @@ def build_server(
     """Wire real sources from ``config`` (the CLI's entry point into the server)."""
     from spacy_index.api import fetch_catalog
 
+    # one maker of every long-lived map and its bound, for the sources and the server
+    memory = Memory()
     page_limits = {"max_page": config.limits.max_page_size,
                    "max_files": config.limits.max_page_files,
                    "parse_budget": config.limits.parse_budget}
@@ -128,14 +131,15 @@ def build_server(
         if cfg.kind == "folder":
             return FolderSource(cfg)
         return IndexSource(cfg, ttl=config.page_ttl, flat=cfg.kind == "find-links",
-                           stale=config.stale_while_revalidate, **page_limits)
+                           stale=config.stale_while_revalidate, memory=memory, **page_limits)
 
     upstream = IndexSource(
         SourceConfig(name="upstream", kind="simple", projects=("*",), url=config.upstream,
                      ca_bundle=config.ca_bundle, proxy=config.proxy),
-        ttl=config.page_ttl, stale=config.stale_while_revalidate, **page_limits,
+        ttl=config.page_ttl, stale=config.stale_while_revalidate, memory=memory, **page_limits,
     )
     return Server(config, cache_dir=cache_dir, source_factory=factory, upstream=upstream,
-                  s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url, s3_lock_ttl=s3_lock_ttl)
+                  s3_cache=s3_cache, s3_endpoint_url=s3_endpoint_url, s3_lock_ttl=s3_lock_ttl,
+                  memory=memory)
 
 __all__ = ["build_server", "create_app"]

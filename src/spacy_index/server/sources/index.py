@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urljoin
 
 import httpx
@@ -25,10 +25,12 @@ from spacy_index.model import Project
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import LimitsConfig, SourceConfig
 from spacy_index.server.loopthread import LoopThread
+from spacy_index.server.memory import Memory
 from spacy_index.server.sources.base import SourceDefaults
 from spacy_index.server.sources.bodies import read_capped
 from spacy_index.server.sources.clients import FILE_POOL, PAGE_POOL, source_client
 from spacy_index.simple.parse import UpstreamFile, parse_page
+from spacy_index.singleflight import SingleFlight
 from spacy_index.urls import split_userinfo
 
 log = logging.getLogger("spacy_index.server")
@@ -70,25 +72,6 @@ async def in_batches(items: Iterable[_T], size: int = 2000) -> AsyncIterator[_T]
         yield item
 
 
-def _forget(registry: dict[str, Any], name: str, entry: object,
-            task: asyncio.Task[Project | None]) -> None:
-    """A page fetch's done callback: ``entry`` leaves ``registry`` (unless a newer one took
-    its place) and the task's exception, raised to its waiters or logged by ``_refresh``, is
-    retrieved so that asyncio does not complain."""
-    if registry.get(name) is entry:
-        del registry[name]
-    if not task.cancelled():
-        task.exception()
-
-
-@dataclass(eq=False)
-class _Flight:
-    """A page fetch and how many requests wait for it."""
-
-    task: asyncio.Task[Project | None]
-    waiters: int = 0
-
-
 class IndexSource(SourceDefaults):
     """An existing simple index (``simple``: one page per project) or a flat
     ``find-links`` page, possibly private.
@@ -104,7 +87,8 @@ class IndexSource(SourceDefaults):
     def __init__(self, cfg: SourceConfig, *, ttl: float = 60.0, flat: bool = False,
                  stale: float = 86400.0, max_page: int = LimitsConfig.max_page_size,
                  max_files: int = LimitsConfig.max_page_files,
-                 parse_budget: float = LimitsConfig.parse_budget) -> None:
+                 parse_budget: float = LimitsConfig.parse_budget,
+                 memory: Memory | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.flat = flat
@@ -134,16 +118,21 @@ class IndexSource(SourceDefaults):
         assert clean is not None
         self.base = clean if (flat or clean.endswith("/")) else clean + "/"
         self.display = redact_url(self.base)
+        memory = memory or Memory()
         #: bounded by files listed (a 200k-link page weighs 200k), LRU
-        self._pages: LRUCache[str, _Cached] = LRUCache(
-            maxsize=2_000_000, getsizeof=lambda c: 1 + (len(c.project.files) if c.project else 0))
-        self._locks: LRUCache[str, asyncio.Lock] = LRUCache(maxsize=10_000)
+        self._pages: LRUCache[str, _Cached] = memory.lru(
+            "page_files", getsizeof=lambda c: 1 + (len(c.project.files) if c.project else 0))
+        self._locks = memory.locks()
         #: recent failures per name: the same error for a few seconds, not one request each
-        self._errors: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=10_000)
-        self._refreshing: dict[str, asyncio.Task[Project | None]] = {}
-        #: page fetches in flight for requests (not background refreshes), by name
-        self._flights: dict[str, _Flight] = {}
-        self.upstream_files: LRUCache[str, UpstreamFile] = LRUCache(maxsize=400_000)
+        self._errors: LRUCache[str, tuple[float, str]] = memory.lru("errors")
+        #: background refreshes of stale pages, one per name
+        self._refreshing: SingleFlight[str, Project | None] = SingleFlight()
+        #: page fetches for requests, one per name: shared by every request waiting for it,
+        #: and cancelled when the last of them stops waiting (its client left: the route
+        #: cancels it), so abandoned lookups of a slow upstream do not keep the page pool full
+        self._flights: SingleFlight[str, Project | None] = SingleFlight(
+            cancel_when_abandoned=True)
+        self.upstream_files: LRUCache[str, UpstreamFile] = memory.lru("upstream_files")
 
     def _page_url(self, name: NormalizedName) -> str:
         return self.base if self.flat else urljoin(self.base, f"{name}/")
@@ -240,12 +229,8 @@ class IndexSource(SourceDefaults):
         return self._answer(name)[1]
 
     def _refresh_in_background(self, name: NormalizedName) -> None:
-        if name in self._refreshing:
-            return
         with contextlib.suppress(RuntimeError):  # no running loop: the next request refreshes
-            task = asyncio.get_running_loop().create_task(self._refresh(name, force=True))
-            self._refreshing[name] = task
-            task.add_done_callback(lambda t: _forget(self._refreshing, name, t, t))
+            self._refreshing.start(name, lambda: self._refresh(name, force=True))
 
     async def project(self, name: NormalizedName) -> Project | None:
         answered, project = self._answer(name)
@@ -254,27 +239,11 @@ class IndexSource(SourceDefaults):
         failed = self._errors.get(name)
         if failed is not None and time.monotonic() < failed[0]:
             raise UpstreamError(failed[1])  # failed moments ago: the same answer, no request
-        # One fetch per name, shared by every request waiting for it. When the last of them
-        # stops waiting (its client left: the route cancels it), the fetch is cancelled too,
-        # so abandoned lookups of a slow upstream do not keep the page pool full.
-        flight = self._flights.get(name)
-        if flight is None:
-            flight = self._flights[name] = _Flight(
-                asyncio.get_running_loop().create_task(self._refresh(name)))
-            flight.task.add_done_callback(lambda t: _forget(self._flights, name, flight, t))
-        flight.waiters += 1
-        try:
-            return await asyncio.shield(flight.task)
-        finally:
-            flight.waiters -= 1
-            if not flight.waiters and not flight.task.done():
-                self._flights.pop(name, None)  # a request arriving now starts a new fetch
-                flight.task.cancel()
+        return await self._flights.run(name, lambda: self._refresh(name))
 
     async def _refresh(self, name: NormalizedName, *, force: bool = False) -> Project | None:
         key = self._key(name)
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._locks(name):
             cached = self._pages.get(key)
             if cached and time.monotonic() - cached.fetched < self.ttl:
                 return cached.project
@@ -308,7 +277,7 @@ class IndexSource(SourceDefaults):
         return self.upstream_files.get(filename)
 
     async def aclose(self) -> None:
-        tasks = [*self._refreshing.values(), *(f.task for f in self._flights.values())]
+        tasks = [*self._refreshing.tasks(), *self._flights.tasks()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
