@@ -71,6 +71,9 @@ class WorldSpec:
 
 @dataclass
 class World:
+    """A built :class:`WorldSpec`: what it started, and ``world.<name>`` for its pipelines
+    and parts."""
+
     spec: WorldSpec
     root: Path
     fixture: Callable[[str], Any]  #: ``request.getfixturevalue``, for parts that need one
