@@ -23,11 +23,12 @@ import pytest
 from spacy_index.errors import UsageError
 from spacy_index.server import auth as auth_module
 from spacy_index.server.auth import BAD, BLOCKED, MISSING, OK, Authenticator
-from spacy_index.server.config import AuthConfig, load_config
-from spacy_index.server.wiring import build_server, create_app
-from tests.clients import make_venv, run, serve_directory, uv_bin
+from spacy_index.server.config import AuthConfig
+from spacy_index.server.wiring import create_app
+from tests.clients import make_venv, run, uv_bin
 from tests.servers import free_port, run_app, wait_healthy
 from tests.workflow_support import base_python, ensure_tools, licensed_host, stub_wheel, tool_env
+from tests.worlds import WorldSpec
 
 USER = "alice"
 PASSWORD = "pw-PLANTED-7f3a9c-SECRET"
@@ -182,42 +183,36 @@ def test_realm_is_quoted(tmp_path):
 
 
 # ----------------------------------------------------------------------------- over HTTP
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A folder source with one tiny wheel, a licensed upstream with its own key, an empty
-    fake PyPI, and ``make()`` for a fresh auth-enabled server on them."""
-    root = tmp_path_factory.mktemp("auth")
-    folder = root / "wheels"
+def _local_wheel(world) -> tuple[str, bytes]:
+    folder = world.root / "wheels"
     folder.mkdir()
     name, data = stub_wheel("authpkg", "1.0")
     (folder / name).write_bytes(data)
-    lic_name, lic_data = stub_wheel("licpkg", "2.0")
-    (root / "pypi").mkdir()
-    htpasswd = root / "htpasswd"
-    htpasswd.write_bytes(htpasswd_line(USER, PASSWORD))
-    with serve_directory(root / "pypi") as pypi, licensed_host(UPSTREAM_KEY, {lic_name: lic_data}) as lic:
-        config_file = root / "serve.toml"
-        config_file.write_text(
-            "[server]\nspacy_models = false\n"
+    (world.root / "htpasswd").write_bytes(htpasswd_line(USER, PASSWORD))
+    return name, data
+
+
+def _config(world) -> str:
+    folder, htpasswd = world.root / "wheels", world.root / "htpasswd"
+    return ("[server]\nspacy_models = false\n"
             f'[[source]]\nname = "local"\nkind = "folder"\npath = "{folder}"\nprojects = ["authpkg"]\n'
             f'[[source]]\nname = "licensed"\nkind = "find-links"\n'
-            f'url = "http://${{LIC_KEY}}@127.0.0.1:{lic.port}/"\nprojects = ["licpkg"]\n'
+            f'url = "http://${{LIC_KEY}}@127.0.0.1:{world.lic.port}/"\nprojects = ["licpkg"]\n'
             f'[auth]\nhtpasswd = "{htpasswd}"\ntokens_env = "SERVE_TOKENS"\nrealm = "team index"\n')
-        env = {"LIC_KEY": UPSTREAM_KEY, "SERVE_TOKENS": f"{TOKEN}, another-token-0123456789"}
-        config = load_config(config_file, env, upstream=pypi.url + "/simple/")
-        assert config.auth.enabled
-        made = iter(range(100))
 
-        def make():
-            return build_server(config, cache_dir=root / f"cache-{next(made)}", api_url="http://127.0.0.1:9",
-                                token=None)
 
-        yield {"make": make, "root": root, "config_file": config_file, "env": env, "lic": lic,
-               "pypi": pypi, "wheel": (name, data), "lic_wheel": (lic_name, lic_data)}
+#: a folder source with one tiny wheel, a licensed upstream with its own key, an empty fake
+#: PyPI, no GitHub; ``world.server()`` is a fresh auth-enabled server on them
+WORLD = WorldSpec(
+    "auth", github=False, upstream="pypi", config=_config,
+    parts={"wheel": _local_wheel, "lic_wheel": lambda _w: stub_wheel("licpkg", "2.0"),
+           "lic": lambda w: licensed_host(UPSTREAM_KEY, dict([w.lic_wheel]))},
+    env={"LIC_KEY": UPSTREAM_KEY, "SERVE_TOKENS": f"{TOKEN}, another-token-0123456789"})
 
 
 def test_challenge_probes_metrics_and_the_fast_path(world):
-    server = world["make"]()
+    assert world.config.auth.enabled
+    server = world.server()
     app = create_app(server)
     assert app.fast is None  # the protocol never answers by itself with auth on
     good = {"Authorization": basic(USER, PASSWORD)}
@@ -240,7 +235,7 @@ def test_challenge_probes_metrics_and_the_fast_path(world):
                  "headers": [(b"accept", JSON.encode())]}
         assert server.fast_response(scope) is None
         data = c.get("/files/authpkg-1.0-py3-none-any.whl", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert data.content == world["wheel"][1]
+        assert data.content == world.wheel[1]
         # a shared cache in front must not hand an authenticated answer to anyone else
         assert "public" not in data.headers["cache-control"]
         assert "private" in data.headers["cache-control"]
@@ -256,7 +251,7 @@ def test_challenge_probes_metrics_and_the_fast_path(world):
 
 
 def test_ten_failures_answer_429_with_retry_after(world):
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
         for i in range(9):
             assert c.get("/simple/authpkg/", headers={"Authorization": basic(USER, f"no-{i}")}).status_code == 401
@@ -280,7 +275,7 @@ def test_ten_failures_answer_429_with_retry_after(world):
 def test_real_clients_authenticate_and_no_secret_leaks(world, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     tools = ensure_tools()
-    server = world["make"]()
+    server = world.server()
     seen: list[str] = []
     with run_app(create_app(server)) as url:
         simple = url + "/simple/"
@@ -351,7 +346,7 @@ def test_real_clients_authenticate_and_no_secret_leaks(world, tmp_path, caplog):
         seen.append(text)
     seen.append(caplog.text)
     assert "GET /simple/authpkg/ 401" in caplog.text and "GET /simple/authpkg/ 200" in caplog.text
-    cache = world["root"]
+    cache = world.root
     for f in cache.rglob("*"):
         seen.append(str(f))
         if f.is_file() and f.stat().st_size < 5_000_000:
@@ -360,7 +355,7 @@ def test_real_clients_authenticate_and_no_secret_leaks(world, tmp_path, caplog):
     for secret in secrets_of():
         assert secret not in blob, secret
     # upstream credentials stay separate: the licensed host saw its own key, never the client's
-    auths = {a for _path, a in world["lic"].seen}
+    auths = {a for _path, a in world.lic.seen}
     assert auths <= {"", basic(UPSTREAM_KEY, "")}
     assert basic(UPSTREAM_KEY, "") in auths
 
@@ -368,12 +363,12 @@ def test_real_clients_authenticate_and_no_secret_leaks(world, tmp_path, caplog):
 @pytest.mark.slow
 def test_cli_serve_with_auth_logs_no_secret(world, tmp_path):
     port = free_port()
-    env = {**os.environ, **world["env"], "SPACY_INDEX_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, **world.env, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "cache")}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "spacy_index", "serve", "--port", str(port), "--config",
-             str(world["config_file"]), "--upstream", world["pypi"].url + "/simple/",
+             str(world.config_file), "--upstream", world.pypi.url + "/simple/",
              "--log-level", "debug"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -384,7 +379,7 @@ def test_cli_serve_with_auth_logs_no_secret(world, tmp_path):
             assert c.get("/simple/authpkg/", headers={"Authorization": basic(USER, "wrong")}).status_code == 401
             assert c.get("/simple/authpkg/", headers={"Authorization": basic(USER, PASSWORD)}).status_code == 200
             assert c.get("/simple/licpkg/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-            assert c.get(f"/files/{world['wheel'][0]}",
+            assert c.get(f"/files/{world.wheel[0]}",
                          headers={"Authorization": basic("__token__", TOKEN)}).status_code == 200
             assert c.get("/ready").status_code == 200
         for _ in range(100):  # the access log is flushed within a second

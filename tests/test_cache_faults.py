@@ -10,33 +10,25 @@ import hashlib
 import shutil
 
 import httpx
-import pytest
 
-from spacy_index.server.config import load_config
-from spacy_index.server.wiring import build_server, create_app
-from tests.fakegithub import FakeGitHub
+from spacy_index.server.wiring import create_app
 from tests.servers import run_app
 from tests.test_serve_upstream import PIP_ACCEPT, Upstream, small_wheel, upstream
+from tests.worlds import WorldSpec
 
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
+#: one fake GitHub and one upstream for the module (a test switches neither; the one
+#: release a test adds is its own pipeline), a fresh server and cache per test
+WORLD = WorldSpec("cache-faults", upstream=lambda _w: upstream())
 
 
-@pytest.fixture
-def world():
-    with FakeGitHub(load_fixture=False) as gh, upstream() as up:
-        yield gh, up
-
-
-def _serve(cache_dir, gh, up):
-    config = load_config(None, {}, upstream=up + "/simple/")
-    server = build_server(config, cache_dir=cache_dir, api_url=gh.api_url, token=None)
-    return run_app(create_app(server))
+def _serve(world, cache_dir):
+    return run_app(create_app(world.server(cache_dir=cache_dir)))
 
 
 def test_metadata_folder_removed_while_serving_is_rebuilt(world, tmp_path):
-    gh, up = world
     cache = tmp_path / "cache"
-    with _serve(cache, gh, up) as url, httpx.Client(base_url=url) as c:
+    with _serve(world, cache) as url, httpx.Client(base_url=url) as c:
         c.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})
         first = c.get(f"/files/{WHEEL}.metadata")
         assert first.status_code == 200 and b"Name: demo_pkg" in first.content
@@ -48,10 +40,9 @@ def test_metadata_folder_removed_while_serving_is_rebuilt(world, tmp_path):
 
 
 def test_an_unwritable_cache_degrades_to_pass_through(world, tmp_path):
-    gh, up = world
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be\n")
-    with _serve(blocker / "cache", gh, up) as url, httpx.Client(base_url=url) as c:
+    with _serve(world, blocker / "cache") as url, httpx.Client(base_url=url) as c:
         page = c.get("/simple/demo-pkg/", headers={"Accept": PIP_ACCEPT})
         assert page.status_code == 200
         meta = c.get(f"/files/{WHEEL}.metadata")  # cold metadata, kept in memory
@@ -66,13 +57,12 @@ def test_an_unwritable_cache_degrades_to_pass_through(world, tmp_path):
 
 def test_pipeline_pages_work_when_the_catalog_state_cannot_be_written(world, tmp_path):
     """The catalog refresh writes its ETag store under the cache; reading must not need it."""
-    gh, up = world
     data = small_wheel("en_core_web_sm", "3.8.77")
-    gh.add_release("en_core_web_sm-3.8.77", {"en_core_web_sm-3.8.77-py3-none-any.whl": data},
+    world.gh.add_release("en_core_web_sm-3.8.77", {"en_core_web_sm-3.8.77-py3-none-any.whl": data},
                    digest=True)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x\n")
-    with _serve(blocker / "cache", gh, up) as url, httpx.Client(base_url=url) as c:
+    with _serve(world, blocker / "cache") as url, httpx.Client(base_url=url) as c:
         r = c.get("/simple/en-core-web-sm/", headers={"Accept": PIP_ACCEPT})
         assert r.status_code == 200
         assert [f["filename"] for f in r.json()["files"]] == ["en_core_web_sm-3.8.77-py3-none-any.whl"]

@@ -26,14 +26,11 @@ from spacy_index.cli import main
 from spacy_index.errors import InvalidFilename
 from spacy_index.model import parse_filename
 from spacy_index.publish.folder import read_tree
-from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.responses import _parse_range
-from spacy_index.server.wiring import build_server, create_app
-from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub
-from tests.servers import free_port, run_app, wait_healthy, write_simple_project
-from tests.wheels import meta_archive
+from tests.servers import free_port, wait_healthy, write_simple_project
+from tests.worlds import WorldSpec
 
 # --------------------------------------------------------------------------- kill -9 publish
 PUBLISHER = textwrap.dedent("""
@@ -143,20 +140,13 @@ def test_build_that_would_shrink_by_more_than_10_percent_refuses(tmp_path, capsy
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory, model_wheels):
-    root = tmp_path_factory.mktemp("hard")
-    sm = model_wheels(version="3.8.50", pad_bytes=4 << 20)
-    pypi = root / "pypi"
-    write_simple_project(pypi, "requests", {"requests-2.0-py3-none-any.whl": b"not really a wheel"})
-    secret_dir = root / "secret.txt"
-    secret_dir.write_text("outside the roots")
-    with FakeGitHub(load_fixture=False, archive=meta_archive([sm])) as gh, serve_directory(pypi) as fake_pypi:
-        gh.add_release(f"{sm.project}-{sm.version}", {sm.wheel.name: sm.wheel.read_bytes()})
-        config = load_config(None, {}, upstream=fake_pypi.url + "/simple/")
-        server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=None)
-        with run_app(create_app(server)) as url:
-            yield {"url": url, "gh": gh, "sm": sm, "root": root}
+def _hostile_files(world):
+    write_simple_project(world.root / "pypi", "requests", {"requests-2.0-py3-none-any.whl": b"not really a wheel"})
+    (world.root / "secret.txt").write_text("outside the roots")
+
+
+WORLD = WorldSpec("hard", pipelines={"sm": {"version": "3.8.50", "pad_bytes": 4 << 20}},
+                  upstream="pypi", parts={"files": _hostile_files}, serve="app")
 
 
 @pytest.mark.parametrize(
@@ -169,21 +159,21 @@ def small_world(tmp_path_factory, model_wheels):
         "/simple/" + "a" * 5000 + "/",
     ],
 )
-def test_hostile_paths_are_rejected_without_leaving_the_root(small_world, path):
-    r = httpx.get(small_world["url"] + path, follow_redirects=False)
+def test_hostile_paths_are_rejected_without_leaving_the_root(world, path):
+    r = httpx.get(world.url + path, follow_redirects=False)
     assert r.status_code in (301, 400, 404, 406), (path, r.status_code)
     assert "outside the roots" not in r.text and "root:" not in r.text
     assert "<script>" not in r.text
     assert "set-cookie" not in {k.lower() for k in r.headers}
     if r.status_code == 301:
         assert "\r" not in r.headers["location"] and "\n" not in r.headers["location"]
-    files = [p for p in (small_world["root"] / "cache").rglob("*") if p.is_file()]
-    assert all(small_world["root"] / "cache" in p.parents for p in files)
+    files = [p for p in (world.root / "cache").rglob("*") if p.is_file()]
+    assert all(world.root / "cache" in p.parents for p in files)
 
 
 @pytest.mark.slow
-def test_a_client_disconnecting_mid_stream_does_not_affect_the_others(small_world):
-    url, sm = small_world["url"], small_world["sm"]
+def test_a_client_disconnecting_mid_stream_does_not_affect_the_others(world):
+    url, sm = world.url, world.sm
     path = f"{url}/files/{sm.wheel.name}"
 
     async def full():
@@ -268,9 +258,9 @@ def _rss_kib(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_soak_32_clients_pages_and_files(small_world, tmp_path):
+def test_soak_32_clients_pages_and_files(world, tmp_path):
     seconds = float(os.environ.get("SPACY_INDEX_SOAK_SECONDS", "120"))
-    gh, sm = small_world["gh"], small_world["sm"]
+    gh, sm = world.gh, world.sm
     port = free_port()
     env = {**os.environ, "GITHUB_API_URL": gh.api_url, "SPACY_INDEX_CACHE_DIR": str(tmp_path / "c")}
     proc = subprocess.Popen([sys.executable, "-m", "spacy_index", "serve", "--port", str(port),

@@ -5,28 +5,29 @@ loads, several servers in one process, and the fast path's counting cost."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
 import threading
 import time
 import timeit
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from spacy_index.server.accesslog import AccessLog
-from spacy_index.server.config import load_config
 from spacy_index.server.metrics import Metrics, count_eviction, route_kind
 from spacy_index.server.metrics_families import BOUNDS
 from spacy_index.server.metrics_transport import MeteredTransport
-from spacy_index.server.wiring import build_server, create_app
-from tests.clients import serve_directory
+from spacy_index.server.wiring import create_app
 from tests.fakegithub import Fault
 from tests.servers import run_app, serve_http, write_simple_project
-from tests.worlds import pipeline_github
+from tests.worlds import WorldSpec
 
 TOKEN = "fake-ghp-METRICStokenMETRICS0123456789ab"
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -60,7 +61,7 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
     server's ``gate`` opens (the file cache publishes all but its last 1 MiB while it runs)."""
 
     protocol_version = "HTTP/1.1"
-    server: _SlowServer
+    server: Any  #: serve_http's server, given ``data``, ``gate`` and ``seen`` by slow_index
 
     def log_message(self, *args):
         pass
@@ -92,44 +93,34 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
 
 
-class _SlowServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    data: bytes
-    gate: threading.Event
-    seen: list[str]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, model_wheels):
-    """A fake GitHub with one pipeline, a fake PyPI with one project, a slow private index."""
-    root = tmp_path_factory.mktemp("metrics")
-    sm = model_wheels(version="3.8.50")
-    pypi = root / "pypi"
-    write_simple_project(pypi, "tinypkg", {"tinypkg-1.0.tar.gz": b"tiny sdist"})
-    config_file = root / "serve.toml"
-    with serve_http(_SlowHandler, server_class=_SlowServer) as slow, \
-            pipeline_github([sm], token=TOKEN) as gh, serve_directory(pypi) as fake_pypi:
+@contextlib.contextmanager
+def slow_index(_world) -> Iterator[Any]:
+    with serve_http(_SlowHandler) as slow:
         slow.data, slow.gate, slow.seen = os.urandom(3 << 20), threading.Event(), []
-        config_file.write_text(
-            "[[source]]\n"
-            'name = "slow"\n'
-            'kind = "simple"\n'
-            f'url = "http://127.0.0.1:{slow.server_address[1]}/simple/"\n'
-            'projects = ["slowpkg"]\n')
-        config = load_config(config_file, {}, upstream=fake_pypi.url + "/simple/")
-        counter = iter(range(1000))
-
-        def make(**kwargs):
-            cache = root / f"cache-{next(counter)}"
-            server = build_server(config, cache_dir=cache, api_url=kwargs.pop("api_url", gh.api_url),
-                                  token=TOKEN, **kwargs)
-            server.metrics.disk_interval = 0  # every scrape walks the cache folder
-            return server
-
         try:
-            yield {"gh": gh, "sm": sm, "make": make, "slow": slow, "root": root}
+            yield slow
         finally:
             slow.gate.set()  # a download still held at the gate ends before the server stops
+
+
+def _config(world) -> str:
+    return ("[[source]]\n"
+            'name = "slow"\n'
+            'kind = "simple"\n'
+            f'url = "http://127.0.0.1:{world.slow.server_address[1]}/simple/"\n'
+            'projects = ["slowpkg"]\n')
+
+
+def _scrapes_walk_the_cache(server) -> None:
+    server.metrics.disk_interval = 0  # every scrape walks the cache folder
+
+
+#: a fake GitHub with one pipeline, a fake PyPI with one project, a slow private index
+WORLD = WorldSpec(
+    "metrics", pipelines={"sm": {"version": "3.8.50"}}, token=TOKEN, upstream="pypi",
+    parts={"tinypkg": lambda w: write_simple_project(w.root / "pypi", "tinypkg", {"tinypkg-1.0.tar.gz": b"tiny sdist"}),
+           "slow": slow_index},
+    config=_config, tune=_scrapes_walk_the_cache)
 
 
 # ----------------------------------------------------------------------------- units
@@ -258,9 +249,9 @@ def test_fast_path_counting_costs_well_under_a_microsecond(tmp_path):
 
 # ----------------------------------------------------------------------------- over HTTP
 def test_requests_cache_and_upstream_counts_are_exact(world):
-    sm = world["sm"]
+    sm = world.sm
     size = sm.wheel.stat().st_size
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
         page = "/simple/en-core-web-sm/"
         for _ in range(3):  # one routed (renders), two from the task-free fast path
@@ -317,10 +308,10 @@ def test_requests_cache_and_upstream_counts_are_exact(world):
 
 
 def test_single_flight_gauges_while_a_download_runs(world):
-    slow = world["slow"]
+    slow = world.slow
     slow.gate.clear()
     data = slow.data
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url:
         assert httpx.get(f"{url}/simple/slowpkg/").status_code == 200
         digests: list[str] = []
@@ -360,7 +351,7 @@ def test_single_flight_gauges_while_a_download_runs(world):
 
 
 def test_health_and_ready_before_during_and_after_the_first_catalog_load(world):
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
         assert c.get("/health").status_code == 200
         first = c.get("/ready")  # nothing loaded yet: 503, and the load starts
@@ -380,7 +371,7 @@ def test_health_and_ready_before_during_and_after_the_first_catalog_load(world):
         # a failed refresh keeps the catalog: stale, still serving, still ready
         source = server.sources["spacy-models"]
         source._loaded_at -= 10 * source._refresh
-        gh = world["gh"]
+        gh = world.gh
         gh.inject(Fault.status(500, path_contains="/releases", times=20))
         try:
             assert c.get("/simple/en-core-web-sm/").status_code == 200
@@ -395,7 +386,7 @@ def test_health_and_ready_before_during_and_after_the_first_catalog_load(world):
 
 
 def test_ready_stays_503_while_github_is_unreachable(world, tmp_path):
-    server = world["make"](api_url="http://127.0.0.1:9", offline_snapshot=False)
+    server = world.server(api_url="http://127.0.0.1:9", offline_snapshot=False)
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
         assert c.get("/ready").status_code == 503
         deadline = time.monotonic() + 20
@@ -411,7 +402,7 @@ def test_ready_stays_503_while_github_is_unreachable(world, tmp_path):
 
 
 def test_several_servers_in_one_process_and_metrics_off(world):
-    a, b, off = world["make"](), world["make"](), world["make"]()
+    a, b, off = world.server(), world.server(), world.server()
     assert a.metrics.registry is not b.metrics.registry
     with run_app(create_app(a)) as ua, run_app(create_app(b)) as ub, \
             run_app(create_app(off, metrics=False)) as uo:
@@ -436,7 +427,7 @@ def test_several_servers_in_one_process_and_metrics_off(world):
 
 
 def test_metrics_keep_label_sets_bounded(world):
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:
         for i in range(50):
             c.get(f"/random/path/{i}")
@@ -456,7 +447,7 @@ def test_metrics_text_is_valid_for_prometheus(world, tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (apt-get install -y prometheus)")
-    server = world["make"]()
+    server = world.server()
     with run_app(create_app(server)) as url:
         httpx.get(url + "/simple/en-core-web-sm/")
         text = httpx.get(url + "/metrics").text

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ensurepip
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import sys
@@ -47,15 +46,12 @@ import httpx
 from packaging.utils import canonicalize_name
 
 from tests.clients import make_venv, run, uv_bin
-from tests.fakegithub import FakeGitHub
-from tests.realpypi import ServeProcess, Window
-from tests.wheels import ModelPackage
+from tests.realpypi import Window
 from tests.workflow_support import Tools, base_python, ensure_tools, tool_env
-from tests.worlds import pipeline_github
+from tests.worlds import World, WorldSpec
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.e2e]
 
-SPACY_INDEX = Path(sys.executable).with_name("spacy-index")
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 MODEL_VERSION = "3.8.0"
 SPACY_SPEC = "spacy>=3.8,<3.9"
@@ -146,37 +142,22 @@ def report(request) -> Report:
 
 
 # ----------------------------------------------------------------------------- the world
-@dataclass
-class World:
-    serve: ServeProcess
-    gh: FakeGitHub
-    sm: ModelPackage
-    root: Path
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def gh_downloads(self) -> int:
-        """Requests the fake GitHub got on its download origins (web redirects + blobs)."""
-        return sum(r.origin in ("web", "objects") for r in list(self.gh.requests))
+def _config(world: World) -> str:
+    assert world.sm.sdist is not None
+    return SERVE_CONFIG
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, model_wheels):
-    sm = model_wheels(version=MODEL_VERSION, sdist=True)
-    assert sm.sdist is not None
-    root = tmp_path_factory.mktemp("real-pypi")
-    config = root / "serve.toml"
-    config.write_text(SERVE_CONFIG)
-    with pipeline_github([sm], token=TOKEN) as gh:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPACY_INDEX_", "GITHUB_"))}
-        env.update(GITHUB_API_URL=gh.api_url, GITHUB_TOKEN=TOKEN,
-                   REALPYPI_PRIVATE_USER=PRIVATE_USER, REALPYPI_PRIVATE_PASSWORD=PRIVATE_PASSWORD)
-        serve = ServeProcess(SPACY_INDEX, cache_dir=root / "serve-cache", log_path=root / "serve.log",
-                             env=env, args=["--config", str(config)])
-        try:
-            yield World(serve=serve, gh=gh, sm=sm, root=root)
-        finally:
-            code = serve.stop()
-            print(f"\nserve stopped ({code}); its log: {serve.log_path}")
+#: one `spacy-index serve` subprocess (upstream: the real PyPI) on a fake GitHub holding
+#: the pipeline; ``world.state`` carries the first install's results to the later tests
+WORLD = WorldSpec(
+    "real-pypi", pipelines={"sm": {"version": MODEL_VERSION, "sdist": True}}, token=TOKEN,
+    upstream="real", config=_config, serve="cli",
+    env={"REALPYPI_PRIVATE_USER": PRIVATE_USER, "REALPYPI_PRIVATE_PASSWORD": PRIVATE_PASSWORD})
+
+
+def gh_downloads(world: World) -> int:
+    """Requests the fake GitHub got on its download origins (web redirects + blobs)."""
+    return sum(r.origin in ("web", "objects") for r in list(world.gh.requests))
 
 
 @pytest.fixture(scope="session")
@@ -337,13 +318,13 @@ def pip_install(world: World, name: str, report: Report, *, label: str) -> tuple
 def first_install(world: World, report: Report) -> dict[str, str]:
     """Test 1, once per module (test 3 needs it done)."""
     if "first" not in world.state:
-        before = world.gh_downloads()
+        before = gh_downloads(world)
         row, w, versions = pip_install(world, "pip-first", report, label="pip install (cold)")
         world.state["first"] = versions
         world.state["sizes"] = {a.filename: a.nbytes for a in w.whole_files if a.cache == "miss"}
         # every file came through serve once: downloaded upstream and stored
         assert len(w.new_cached_files) == len(w.whole_files)
-        world.state["first_gh_downloads"] = world.gh_downloads() - before
+        world.state["first_gh_downloads"] = gh_downloads(world) - before
         row.notes.append(f"file cache misses: {sum(a.cache == 'miss' for a in w.whole_files)}"
                          f" of {len(w.whole_files)}; fake GitHub download requests: "
                          f"{world.state['first_gh_downloads']}")
@@ -517,7 +498,7 @@ def test_second_install_moves_nothing_upstream(world, report):
     """3. The same install into another fresh venv (cold pip cache): every file is a serve
     cache hit, serve fetches no file upstream and the fake GitHub sees no download."""
     first = first_install(world, report)
-    gh_before = world.gh_downloads()
+    gh_before = gh_downloads(world)
     row, w, versions = pip_install(world, "pip-second", report, label="pip install (warm serve)")
     assert versions == first
     misses = [str(a) for a in w.file_requests if a.cache != "hit"]
@@ -526,7 +507,7 @@ def test_second_install_moves_nothing_upstream(world, report):
     # ...from serve's cache: nothing new stored, no file fetched upstream, GitHub untouched
     assert not w.new_cached_files and not w.new_metadata, w.new_cached_files
     assert not w.upstream_whole_files, [u.url for u in w.upstream_whole_files]
-    assert world.gh_downloads() == gh_before
+    assert gh_downloads(world) == gh_before
     files = [u.url for u in w.upstream if "/simple/" not in u.url
              and not u.url.startswith(world.gh.api_url)]
     assert not files, files

@@ -18,36 +18,19 @@ import time
 import httpx
 import pytest
 
-from spacy_index.server.config import load_config
 from spacy_index.server.logbuffer import BufferedStreamHandler
 from spacy_index.server.protocol import ZEROCOPY, protocol_class
-from spacy_index.server.wiring import build_server, create_app
+from spacy_index.server.wiring import create_app
 from tests.servers import free_port, run_app, tls_files, wait_healthy
-from tests.worlds import pipeline_github
+from tests.worlds import WorldSpec
 
 TOKEN = "fake-ghp-PROTOCOLtokenPROTOCOL0123456789"
 JSON = "application/vnd.pypi.simple.v1+json"
 PIP_ACCEPT = f"{JSON}, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, model_wheels):
-    """One pipeline on a fake GitHub; a server whose file cache already holds it."""
-    root = tmp_path_factory.mktemp("protocol")
-    sm = model_wheels(version="3.8.50")
-    with pipeline_github([sm], token=TOKEN) as gh:
-        yield {"gh": gh, "sm": sm, "make": _app_maker(root, gh)}
-
-
-def _app_maker(root, gh):
-    """``make()``: ``(server, app)``, every server on one cache folder (it holds the files)."""
-    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
-
-    def make():
-        server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=TOKEN)
-        return server, create_app(server)
-
-    return make
+#: one pipeline on a fake GitHub; every server on one cache folder (it holds the files)
+WORLD = WorldSpec("protocol", pipelines={"sm": {"version": "3.8.50"}}, token=TOKEN, shared_cache=True)
 
 
 def _counting(app):
@@ -71,7 +54,7 @@ def _comparable(r: httpx.Response) -> tuple:
 
 
 def test_cached_pages_skip_the_task_and_match_the_routed_answer(world):
-    _server, app = world["make"]()
+    _server, app = world.app()
     answered = _counting(app)
     with run_app(app) as url, httpx.Client(base_url=url) as c:
         page = "/simple/en-core-web-sm/"
@@ -103,7 +86,7 @@ def test_cached_pages_skip_the_task_and_match_the_routed_answer(world):
 
 
 def test_fast_path_never_serves_a_stale_page(world):
-    server, app = world["make"]()
+    server, app = world.app()
     answered = _counting(app)
     with run_app(app) as url, httpx.Client(base_url=url) as c:
         page = "/simple/en-core-web-sm/"
@@ -120,14 +103,14 @@ def test_fast_path_never_serves_a_stale_page(world):
         # new metadata arrived (the page now advertises its sha256): re-rendered, not replayed
         before = c.get(page, headers={"Accept": JSON}).json()["files"][0]["core-metadata"]
         assert before is True
-        sm = world["sm"]
+        sm = world.sm
         assert c.get(f"/files/{sm.wheel.name}.metadata").content == sm.metadata
         after = c.get(page, headers={"Accept": JSON}).json()["files"][0]["core-metadata"]
         assert after == {"sha256": hashlib.sha256(sm.metadata).hexdigest()}
 
 
 def test_fast_answers_are_access_logged(world, caplog):
-    _server, app = world["make"]()
+    _server, app = world.app()
     answered = _counting(app)
     with caplog.at_level(logging.INFO, logger="spacy_index.access"), run_app(app) as url:
         for _ in range(3):
@@ -138,8 +121,8 @@ def test_fast_answers_are_access_logged(world, caplog):
 
 
 def test_pipelined_requests_are_answered_in_order(world):
-    _server, app = world["make"]()
-    sm = world["sm"]
+    _server, app = world.app()
+    sm = world.sm
     with run_app(app) as url:
         httpx.get(url + "/simple/en-core-web-sm/", headers={"Accept": JSON})  # render it
         port = int(url.rsplit(":", 1)[1])
@@ -159,7 +142,7 @@ def test_pipelined_requests_are_answered_in_order(world):
 
 
 def test_connection_close_and_http10_on_cached_pages(world):
-    _server, app = world["make"]()
+    _server, app = world.app()
     answered = _counting(app)
     with run_app(app) as url:
         httpx.get(url + "/simple/en-core-web-sm/", headers={"Accept": JSON})  # render it
@@ -181,8 +164,8 @@ def test_connection_close_and_http10_on_cached_pages(world):
 
 @pytest.mark.parametrize("protocol", [None, "h11"], ids=["zero-copy", "stock"])
 def test_files_whole_ranges_and_head_are_byte_exact(world, protocol):
-    _server, app = world["make"]()
-    sm = world["sm"]
+    _server, app = world.app()
+    sm = world.sm
     data = sm.wheel.read_bytes()
     size = len(data)
     with run_app(app, protocol=protocol) as url, httpx.Client(base_url=url) as c:
@@ -206,8 +189,8 @@ def test_files_whole_ranges_and_head_are_byte_exact(world, protocol):
 
 
 def test_a_client_leaving_mid_file_does_not_hurt_the_next(world, tmp_path):
-    _server, app = world["make"]()
-    sm = world["sm"]
+    _server, app = world.app()
+    sm = world.sm
     big = tmp_path / "files"
     big.mkdir()
     with run_app(app) as url:
@@ -245,8 +228,8 @@ def test_zero_copy_is_offered_on_plain_tcp_only(tmp_path):
 
 
 def test_tls_files_still_stream_correctly(world, tmp_path):
-    _server, app = world["make"]()
-    sm = world["sm"]
+    _server, app = world.app()
+    sm = world.sm
     cert, key, ca = tls_files(tmp_path)
     with run_app(app, ssl_certfile=cert, ssl_keyfile=key) as url, \
             httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca)) as c:
@@ -283,7 +266,7 @@ def test_buffered_access_log_keeps_every_line_in_order():
 
 @pytest.mark.slow
 def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
-    gh = world["gh"]
+    gh = world.gh
     port = free_port()
     env = {**os.environ, "GITHUB_API_URL": gh.api_url, "GITHUB_TOKEN": TOKEN,
            "SPACY_INDEX_CACHE_DIR": str(tmp_path / "cache")}
@@ -314,20 +297,21 @@ def test_cli_serve_writes_one_access_line_per_request(world, tmp_path):
 # ----------------------------------------------------------------------------- threaded sendfile
 # Spans of at least protocol.THREAD_MIN bytes go out by blocking sendfile(2) calls in a worker
 # thread (protocol._threaded_sendfile); the wheel of ``world`` is far smaller, so these tests
-# use their own pipeline, padded above it.
+# use their own world (BIG_WORLD), its pipeline padded above it.
 import contextlib  # noqa: E402
 
 from spacy_index.server import zerocopy  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def big_world(tmp_path_factory, model_wheels):
-    """A pipeline wheel of ~12 MiB (> THREAD_MIN) on a fake GitHub; ``make`` builds an app."""
-    root = tmp_path_factory.mktemp("protocol-big")
-    md = model_wheels(name="core_web_md", version="3.8.51", pad_bytes=12 << 20)
-    assert md.wheel.stat().st_size > 4 * zerocopy.THREAD_MIN
-    with pipeline_github([md], token=TOKEN) as gh:
-        yield {"gh": gh, "md": md, "data": md.wheel.read_bytes(), "make": _app_maker(root, gh)}
+def _big_data(world) -> bytes:
+    assert world.md.wheel.stat().st_size > 4 * zerocopy.THREAD_MIN
+    return world.md.wheel.read_bytes()
+
+
+#: a pipeline wheel of ~12 MiB (> THREAD_MIN) on a fake GitHub (``world_factory(BIG_WORLD)``)
+BIG_WORLD = WorldSpec("protocol-big", token=TOKEN, shared_cache=True,
+                      pipelines={"md": {"name": "core_web_md", "version": "3.8.51", "pad_bytes": 12 << 20}},
+                      parts={"data": _big_data})
 
 
 @pytest.fixture
@@ -380,9 +364,10 @@ def _response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), bytes(body[:length])
 
 
-def test_threaded_sendfile_whole_and_ranges_are_byte_exact_then_keep_alive(big_world, thread_jobs):
-    _server, app = big_world["make"]()
-    data, md = big_world["data"], big_world["md"]
+def test_threaded_sendfile_whole_and_ranges_are_byte_exact_then_keep_alive(world_factory, thread_jobs):
+    big = world_factory(BIG_WORLD)
+    _server, app = big.app()
+    data, md = big.data, big.md
     size, small = len(data), zerocopy.THREAD_MIN - 1
     path = f"/files/{md.wheel.name}"
     with run_app(app) as url:
@@ -417,10 +402,11 @@ def test_threaded_sendfile_whole_and_ranges_are_byte_exact_then_keep_alive(big_w
         _wait_idle()
 
 
-def test_threaded_sendfile_client_leaving_mid_file_closes_only_that_connection(big_world,
+def test_threaded_sendfile_client_leaving_mid_file_closes_only_that_connection(world_factory,
                                                                                thread_jobs):
-    _server, app = big_world["make"]()
-    data, md = big_world["data"], big_world["md"]
+    big = world_factory(BIG_WORLD)
+    _server, app = big.app()
+    data, md = big.data, big.md
     path = f"/files/{md.wheel.name}"
     with run_app(app) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -446,13 +432,14 @@ def test_threaded_sendfile_client_leaving_mid_file_closes_only_that_connection(b
             assert keep.get("/health").status_code == 200
 
 
-def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(big_world, monkeypatch):
+def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(world_factory, monkeypatch):
     full = zerocopy._Senders(0)  # as if every thread were taken
     thread_jobs: list[bool] = []
     monkeypatch.setattr(full, "submit", lambda job: thread_jobs.append(False) or False)
     monkeypatch.setattr(zerocopy, "_SENDERS", full)
-    _server, app = big_world["make"]()
-    data, md = big_world["data"], big_world["md"]
+    big = world_factory(BIG_WORLD)
+    _server, app = big.app()
+    data, md = big.data, big.md
     path = f"/files/{md.wheel.name}"
     with run_app(app) as url, httpx.Client(base_url=url) as c:
         c.get(path)
@@ -465,12 +452,13 @@ def test_all_sendfile_threads_busy_falls_back_to_loop_sendfile(big_world, monkey
 
 
 @pytest.mark.slow
-def test_a_stalled_client_does_not_hold_up_shutdown(big_world, thread_jobs):
+def test_a_stalled_client_does_not_hold_up_shutdown(world_factory, thread_jobs):
     """A client that stops reading keeps the worker thread in sendfile(2); at shutdown, after
     uvicorn's graceful timeout (5 s in run_app), the cancelled transfer shuts the socket down,
     which ends the blocked call, and the thread is free again."""
-    _server, app = big_world["make"]()
-    data, md = big_world["data"], big_world["md"]
+    big = world_factory(BIG_WORLD)
+    _server, app = big.app()
+    data, md = big.data, big.md
     path = f"/files/{md.wheel.name}"
     s = None
     try:
@@ -570,10 +558,8 @@ def test_cache_hits_answer_without_the_disconnect_race_and_are_still_counted(wor
         return await unless_gone(request, step)
 
     monkeypatch.setattr(app_module, "_unless_gone", counting)
-    sm = world["sm"]
-    config = load_config(None, {}, upstream="http://127.0.0.1:9/simple/")
-    server = build_server(config, cache_dir=tmp_path / "cache", api_url=world["gh"].api_url,
-                          token=TOKEN)
+    sm = world.sm
+    server = world.server(cache_dir=tmp_path / "cache")
     path = f"/files/{sm.wheel.name}"
     data = sm.wheel.read_bytes()
     with run_app(create_app(server)) as url, httpx.Client(base_url=url) as c:

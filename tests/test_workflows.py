@@ -43,16 +43,13 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from spacy_index.cli import main
-from spacy_index.server.config import load_config
-from spacy_index.server.wiring import build_server, create_app
-from tests.clients import SPACY_VERSION, make_venv, run, serve_directory, uv_bin
+from spacy_index.server.wiring import create_app
+from tests.clients import SPACY_VERSION, make_venv, run, uv_bin
 from tests.fakegithub import FakeGitHub
 from tests.servers import run_app
-from tests.wheels import ModelPackage
 from tests.workflow_support import (
     PLACEHOLDER_VERSION,
     REPO,
-    FakePyPI,
     Matrix,
     Tools,
     base_python,
@@ -64,7 +61,7 @@ from tests.workflow_support import (
     upstream_bytes,
     write_fake_pypi,
 )
-from tests.worlds import pipeline_github
+from tests.worlds import World, WorldSpec, static_index
 
 
 def e2e(test):
@@ -88,16 +85,6 @@ MATRIX_PATH = (Path(os.environ["SPACY_INDEX_WORKFLOW_MATRIX"])
 
 # ----------------------------------------------------------------------------- fixtures
 @dataclass
-class World:
-    gh: FakeGitHub
-    sm: ModelPackage
-    pypi: FakePyPI
-    static_url: str  #: the `spacy-index build` folder on a static server (no trailing /)
-    static_out: Path
-    wheelhouse: Path
-
-
-@dataclass
 class Index:
     kind: str  #: "static" | "serve"
     simple: str  #: the pipeline index, ending in /simple/
@@ -105,20 +92,13 @@ class Index:
     gh: FakeGitHub
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, model_wheels, spacy_wheelhouse):
-    sm = model_wheels(version=MODEL_VERSION, sdist=True)
-    root = tmp_path_factory.mktemp("workflows")
-    (root / "pypi").mkdir()
-    with pipeline_github([sm], token=TOKEN) as gh, serve_directory(root / "pypi") as pypi_server:
-        pypi = write_fake_pypi(root / "pypi", pypi_server.url, spacy_wheelhouse)
-        out = root / "public"
-        env = {"GITHUB_API_URL": gh.api_url, "GITHUB_TOKEN": TOKEN,
-               "SPACY_INDEX_CACHE_DIR": str(root / "build-cache")}
-        assert main(["build", "--out", str(out), "-q"], env=env) == 0
-        with serve_directory(out) as static:
-            yield World(gh=gh, sm=sm, pypi=pypi, static_url=static.url, static_out=out,
-                        wheelhouse=spacy_wheelhouse)
+#: a fake GitHub with the pipeline, the fake PyPI (``world.fake_pypi``, served as
+#: ``world.pypi``), and `spacy-index build` of that GitHub on a static server
+WORLD = WorldSpec(
+    "workflows", pipelines={"sm": {"version": MODEL_VERSION, "sdist": True}}, token=TOKEN,
+    upstream="pypi",
+    parts={"fake_pypi": lambda w: write_fake_pypi(w.root / "pypi", w.pypi.url, w.fixture("spacy_wheelhouse")),
+           "static": static_index})
 
 
 @pytest.fixture(params=["static", "serve"])
@@ -126,11 +106,9 @@ def index(request, world, tmp_path):
     """The pipeline index under test. `serve` is a fresh server with an empty cache per test,
     so its first install really comes from GitHub."""
     if request.param == "static":
-        yield Index("static", world.static_url + "/simple/", world.pypi.simple, world.gh)
+        yield Index("static", world.static.url + "/simple/", world.fake_pypi.simple, world.gh)
         return
-    config = load_config(None, {}, upstream=world.pypi.simple)
-    server = build_server(config, cache_dir=tmp_path / "serve-cache", api_url=world.gh.api_url,
-                          token=TOKEN)
+    server = world.server(cache_dir=tmp_path / "serve-cache")
     with run_app(create_app(server)) as url:
         yield Index("serve", url + "/simple/", url + "/simple/", world.gh)
 
@@ -241,7 +219,7 @@ class Meter:
 # ----------------------------------------------------------------------------- the fake PyPI
 @e2e
 def test_fake_pypi_looks_like_pypi(world):
-    pypi = world.pypi
+    pypi = world.fake_pypi
     assert {"spacy", "numpy", "thinc", "en-core-web-sm", "en-core-web-trf"} <= set(pypi.projects)
     assert pypi.projects["en-core-web-sm"] == [f"en_core_web_sm-{PLACEHOLDER_VERSION}.tar.gz"]
     assert "colorama" in pypi.stubs  # marker-only dependency (Windows) for universal lockers
@@ -302,7 +280,7 @@ def test_pip_extra_index_and_find_links_pick_the_placeholder(world, tmp_path, en
     """The unsafe path: PyPI next to the pipeline index. pip takes the highest version over
     all indexes and find-links, which is PyPI's 999.9.9 placeholder; its setup.py fails."""
     venv = make_venv(tmp_path / "v", env=env)
-    static, pypi = world.static_url, world.pypi.simple
+    static, pypi = world.static.url, world.fake_pypi.simple
     found = {}
     for label, args in {
         "pip --extra-index-url": ["--index-url", static + "/simple/", "--extra-index-url", pypi],
@@ -340,11 +318,11 @@ def test_pip_extra_index_and_find_links_pick_the_placeholder(world, tmp_path, en
 
 
 @e2e
-def test_hashes_from_find_links_pages(world, tmp_path, env, matrix):
+def test_hashes_from_find_links_pages(world, spacy_wheelhouse, tmp_path, env, matrix):
     """Measured: do lockers keep the #sha256 of a remote find-links page? (The simple index
     always gives the hash.)"""
     (tmp_path / "req.in").write_text("en_core_web_sm\n")
-    static = world.static_url
+    static = world.static.url
     got = {}
     for label, args in {"find-links": ["--no-index", "-f", static + "/find-links.html"],
                         "simple": ["--index-url", static + "/simple/"]}.items():
@@ -358,7 +336,7 @@ def test_hashes_from_find_links_pages(world, tmp_path, env, matrix):
                         "simple": ["--index-url", static + "/simple/"]}.items():
         out = tmp_path / f"pip-tools-{label}.txt"
         piptools("compile", "--quiet", "--generate-hashes", "--strip-extras", "--allow-unsafe",
-                 *args, "-f", world.wheelhouse, "req.in", "-o", out, env=env, cwd=tmp_path)
+                 *args, "-f", spacy_wheelhouse, "req.in", "-o", out, env=env, cwd=tmp_path)
         got[f"pip-compile ({label})"] = world.sm.sha256 in out.read_text()
     assert got["uv pip compile (simple)"] and got["pip-compile (simple)"]
     matrix.findings["lock has the pipeline hash"] = got
@@ -579,9 +557,7 @@ def test_pdm(world, index, tmp_path, env, tools, matrix):
 def test_makefile_lock_and_sync(world, tmp_path, env, matrix):
     """examples/makefile against `spacy-index serve`: make lock, make sync, make check; a
     second `make sync` moves nothing."""
-    config = load_config(None, {}, upstream=world.pypi.simple)
-    server = build_server(config, cache_dir=tmp_path / "serve-cache", api_url=world.gh.api_url,
-                          token=TOKEN)
+    server = world.server(cache_dir=tmp_path / "serve-cache")
     proj = tmp_path / "app"
     proj.mkdir()
     for name in ("Makefile", "requirements.in"):
@@ -705,7 +681,7 @@ def test_prodigy_key_stays_in_dotenv(world, tmp_path, env, matrix):
         assert read_dotenv(proj / ".env")["PIP_FIND_LINKS"] == host.url_with_key(PRODIGY_KEY)
         venv = make_venv(proj / ".venv", env=env)
         tool = f"{shlex.quote(sys.executable)} -m piptools"
-        make = ["make", "--no-print-directory", f"INDEX_URL={world.pypi.simple}",
+        make = ["make", "--no-print-directory", f"INDEX_URL={world.fake_pypi.simple}",
                 f"COMPILE={tool} compile", f"SYNC={tool} sync"]
         out = run([*make, "lock", "sync"], env=env, cwd=proj)
         lock = (proj / "requirements.txt").read_text()
