@@ -120,7 +120,7 @@ def summarize_collapsed(text: str, top: int = 12) -> str:
     inclusive = [(f, f"{c / n:.1%}") for f, c in total_c.most_common(40)
                  if any(k in f for k in ("_file_body", "to_thread", "run_sync", "send", "h11",
                                          "project_page", "local_view", "dumps", "AccessLog",
-                                         "negotiate", "_page", "_etag", "run_in_executor",
+                                         "negotiate", "page_response", "body_etag", "run_in_executor",
                                          "handle_events", "data_received"))][:12]
     return (f"{n} samples\n\n" + md_table(["function (leaf)", "self", "total"], rows) + "\n\n"
             + md_table(["function (inclusive)", "total"], inclusive) + "\n")

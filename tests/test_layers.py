@@ -106,3 +106,44 @@ def test_the_checks_see_the_tree():
     assert ("spacy_index.server.routes", True) in [
         (m, top) for m, top in _imports("spacy_index.server.wiring")]
     assert _layer("spacy_index.server.routes") > _layer("spacy_index.model")
+
+
+SOURCE_KINDS = {"CatalogSource", "FolderSource", "IndexSource"}
+
+
+def _source_kind_checks(tree: ast.AST) -> list[str]:
+    """``isinstance(x, <a source kind>)`` and ``getattr``/``hasattr`` on a name ``source``."""
+    found = []
+    for n in ast.walk(tree):
+        if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name)):
+            continue
+        if n.func.id == "isinstance" and len(n.args) == 2:
+            kinds = n.args[1].elts if isinstance(n.args[1], ast.Tuple) else [n.args[1]]
+            found += [f"isinstance(…, {k.id}) line {n.lineno}" for k in kinds
+                      if isinstance(k, ast.Name) and k.id in SOURCE_KINDS]
+        elif n.func.id in ("getattr", "hasattr") and n.args and isinstance(n.args[0], ast.Name) \
+                and n.args[0].id in ("source", "found") and len(n.args) >= 2 \
+                and not (isinstance(n.args[1], ast.Constant) and n.args[1].value == "cfg"):
+            found.append(f"{n.func.id}({n.args[0].id}, …) line {n.lineno}")
+    return found
+
+
+def test_sources_answer_for_themselves():
+    """Issue 12: no isinstance on a source kind and no getattr/hasattr probing of a source
+    outside server/sources/ (``cfg``, which the upstream source may lack, aside)."""
+    where = {m: _source_kind_checks(ast.parse(p.read_text())) for m, p in MODULES.items()
+             if not m.startswith("spacy_index.server.sources")}
+    assert {m: f for m, f in where.items() if f} == {}
+    assert _source_kind_checks(ast.parse("isinstance(s, FolderSource)\nhasattr(source, 'root')"))
+
+
+def test_no_module_imports_another_modules_private_names():
+    """``from spacy_index.x import _name`` means _name is not private: give it a public name."""
+    bad = []
+    for module, path in MODULES.items():
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("spacy_index") \
+                    and n.module != "spacy_index._version":
+                bad += [f"{module}: {n.module}.{a.name}" for a in n.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert bad == []

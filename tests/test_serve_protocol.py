@@ -544,20 +544,20 @@ def test_threaded_sendfile_corks_while_sending_and_uncorks_before_reporting_back
 def test_cache_hits_answer_without_the_disconnect_race_and_are_still_counted(world, tmp_path,
                                                                             monkeypatch):
     """A GET that has to wait for a download races it against the client leaving
-    (``app._unless_gone``); a cache hit has nothing to wait for and answers without that race
+    (``routes.unless_gone``); a cache hit has nothing to wait for and answers without that race
     (two tasks and loop turns before the first byte). Its hit is still recorded in the cache
     index, off the request's path."""
     from spacy_index.cache.index import FILES
     from spacy_index.server import routes as app_module
 
     raced: list[str] = []
-    unless_gone = app_module._unless_gone
+    unless_gone = app_module.unless_gone
 
     async def counting(request, step):
         raced.append(request.url.path)
         return await unless_gone(request, step)
 
-    monkeypatch.setattr(app_module, "_unless_gone", counting)
+    monkeypatch.setattr(app_module, "unless_gone", counting)
     sm = world.sm
     server = world.server(cache_dir=tmp_path / "cache")
     path = f"/files/{sm.wheel.name}"

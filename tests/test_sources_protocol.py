@@ -20,7 +20,8 @@ from spacy_index.urls import without_userinfo
 
 WHEEL = "en_core_web_sm-3.7.1-py3-none-any.whl"
 PROTOCOL = ("name", "client", "files_client", "require_hashes", "project", "peek",
-            "project_names", "local_path", "upstream_file", "aclose")
+            "project_names", "local_path", "upstream_file", "holds_catalog", "catalog",
+            "loaded_at", "failing", "wrap_loads", "local_state", "aclose")
 
 
 def _folder(tmp_path: Path, **cfg: object) -> FolderSource:
@@ -134,3 +135,25 @@ def test_origin_bound_auth_goes_to_its_origin_only() -> None:
         other = httpx.Request("GET", "https://cdn.example/x", headers={"Authorization": "x"})
         assert "Authorization" not in next(auth.auth_flow(other)).headers
         assert "***" in repr(auth) and "s3cr3t" not in repr(auth) and "pässword" not in repr(auth)
+
+
+def test_catalog_and_readiness_answers_come_from_each_kind(tmp_path: Path) -> None:
+    """What /ready, /metrics and the catalogue page ask, answered without an isinstance."""
+    (tmp_path / "f").mkdir()
+    folder, index, catalog = _folder(tmp_path / "f"), _index(), _catalog()
+    assert [s.holds_catalog for s in (folder, index, catalog)] == [False, False, True]
+    assert asyncio.run(folder.catalog()) is None and asyncio.run(index.catalog()) is None
+    assert folder.local_state() == "ready" and index.local_state() is None
+    assert catalog.local_state() is None
+    assert (index.loaded_at, index.failing, catalog.loaded_at) == (None, False, None)
+    wrapped: list[str] = []
+    catalog.wrap_loads(lambda load, outcome: (wrapped.append(outcome), load)[1])
+    index.wrap_loads(lambda load, outcome: wrapped.append("never"))  # type: ignore[arg-type,return-value]
+    assert wrapped == ["ok"]
+    assert asyncio.run(catalog.catalog()).projects == {}
+    assert catalog.loaded_at is not None and catalog.failing is False
+    (tmp_path / "f" / WHEEL).unlink()
+    (tmp_path / "f").rmdir()
+    assert folder.local_state() == "unreadable"
+    for s in (folder, index, catalog):
+        asyncio.run(s.aclose())

@@ -214,6 +214,10 @@ class FileCache:
         except OSError:
             return 0
 
+    def flights(self) -> int:
+        """Downloads from upstream running now (``/metrics``)."""
+        return len(self._flights)
+
     def in_use(self, sha: str) -> bool:
         """Being downloaded or read by this process right now."""
         return sha in self._flights or self._reading.get(sha, 0) > 0

@@ -32,6 +32,7 @@ from spacy_index.errors import SpacyIndexError
 from spacy_index.model import Distribution
 from spacy_index.render import catalogue as render
 from spacy_index.render.catalogue_data import Catalogue, ServeView, build_catalogue
+from spacy_index.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from spacy_index.server.sources import Source
@@ -64,7 +65,7 @@ class CataloguePages:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._built: _Built | None = None
-        self._lock = asyncio.Lock()
+        self._builds: SingleFlight[tuple[int, ...], _Built] = SingleFlight()
         self._assets = {name: render.asset(name) for name in ASSET_TYPES}
         self._etags = {name: '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
                        for name, body in self._assets.items()}
@@ -73,13 +74,15 @@ class CataloguePages:
     async def _catalogs(self) -> list[tuple[Source, Catalog]]:
         found = []
         for source in self.server.sources.values():
-            load = getattr(source, "catalog", None)
-            if load is None:  # folders and upstream indexes: not pipeline catalogs
+            if not source.holds_catalog:  # folders and upstream indexes
                 continue
             try:
-                found.append((source, await load()))
+                catalog = await source.catalog()
             except SpacyIndexError as e:
                 log.warning("catalogue: source %r is unavailable: %s", source.name, e)
+                continue
+            if catalog is not None:
+                found.append((source, catalog))
         return found
 
     async def built(self) -> _Built:
@@ -87,25 +90,26 @@ class CataloguePages:
         current = self._built
         if current is not None and _same(current.catalogs, catalogs):
             return current
-        async with self._lock:
-            current = self._built
-            if current is not None and _same(current.catalogs, catalogs):
-                return current
-            projects: dict[NormalizedName, Any] = {}
-            sources: dict[NormalizedName, Source] = {}
-            for source, catalog in catalogs:
-                for name, project in catalog.projects.items():
-                    if name not in projects and self.server.source_for(name) is source:
-                        projects[name] = project
-                        sources[name] = source
-            merged = Catalog(
-                projects=dict(sorted(projects.items())),
-                source="; ".join(c.source for _, c in catalogs if c.source),
-                snapshot_date=next((c.snapshot_date for _, c in catalogs if c.snapshot_date), None),
-            )
-            model = await asyncio.to_thread(build_catalogue, merged)
-            self._built = _Built(tuple(c for _, c in catalogs), model, sources)
-            return self._built
+        # one build per set of catalogs, however many pages ask while it runs
+        key = tuple(id(c) for _, c in catalogs)
+        return await self._builds.run(key, lambda: self._build(catalogs))
+
+    async def _build(self, catalogs: list[tuple[Source, Catalog]]) -> _Built:
+        projects: dict[NormalizedName, Any] = {}
+        sources: dict[NormalizedName, Source] = {}
+        for source, catalog in catalogs:
+            for name, project in catalog.projects.items():
+                if name not in projects and self.server.source_for(name) is source:
+                    projects[name] = project
+                    sources[name] = source
+        merged = Catalog(
+            projects=dict(sorted(projects.items())),
+            source="; ".join(c.source for _, c in catalogs if c.source),
+            snapshot_date=next((c.snapshot_date for _, c in catalogs if c.snapshot_date), None),
+        )
+        model = await asyncio.to_thread(build_catalogue, merged)
+        self._built = _Built(tuple(c for _, c in catalogs), model, sources)
+        return self._built
 
     def _cached(self, built: _Built, dists: Iterable[Distribution]) -> dict[str, int]:
         """sha256 → size of each of ``dists`` whose file is in the cache (a stat each; the

@@ -49,7 +49,6 @@ from starlette.types import Scope
 from spacy_index.http import wrap_transports
 from spacy_index.server.metrics_families import Counts, LatencyCounts, WeakCollector
 from spacy_index.server.metrics_transport import MeteredTransport
-from spacy_index.server.sources.catalog import CatalogSource
 from spacy_index.singleflight import SingleFlight
 
 #: route kinds, the ``kind`` label of the request metrics
@@ -210,8 +209,7 @@ class Metrics:
             if (isinstance(client, httpx.AsyncClient) and client not in _METERED
                     and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
                 _METERED.add(client)
-        if isinstance(source, CatalogSource):
-            source.wrap_loads(lambda load, outcome: self._timed_load(name, load, outcome))
+        source.wrap_loads(lambda load, outcome: self._timed_load(name, load, outcome))
 
     def _timed_load(self, name: str, load: Callable[[], Any], outcome: str) -> Callable[[], Any]:
         def timed() -> Any:
@@ -252,7 +250,7 @@ class Metrics:
     # -- catalogs and readiness ---------------------------------------------- #
     def catalog_age(self, name: str, source: Any) -> float | None:
         """Seconds since ``source`` last loaded its catalog successfully (None: never)."""
-        loaded_at = source.loaded_at if isinstance(source, CatalogSource) else None
+        loaded_at = source.loaded_at
         if loaded_at is None:
             return None
         loaded = self._catalogs.get(name, (None, ""))[0]
@@ -280,7 +278,8 @@ class Metrics:
         for name, source in sources.items():
             cfg = getattr(source, "cfg", None)
             entry: dict[str, Any] = {"kind": getattr(cfg, "kind", "simple")}
-            if isinstance(source, CatalogSource):
+            local = source.local_state()
+            if source.holds_catalog:
                 age = self.catalog_age(name, source)
                 if age is None:
                     entry["state"] = "failed" if source.failing else "loading"
@@ -290,8 +289,8 @@ class Metrics:
                     last = self._catalogs.get(name, (None, "ok"))[1]
                     entry["state"] = {"error": "stale", "snapshot": "snapshot"}.get(last, "ready")
                     entry["catalog_age_seconds"] = round(age, 1)
-            elif hasattr(source, "root"):
-                entry["state"] = "ready" if os.path.isdir(source.root) else "unreadable"
+            elif local is not None:
+                entry["state"] = local
             else:
                 last_ok = self._upstream_last.get(name)
                 entry["state"] = "unreachable" if last_ok is False else "ready"

@@ -18,7 +18,6 @@ from prometheus_client.core import (
 )
 
 from spacy_index._version import __version__
-from spacy_index.server.sources.catalog import CatalogSource
 
 if TYPE_CHECKING:
     from spacy_index.server.metrics import Metrics
@@ -214,7 +213,7 @@ def _catalog_families(m: Metrics, server: Any) -> Iterator[Metric]:
     ready = GaugeMetricFamily("spacy_index_source_ready", "1 when the source can answer "
                               "(a GitHub source: its catalog is loaded)", labels=["source"])
     for name, source in getattr(server, "sources", {}).items():
-        if isinstance(source, CatalogSource):
+        if source.holds_catalog:
             age = m.catalog_age(name, source)
             if age is not None:
                 family.add_metric([name], age)

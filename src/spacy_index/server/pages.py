@@ -12,7 +12,7 @@ from spacy_index.model import Distribution, Project
 from spacy_index.render import html, pep691
 from spacy_index.render.json_api import dumps, dumps_value, pypi_project_document
 from spacy_index.render.pep691 import JSON_CONTENT_TYPE
-from spacy_index.server.responses import _etag, _page
+from spacy_index.server.responses import body_etag, page_response
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def pypi_json_entry(project: Project, base: str) -> PageEntry:
     """Render the PyPI-style JSON for ``base`` (the server's own URL)."""
     doc = pypi_project_document(project, lambda d: f"{base}/files/{quote(d.filename)}")
     body = dumps(doc).encode()
-    return PageEntry(project, 0, body, _etag(body), [(b"base", base.encode())], None)
+    return PageEntry(project, 0, body, body_etag(body), [(b"base", base.encode())], None)
 
 
 def local_file_dict(d: Distribution, meta_sha: str | None) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def render_entry(project: Project, ctype: str, version: int, metas: list[str | N
         spans.append(at)
     parts.append(tail)
     body = b"".join(parts)
-    etag = _etag(body)
-    headers = [(k, v) for k, v in _page(None, body, ctype, etag=etag).raw_headers
+    etag = body_etag(body)
+    headers = [(k, v) for k, v in page_response(None, body, ctype, etag=etag).raw_headers
                if k != b"content-length"]
     return PageEntry(project, version, body, etag, headers, PageParts(tuple(metas), spans))

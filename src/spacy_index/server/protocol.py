@@ -30,7 +30,7 @@ from typing import Any
 
 from spacy_index.server.config import LimitsConfig
 from spacy_index.server.limits import ConnectionLimits, Guard, drain_guarded
-from spacy_index.server.zerocopy import ZEROCOPY, _zerocopy_send
+from spacy_index.server.zerocopy import ZEROCOPY, wrap_zerocopy_send
 
 #: ``fast(scope) -> (status, headers, body) | None``; headers are lower-case byte pairs
 #: without content-length (added here)
@@ -119,7 +119,7 @@ class _FastAnswers:
                 return
         if self.transport.get_extra_info("sslcontext") is None:
             scope["extensions"] = {**scope.get("extensions", {}), ZEROCOPY: {}}
-            cycle.send = _zerocopy_send(cycle, cycle.send, self.loop)
+            cycle.send = wrap_zerocopy_send(cycle, cycle.send, self.loop)
         super()._start_asgi_task(cycle, drain_guarded(app, cycle, self.guard))  # type: ignore[misc]
 
     def _write_fast(self: Any, method: str, keep_alive: bool, default_headers: Any, status: int,

@@ -1,8 +1,8 @@
 """HTTP answers: pages, files and errors, with the index's caching policy.
 
-One home for the headers every answer carries: a page (:func:`_page`) has its ETag, a short
+One home for the headers every answer carries: a page (:func:`page_response`) has its ETag, a short
 ``max-age`` and ``Vary: Accept``; a file (:func:`file_headers`) its sha256 as ETag, cached for
-a year as immutable; an error (:func:`_error`) is never stored and never shows upstream URLs
+a year as immutable; an error (:func:`error_response`) is never stored and never shows upstream URLs
 or the server's own paths.
 """
 
@@ -31,23 +31,23 @@ CHUNK = 1 << 20
 NOT_ACCEPTABLE = "not acceptable: this index serves PEP 691 JSON and PEP 503 HTML"
 
 
-def _etag(body: bytes) -> str:
+def body_etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def _not_modified(request: Request | str | None, etag: str) -> bool:
+def not_modified(request: Request | str | None, etag: str) -> bool:
     header = (request.headers.get("if-none-match") if isinstance(request, Request) else request) or ""
     return any(tag.strip().removeprefix("W/") == etag for tag in header.split(",")) or header.strip() == "*"
 
 
-def _page(request: Request | str | None, body: bytes, media_type: str, *, vary: bool = True,
+def page_response(request: Request | str | None, body: bytes, media_type: str, *, vary: bool = True,
           etag: str | None = None) -> Response:
     """A page answer; ``request`` may also be just its If-None-Match header."""
-    etag = etag or _etag(body)
+    etag = etag or body_etag(body)
     headers = {"ETag": etag, "Cache-Control": f"max-age={PAGE_MAX_AGE}"}
     if vary:
         headers["Vary"] = "Accept"
-    if _not_modified(request, etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
 
@@ -62,14 +62,14 @@ def public_message(message: str) -> str:
     return _PATH_IN_TEXT.sub("<path>", _URL_IN_TEXT.sub("<upstream>", message))
 
 
-def _error(status: int, message: str) -> PlainTextResponse:
+def error_response(status: int, message: str) -> PlainTextResponse:
     if status >= 500:
         message = public_message(message)
     return PlainTextResponse(message + "\n", status_code=status, headers={
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
-def _valid_name(raw: str) -> NormalizedName | None:
+def valid_name(raw: str) -> NormalizedName | None:
     """The normalized name, or None when ``raw`` is not a valid project name at all."""
     try:
         return canonicalize_name(raw, validate=True)
@@ -79,7 +79,7 @@ def _valid_name(raw: str) -> NormalizedName | None:
 
 @functools.lru_cache(maxsize=4096)
 def _page_name(raw: str) -> NormalizedName | None:
-    return _valid_name(raw)
+    return valid_name(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class PageRefusal:
     def response(self) -> Response:
         if self.status == 301:
             return RedirectResponse(self.text, status_code=301)
-        return _error(self.status, self.text)
+        return error_response(self.status, self.text)
 
 
 def page_target(raw: str, path: str, accept: str | None,
@@ -104,7 +104,7 @@ def page_target(raw: str, path: str, accept: str | None,
     406 when no content type fits. The route and the protocol's fast path (which takes the
     route on anything but a tuple) both ask here, so they cannot disagree on a page."""
     # remembered for short names (bounded memory): the fast path asks on every page request
-    name = _page_name(raw) if len(raw) <= 128 else _valid_name(raw)
+    name = _page_name(raw) if len(raw) <= 128 else valid_name(raw)
     if name is None:
         return PageRefusal(404, "not a valid project name")
     if raw != name or not path.endswith("/"):
@@ -187,7 +187,7 @@ async def _file_body(path: Path, start: int, length: int) -> AsyncIterator[bytes
 def file_response(request: Request, path: Path, etag: str, *, media_type: str) -> Response:
     size = path.stat().st_size
     headers = file_headers(etag)
-    if _not_modified(request, etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     wanted = _parse_range(request.headers.get("range"), size)
     if_range = request.headers.get("if-range")
@@ -208,9 +208,9 @@ def file_response(request: Request, path: Path, etag: str, *, media_type: str) -
                             media_type=media_type)
 
 
-def _bytes_response(request: Request, data: bytes, etag: str, *, media_type: str) -> Response:
+def bytes_response(request: Request, data: bytes, etag: str, *, media_type: str) -> Response:
     headers = file_headers(etag, ranges=False)
-    if _not_modified(request, etag):
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(data))
@@ -218,6 +218,6 @@ def _bytes_response(request: Request, data: bytes, etag: str, *, media_type: str
     return Response(data, headers=headers, media_type=media_type)
 
 
-def _media_type(filename: str) -> str:
+def media_type_for(filename: str) -> str:
     return "application/zip" if filename.endswith((".whl", ".zip")) else "application/gzip"
 

@@ -28,18 +28,18 @@ from spacy_index.server.pages import pypi_json_entry
 from spacy_index.server.responses import (
     NOT_ACCEPTABLE,
     PageRefusal,
-    _bytes_response,
-    _error,
-    _media_type,
-    _not_modified,
-    _page,
-    _valid_name,
+    bytes_response,
+    error_response,
     file_headers,
     file_response,
+    media_type_for,
+    not_modified,
+    page_response,
     page_target,
+    valid_name,
 )
 from spacy_index.server.state import Located, Server
-from spacy_index.server.upstream import _fetch_metadata, _pass_through, _unless_gone, _upstream_span
+from spacy_index.server.upstream import fetch_metadata, pass_through, unless_gone, upstream_span
 
 log = logging.getLogger("spacy_index.server")
 
@@ -60,7 +60,7 @@ async def health(request: Request) -> Response:
 async def root(request: Request) -> Response:
     ctype = negotiate(request.headers.get("accept"))
     if ctype is None:
-        return _error(406, NOT_ACCEPTABLE)
+        return error_response(406, NOT_ACCEPTABLE)
     names: list[str] = []
     for source in _server(request).sources.values():
         with contextlib.suppress(SpacyIndexError):
@@ -69,7 +69,7 @@ async def root(request: Request) -> Response:
     doc = {"meta": {"api-version": "1.1"},
            "projects": [{"name": unique[k]} for k in sorted(unique)]}
     body = dumps(doc).encode() if ctype == JSON_CONTENT_TYPE else html.root_page(doc).encode()
-    return _page(request, body, ctype)
+    return page_response(request, body, ctype)
 
 
 async def lookup(request: Request, name: NormalizedName) -> Project | Response:
@@ -77,14 +77,14 @@ async def lookup(request: Request, name: NormalizedName) -> Project | Response:
     that leaves while the upstream is asked stops waiting (499, never sent): the fetch
     is cancelled when nobody else waits for it (IndexSource.project)."""
     try:
-        got = await _unless_gone(request, _server(request).project(name))
+        got = await unless_gone(request, _server(request).project(name))
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     if got is None:
         return Response(status_code=499)
     _source, project = got[0]
     if project is None:
-        return _error(404, f"no project named {name!r}")
+        return error_response(404, f"no project named {name!r}")
     return project
 
 
@@ -98,13 +98,13 @@ async def project_page(request: Request) -> Response:
     if isinstance(project, Response):
         return project
     body, etag = await _server(request).render_async(project, ctype)
-    return _page(request, body, ctype, etag=etag)
+    return page_response(request, body, ctype, etag=etag)
 
 
 async def pypi_json(request: Request) -> Response:
-    name = _valid_name(request.path_params["project"])
+    name = valid_name(request.path_params["project"])
     if name is None:
-        return _error(404, "not a valid project name")
+        return error_response(404, "not a valid project name")
     project = await lookup(request, name)
     if isinstance(project, Response):
         return project
@@ -119,7 +119,7 @@ async def pypi_json(request: Request) -> Response:
         server.pages[(project.name, "pypi-json")] = entry
         found = entry.body, entry.etag
     body, etag = found
-    return _page(request, body, "application/json", vary=False, etag=etag)
+    return page_response(request, body, "application/json", vary=False, etag=etag)
 
 
 async def files(request: Request) -> Response:
@@ -131,7 +131,7 @@ async def files(request: Request) -> Response:
         try:
             return await cached_file(request)
         except FileNotFoundError:
-            return _error(503, "the file was removed from the cache while being served; retry")
+            return error_response(503, "the file was removed from the cache while being served; retry")
 
 
 async def cached_file(request: Request) -> Response:
@@ -142,16 +142,16 @@ async def cached_file(request: Request) -> Response:
     try:
         found = await server.locate(filename)
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     if found is None:
-        return _error(404, "no such file in this index")
+        return error_response(404, "no such file in this index")
     d = found.dist
     local = found.source.local_path(d)
     if local is not None:
         _mark(request, "local")
-        return file_response(request, local, f'"{d.sha256}"', media_type=_media_type(filename))
+        return file_response(request, local, f'"{d.sha256}"', media_type=media_type_for(filename))
     if not d.sha256 and found.source.require_hashes:
-        return _error(502, f"{filename!r} is listed without a sha256 and source "
+        return error_response(502, f"{filename!r} is listed without a sha256 and source "
                            f"{found.source.name!r} sets require_hashes")
     cache = server.cache_for(found.source)
     up = Upstream(url=d.url, filename=filename, sha256=d.sha256, size=d.size)
@@ -165,8 +165,8 @@ async def cached_file(request: Request) -> Response:
         try:
             path = await store.fetch(d.sha256, filename, lambda: cache.ensure(up))
         except SpacyIndexError as e:
-            return _error(502, str(e))
-        return file_response(request, path, etag, media_type=_media_type(filename))
+            return error_response(502, str(e))
+        return file_response(request, path, etag, media_type=media_type_for(filename))
     if request.method == "HEAD" or request.headers.get("range"):
         return await _span(request, cache, up, etag)
     return await _whole_file(request, found, cache, up, etag)
@@ -180,13 +180,13 @@ async def _span(request: Request, cache: FileCache, up: Upstream, etag: str) -> 
     local = cache.cached_now(up.sha256)
     if local is not None:
         _mark(request, "hit")
-        return file_response(request, local, etag, media_type=_media_type(up.filename))
+        return file_response(request, local, etag, media_type=media_type_for(up.filename))
     cache.prefetch(up)
     _mark(request, "miss")
     if request.method == "HEAD" and up.size is not None:
-        return Response(status_code=200, media_type=_media_type(up.filename), headers={
+        return Response(status_code=200, media_type=media_type_for(up.filename), headers={
             **file_headers(etag), "Content-Length": str(up.size)})
-    return await _upstream_span(request, cache.client, up, etag)
+    return await upstream_span(request, cache.client, up, etag)
 
 
 async def _whole_file(request: Request, found: Located, cache: FileCache, up: Upstream,
@@ -199,17 +199,17 @@ async def _whole_file(request: Request, found: Located, cache: FileCache, up: Up
             # a hit: nothing to wait for, so no race with the client leaving (two more
             # tasks and loop turns before every cached file's first byte)
             await stream.__aenter__()
-        elif not await _unless_gone(request, stream.__aenter__()):
+        elif not await unless_gone(request, stream.__aenter__()):
             return Response(status_code=499)  # the client left while the download waited
     except CacheWriteError as e:
-        return await _pass_through(request, found.source.client, up, e)
+        return await pass_through(request, found.source.client, up, e)
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     _mark(request, "hit" if stream.hit else "miss")
     if stream.hit and stream.path is not None:
         await stream.__aexit__(None, None, None)
-        return file_response(request, stream.path, etag, media_type=_media_type(up.filename))
-    if _not_modified(request, etag):
+        return file_response(request, stream.path, etag, media_type=media_type_for(up.filename))
+    if not_modified(request, etag):
         await stream.__aexit__(None, None, None)
         return Response(status_code=304, headers={"ETag": etag})
     return await _streamed(request, stream, up.filename, etag)
@@ -231,11 +231,11 @@ async def _streamed(request: Request, stream: CacheStream, filename: str, etag: 
             return b""
 
     try:
-        got = await _unless_gone(request, first_chunk())
+        got = await unless_gone(request, first_chunk())
     except SpacyIndexError as e:
         await stream.__aexit__(None, None, None)
         log.error("%s: %s", filename, e)
-        return _error(502, str(e))
+        return error_response(502, str(e))
     if not got:  # the client left before the first chunk: stop waiting for it
         await stream.__aexit__(None, None, None)
         return Response(status_code=499)
@@ -253,7 +253,7 @@ async def _streamed(request: Request, stream: CacheStream, filename: str, etag: 
         finally:
             await stream.__aexit__(None, None, None)
 
-    return StreamingResponse(body(), headers=headers, media_type=_media_type(filename))
+    return StreamingResponse(body(), headers=headers, media_type=media_type_for(filename))
 
 
 async def _unverified_file(request: Request, cache: FileCache, up: Upstream) -> Response:
@@ -265,13 +265,13 @@ async def _unverified_file(request: Request, cache: FileCache, up: Upstream) -> 
         async with stream:
             hit = stream.hit
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     try:
         path = await cache.ensure(up)
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     state["cache"] = "hit-unverified" if hit else "miss-unverified"
-    return file_response(request, path, f'"{path.name}"', media_type=_media_type(up.filename))
+    return file_response(request, path, f'"{path.name}"', media_type=media_type_for(up.filename))
 
 
 async def metadata(request: Request, filename: str) -> Response:
@@ -279,18 +279,18 @@ async def metadata(request: Request, filename: str) -> Response:
     try:
         found = await server.locate(filename)
     except SpacyIndexError as e:
-        return _error(502, str(e))
+        return error_response(502, str(e))
     if found is None or found.dist.kind != "wheel" or not found.dist.sha256:
-        return _error(404, "no metadata for that file in this index")
+        return error_response(404, "no metadata for that file in this index")
     d = found.dist
     store = server.metadata
     async with store.lock(d.sha256):
         if store.digest(d.sha256) is None:
             try:
-                data = await _fetch_metadata(server, found)
+                data = await fetch_metadata(server, found)
             except (SpacyIndexError, httpx.HTTPError) as e:
                 detail = str(e) if isinstance(e, SpacyIndexError) else describe_error(e, d.url)
-                return _error(502, f"cannot read the metadata of {filename!r}: {detail}")
+                return error_response(502, f"cannot read the metadata of {filename!r}: {detail}")
             store.put(d.sha256, data, d.project)
             server.bound.stored(METADATA, d.sha256, d.filename, d.project, len(data))
             _mark(request, "miss")
@@ -300,9 +300,9 @@ async def metadata(request: Request, filename: str) -> Response:
     meta_sha = store.digest(d.sha256)
     kept = store.in_memory.get(d.sha256)
     if kept is not None:
-        return _bytes_response(request, kept, f'"{meta_sha}"', media_type="text/plain")
+        return bytes_response(request, kept, f'"{meta_sha}"', media_type="text/plain")
     try:
         return file_response(request, store.path(d.sha256), f'"{meta_sha}"',
                              media_type="text/plain")
     except FileNotFoundError:  # removed between the check and the answer: heal next time
-        return _error(503, "the metadata was removed while being served; retry")
+        return error_response(503, "the metadata was removed while being served; retry")

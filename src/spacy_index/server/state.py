@@ -25,7 +25,7 @@ from spacy_index.server.config import ServeConfig, SourceConfig
 from spacy_index.server.memory import Memory
 from spacy_index.server.metrics import Metrics
 from spacy_index.server.pages import PageEntry, entry_size, local_url, render_entry
-from spacy_index.server.responses import _not_modified, _page, _valid_name, page_target
+from spacy_index.server.responses import not_modified, page_response, page_target, valid_name
 from spacy_index.server.sources import FILE_POOL, IndexSource, Source, in_batches
 from spacy_index.server.stats import CacheStats
 from spacy_index.server.stores import CacheBound, MetadataStore
@@ -122,8 +122,7 @@ class Server:
 
     def downloads_in_flight(self) -> int:
         """Upstream downloads running now, over every source's file cache (``/metrics``)."""
-        # FileCache has no public count of its flights yet
-        return sum(len(getattr(cache, "_flights", ())) for cache in list(self._caches.values()))
+        return sum(cache.flights() for cache in list(self._caches.values()))
 
     def in_use(self, sha: str) -> bool:
         return any(cache.in_use(sha) for cache in self._caches.values())
@@ -221,7 +220,7 @@ class Server:
         None, and the request takes the normal route, unless the page is rendered and still
         current: the routed source's data is fresh, it is the project object the page was
         rendered from, and no metadata arrived since. The answer is the same bytes and headers
-        the route would send (``_page``). Never with client authentication on: every request
+        the route would send (``page_response``). Never with client authentication on: every request
         then goes through the app's auth middleware.
         """
         if self.auth_enabled:
@@ -248,8 +247,8 @@ class Server:
         if self.source_for(project.name).peek(project.name) is not project:
             return None
         status = 200
-        if if_none_match is not None and _not_modified(if_none_match, etag):
-            response = _page(if_none_match, body, ctype, etag=etag)
+        if if_none_match is not None and not_modified(if_none_match, etag):
+            response = page_response(if_none_match, body, ctype, etag=etag)
             status, headers, body = 304, response.raw_headers, b""
         if self.log_fast is not None:
             self.log_fast(scope, status, len(body))
@@ -264,7 +263,7 @@ class Server:
         except InvalidFilename:
             # a legacy file (``.egg``, ``.exe``, a non-PEP 440 version): its name ends at the
             # first dash, as setuptools wrote them
-            name = _valid_name(filename.split("-", 1)[0]) if "-" in filename else None
+            name = valid_name(filename.split("-", 1)[0]) if "-" in filename else None
             if name is None:
                 return None
         await self.project(name)

@@ -1,5 +1,5 @@
 """What the routes ask of upstream directly: a span of a file not cached yet, a file passed
-through an unwritable cache, a wheel's metadata; and :func:`_unless_gone`, which stops
+through an unwritable cache, a wheel's metadata; and :func:`unless_gone`, which stops
 waiting for upstream when the client has left."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from spacy_index.cache import CacheWriteError, Upstream
 from spacy_index.errors import DigestMismatch, MetadataError, SpacyIndexError
 from spacy_index.http import describe_error
-from spacy_index.server.responses import _error, _media_type
+from spacy_index.server.responses import error_response, media_type_for
 from spacy_index.server.sources import read_capped
 from spacy_index.wheelmeta import metadata_from_remote_wheel, metadata_from_wheel_file
 
@@ -31,7 +31,7 @@ log = logging.getLogger("spacy_index.server")
 METADATA_TAIL = 16384
 
 
-async def _unless_gone(request: Request, step: Awaitable[_T]) -> tuple[_T] | None:
+async def unless_gone(request: Request, step: Awaitable[_T]) -> tuple[_T] | None:
     """``(result,)`` of ``step``, or None when the client went away first (``step`` is then
     cancelled). A request waiting for a slow upstream (a download's start or its first
     chunk) stops waiting when its client leaves, so it no longer counts as a consumer of the
@@ -53,7 +53,7 @@ async def _unless_gone(request: Request, step: Awaitable[_T]) -> tuple[_T] | Non
     return (tasks[0].result(),)
 
 
-async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstream,
+async def upstream_span(request: Request, client: httpx.AsyncClient, up: Upstream,
                          etag: str) -> Response:
     """HEAD or a Range of a file that is not cached yet, asked of upstream directly."""
     headers = {"Accept-Encoding": "identity"}
@@ -63,10 +63,10 @@ async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstre
         upstream = await client.send(client.build_request(request.method, up.url, headers=headers),
                                      stream=True)
     except httpx.HTTPError as e:
-        return _error(502, f"cannot read {up.filename!r}: {describe_error(e, up.url)}")
+        return error_response(502, f"cannot read {up.filename!r}: {describe_error(e, up.url)}")
     if upstream.status_code not in (200, 206, 416):
         await upstream.aclose()
-        return _error(502, f"cannot read {up.filename!r}: HTTP {upstream.status_code} upstream")
+        return error_response(502, f"cannot read {up.filename!r}: HTTP {upstream.status_code} upstream")
     out = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "no-store"}
     for name in ("content-length", "content-range"):
         if name in upstream.headers:
@@ -74,7 +74,7 @@ async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstre
     if request.method == "HEAD" or upstream.status_code == 416:
         await upstream.aclose()
         return Response(status_code=upstream.status_code, headers=out,
-                        media_type=_media_type(up.filename))
+                        media_type=media_type_for(up.filename))
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -84,13 +84,13 @@ async def _upstream_span(request: Request, client: httpx.AsyncClient, up: Upstre
             await upstream.aclose()
 
     return StreamingResponse(body(), status_code=upstream.status_code, headers=out,
-                             media_type=_media_type(up.filename))
+                             media_type=media_type_for(up.filename))
 
 
 _PASS_THROUGH_WARNED: set[str] = set()
 
 
-async def _pass_through(request: Request, client: httpx.AsyncClient, up: Upstream,
+async def pass_through(request: Request, client: httpx.AsyncClient, up: Upstream,
                         why: SpacyIndexError) -> Response:
     """The cache cannot be written: stream the file from upstream as it comes (hashing it;
     a mismatch cuts the connection before the last byte), one warning per cache folder."""
@@ -102,10 +102,10 @@ async def _pass_through(request: Request, client: httpx.AsyncClient, up: Upstrea
     try:
         upstream = await client.send(client.build_request("GET", up.url), stream=True)
     except httpx.HTTPError as e:
-        return _error(502, f"cannot download {up.filename!r}: {describe_error(e, up.url)}")
+        return error_response(502, f"cannot download {up.filename!r}: {describe_error(e, up.url)}")
     if upstream.status_code != 200:
         await upstream.aclose()
-        return _error(502, f"cannot download {up.filename!r}: HTTP {upstream.status_code} upstream")
+        return error_response(502, f"cannot download {up.filename!r}: HTTP {upstream.status_code} upstream")
     headers = {"Cache-Control": "no-store"}
     if upstream.headers.get("content-length"):
         headers["Content-Length"] = upstream.headers["content-length"]
@@ -128,10 +128,10 @@ async def _pass_through(request: Request, client: httpx.AsyncClient, up: Upstrea
         finally:
             await upstream.aclose()
 
-    return StreamingResponse(body(), headers=headers, media_type=_media_type(up.filename))
+    return StreamingResponse(body(), headers=headers, media_type=media_type_for(up.filename))
 
 
-async def _fetch_metadata(server: Server, found: Located) -> bytes:
+async def fetch_metadata(server: Server, found: Located) -> bytes:
     d = found.dist
     assert d.sha256 is not None
     on_disk = found.source.local_path(d)

@@ -36,7 +36,7 @@ def _cork(sock: Any, on: bool) -> bool:
     return True
 
 
-def _zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractEventLoop):
+def wrap_zerocopy_send(cycle: Any, send: Callable[..., Any], loop: asyncio.AbstractEventLoop):
     """Wrap ``cycle.send`` so it also understands ``http.response.zerocopysend``."""
 
     async def zerocopy_send(message: dict[str, Any]) -> None:

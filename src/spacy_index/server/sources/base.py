@@ -3,8 +3,9 @@ source kind, no ``getattr`` with a default in the app)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from packaging.utils import NormalizedName
@@ -12,6 +13,12 @@ from packaging.utils import NormalizedName
 from spacy_index.model import Distribution, Project
 from spacy_index.server.config import SourceConfig
 from spacy_index.simple.parse import UpstreamFile
+
+if TYPE_CHECKING:
+    from spacy_index.catalog import Catalog
+
+#: how /metrics times a catalog load: (load, outcome) → the load to run instead
+LoadWrapper = Callable[[Callable[[], "Catalog"], str], Callable[[], "Catalog"]]
 
 
 class Source(Protocol):
@@ -49,6 +56,35 @@ class Source(Protocol):
         """What the upstream page said of ``filename`` beyond the Distribution, if known."""
         ...
 
+    @property
+    def holds_catalog(self) -> bool:
+        """A pipeline catalog loaded as a whole (a GitHub source): /ready waits for its first
+        load, /metrics reports its age and the catalogue page lists it."""
+        ...
+
+    async def catalog(self) -> Catalog | None:
+        """The pipeline catalog, loaded if it must be; None for sources without one."""
+        ...
+
+    @property
+    def loaded_at(self) -> float | None:
+        """When the catalog last loaded (``time.monotonic()``); None: never, or no catalog."""
+        ...
+
+    @property
+    def failing(self) -> bool:
+        """The last catalog load failed."""
+        ...
+
+    def wrap_loads(self, wrap: LoadWrapper) -> None:
+        """Run every later catalog load through ``wrap`` (the metrics' timer)."""
+        ...
+
+    def local_state(self) -> str | None:
+        """What /ready says of a source read from this machine ("ready", "unreadable");
+        None for sources that answer from elsewhere."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -66,3 +102,17 @@ class SourceDefaults:
 
     def upstream_file(self, filename: str) -> UpstreamFile | None:
         return None  # no upstream page: the Distribution is all there is
+
+    # no pipeline catalog, nothing on this machine: what a catalog or a folder says instead
+    holds_catalog = False
+    loaded_at: float | None = None
+    failing = False
+
+    async def catalog(self) -> Catalog | None:
+        return None
+
+    def wrap_loads(self, wrap: LoadWrapper) -> None:
+        return None
+
+    def local_state(self) -> str | None:
+        return None

@@ -25,6 +25,8 @@ class CatalogSource(SourceDefaults):
     first load, the bundled snapshot (``offline_fallback``) or, for ``retry_after`` seconds,
     the same error without a request."""
 
+    holds_catalog = True
+
     def __init__(
         self,
         cfg: SourceConfig,

@@ -39,6 +39,9 @@ class FolderSource(SourceDefaults):
     def files_client(self) -> httpx.AsyncClient:
         return self.client
 
+    def local_state(self) -> str | None:
+        return "ready" if os.path.isdir(self.root) else "unreadable"
+
     def _scan(self) -> Catalog:
         dists = []
         try:
