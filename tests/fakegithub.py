@@ -61,10 +61,12 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from tests.servers import StoppableHTTPServer, serve_http
 
 __all__ = ["FakeGitHub", "Fault", "RecordedRequest"]
 
@@ -303,49 +305,14 @@ class _Response:
     abort_after: int | None = None  # close the connection after this many body bytes
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that can really stop: it tracks open connections and
-    shuts them down so ``server_close`` can join every handler thread."""
+class _Server(StoppableHTTPServer):
+    """One origin of the fake (``api``, ``web`` or ``objects``)."""
 
-    daemon_threads = True
-
-    def __init__(self, fake: FakeGitHub, origin: str) -> None:
-        self.fake = fake
-        self.origin = origin
-        self._conns: set[socket.socket] = set()
-        self._handlers: list[threading.Thread] = []
-        self._conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # like ThreadingMixIn, but daemon threads that are still tracked and joined
-        thread = threading.Thread(target=self.process_request_thread,
-                                  args=(request, client_address), daemon=True,
-                                  name=f"fakegithub-{self.origin}-conn")
-        with self._conns_lock:
-            self._conns.add(request)
-            self._handlers = [t for t in self._handlers if t.is_alive()] + [thread]
-        thread.start()
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
+    fake: FakeGitHub
+    origin: str
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # aborted/torn-down connections are expected; keep test output clean
-
-    def close(self, timeout: float = 10) -> None:
-        """After ``shutdown()``: end open connections, close the socket, join handlers."""
-        with self._conns_lock:
-            conns, handlers = list(self._conns), list(self._handlers)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self.server_close()
-        deadline = time.monotonic() + timeout
-        for thread in handlers:
-            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -499,7 +466,7 @@ class FakeGitHub:
         self._req_ids = itertools.count(1)
         self._nonces = itertools.count(1)
         self._servers: dict[str, _Server] = {}
-        self._threads: list[threading.Thread] = []
+        self._stack = contextlib.ExitStack()
 
         if releases is not None:
             self._releases = [self._normalize(r) for r in copy.deepcopy(releases)]
@@ -523,13 +490,13 @@ class FakeGitHub:
         """Start the three servers (idempotent)."""
         if self._servers:
             return self
-        for origin in ("api", "web", "objects"):
-            server = _Server(self, origin)
-            self._servers[origin] = server
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"fakegithub-{origin}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        with contextlib.ExitStack() as stack:
+            for origin in ("api", "web", "objects"):
+                server = stack.enter_context(
+                    serve_http(_Handler, server_class=_Server, name=f"fakegithub-{origin}"))
+                server.fake, server.origin = self, origin
+                self._servers[origin] = server
+            self._stack = stack.pop_all()
         self.api_url = self._origin_url("api")
         self.web_url = self._origin_url("web")
         self.objects_url = self._origin_url("objects")
@@ -537,17 +504,8 @@ class FakeGitHub:
 
     def stop(self) -> None:
         """Stop accepting, drop open connections, close sockets, join all threads."""
-        servers, self._servers = self._servers, {}
-        stoppers = [threading.Thread(target=s.shutdown) for s in servers.values()]
-        for stopper in stoppers:  # each shutdown() waits up to one poll interval
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join()
-        for server in servers.values():
-            server.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads.clear()
+        self._servers = {}
+        self._stack.close()
 
     def __enter__(self) -> FakeGitHub:
         return self.start()
