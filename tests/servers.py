@@ -146,7 +146,6 @@ class StoppableHTTPServer(http.server.ThreadingHTTPServer):
     hangs up). Connection errors are not printed: a test server sees clients hang up and its
     own teardown cut connections on purpose."""
 
-    daemon_threads = True  # the join in server_close is bounded; never block interpreter exit
     close_timeout: float = 10  #: seconds server_close waits, in all, for the handler threads
 
     def __init__(self, server_address: Any, handler: Any, bind_and_activate: bool = True) -> None:
@@ -156,7 +155,8 @@ class StoppableHTTPServer(http.server.ThreadingHTTPServer):
         super().__init__(server_address, handler, bind_and_activate)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # like ThreadingMixIn's, but the threads are tracked (and named after the serving one)
+        # like ThreadingMixIn's (daemon threads: they never hold up the interpreter's exit),
+        # but tracked for server_close, and named after the serving thread
         thread = threading.Thread(target=self.process_request_thread,
                                   args=(request, client_address), daemon=True,
                                   name=f"{threading.current_thread().name}-conn")
