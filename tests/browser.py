@@ -18,11 +18,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.servers import serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("SPACY_INDEX_CHROMIUM", "/usr/bin/chromium"))
@@ -125,15 +126,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def static_server(root: Path) -> Iterator[str]:
     """``python -m http.server`` for ``root`` on 127.0.0.1 (ephemeral port): the base URL."""
     handler = functools.partial(_Quiet, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, name="static-server", daemon=True)
-    thread.start()
-    try:
+    with serve_http(handler, name="static-server") as httpd:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
 
 
 def navigation_timing(page: Any) -> dict[str, float]:

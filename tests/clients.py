@@ -69,7 +69,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.servers import serve_http
+from tests.servers import StoppableHTTPServer, serve_http
 from tests.wheels import require_spacy
 
 
@@ -611,8 +611,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             log.append(f"{self.command} {self.path} {code}")
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(StoppableHTTPServer):
     # uv opens dozens of connections at once; with the default backlog of 5
     # the kernel drops SYNs and the client retries after 1 s.
     request_queue_size = 256

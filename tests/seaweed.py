@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from tests.s3server import AWS_ENV, AWS_UNSET
-from tests.servers import free_port, wait_healthy
+from tests.servers import free_port, stop_process, wait_healthy
 
 CACHE_BUCKET = "spacy-cache"  # private: only the replicas' key reads and writes it
 PUBLIC_BUCKET = "spacy-index"  # the published index; anonymous GETs allowed (the gateway)
@@ -78,17 +78,6 @@ def aws_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in AWS_UNSET}
     env.update(AWS_ENV)
     return env
-
-
-def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 10) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 # --------------------------------------------------------------------------- #
@@ -192,7 +181,7 @@ def seaweed_server(folder: Path, *, start_timeout: float = 60,
         yield Seaweed(url, folder, proc, client)
     finally:
         # weed's graceful stop can take many seconds; the data is a throwaway folder
-        _stop(proc, signal.SIGTERM, grace=3)
+        stop_process(proc, signal.SIGTERM, grace=3)
         log.close()
         for port in ports.values():  # its gRPC unix sockets are always in /tmp
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
@@ -305,7 +294,7 @@ def nginx(folder: Path, body: str, port: int) -> Iterator[Nginx]:
             raise RuntimeError("nginx did not start")
         yield Nginx(url, folder, proc)
     finally:
-        _stop(proc, signal.SIGQUIT, grace=10)  # graceful: finish requests, then exit
+        stop_process(proc, signal.SIGQUIT, grace=10)  # graceful: finish requests, then exit
 
 
 # --------------------------------------------------------------------------- #
@@ -375,7 +364,7 @@ def replicas(folder: Path, n: int, *, s3: Seaweed, cache: str, github_api: str,
                 if r.proc.poll() is None:
                     r.proc.send_signal(signal.SIGTERM)
         for r in started:
-            _stop(r.proc, signal.SIGTERM, grace=15)
+            stop_process(r.proc, signal.SIGTERM, grace=15)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,5 +1,6 @@
 """Where tests start servers: ``spacy-index serve``'s app in process (``asgi_client``) or under
-a real uvicorn on 127.0.0.1 (``run_app``), and ``http.server`` handlers (``serve_http``)."""
+a real uvicorn on 127.0.0.1 (``run_app``), ``http.server`` handlers (``serve_http``, on a
+:class:`StoppableHTTPServer`), and where servers run as subprocesses stop (``stop_process``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import asyncio
 import contextlib
 import hashlib
 import http.server
+import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -135,16 +139,67 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
     return str(cert_pem), str(key_pem), str(ca_pem)
 
 
+class StoppableHTTPServer(http.server.ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` that really stops: it tracks the open connections, and
+    ``server_close()`` shuts them down before it joins their handler threads (a client's idle
+    keep-alive connection would otherwise hold its handler, and a join, until the client
+    hangs up). Connection errors are not printed: a test server sees clients hang up and its
+    own teardown cut connections on purpose."""
+
+    close_timeout: float = 10  #: seconds server_close waits, in all, for the handler threads
+
+    def __init__(self, server_address: Any, handler: Any, bind_and_activate: bool = True) -> None:
+        self._conns: set[socket.socket] = set()
+        self._handlers: list[threading.Thread] = []
+        self._conns_lock = threading.Lock()
+        super().__init__(server_address, handler, bind_and_activate)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # like ThreadingMixIn's (daemon threads: they never hold up the interpreter's exit),
+        # but tracked for server_close, and named after the serving thread
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address), daemon=True,
+                                  name=f"{threading.current_thread().name}-conn")
+        with self._conns_lock:
+            self._conns.add(request)
+            self._handlers = [t for t in self._handlers if t.is_alive()] + [thread]
+        thread.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def server_close(self) -> None:
+        """After ``shutdown()``: end open connections, close the socket, join the handlers."""
+        with self._conns_lock:
+            conns, handlers = list(self._conns), list(self._handlers)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                # socket.socket's, not SSLSocket's: that one also drops the TLS state that
+                # the handler thread may be using right now
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        super().server_close()
+        deadline = time.monotonic() + self.close_timeout
+        for thread in handlers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 @contextlib.contextmanager
 def serve_http(handler: Any, *, server_class: type[socketserver.BaseServer] | None = None,
                tls: Any = None, name: str = "test-http",
                poll_interval: float = 0.05) -> Iterator[Any]:
     """A ``http.server`` (or ``socketserver``) handler class on 127.0.0.1 (an ephemeral port)
-    in a thread, its socket wrapped in ``tls`` (an ``ssl.SSLContext``) if given; yields the
-    server (``server_class``, default ``ThreadingHTTPServer``) and stops it afterwards.
-    ``shutdown()`` waits for the serving thread's next poll: 0.5 s each at the stdlib's
-    default, for every server a test starts."""
-    httpd = (server_class or http.server.ThreadingHTTPServer)(("127.0.0.1", 0), handler)
+    in a thread named ``name``, its socket wrapped in ``tls`` (an ``ssl.SSLContext``) if
+    given; yields the server (``server_class``, default :class:`StoppableHTTPServer`) and
+    stops it afterwards. State the handlers share goes in attributes set on the yielded
+    server (no client knows its port before). ``shutdown()`` waits for the serving thread's
+    next poll: 0.5 s each at the stdlib's default, for every server a test starts."""
+    httpd = (server_class or StoppableHTTPServer)(("127.0.0.1", 0), handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, args=(poll_interval,), name=name,
@@ -163,3 +218,18 @@ def serve_handler(handler: Any, *, tls: Any = None) -> Iterator[str]:
     """:func:`serve_http`, yielding its base URL (https with ``tls``)."""
     with serve_http(handler, tls=tls) as httpd:
         yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+                 grace: float = 10) -> int:
+    """Stop a server started as a subprocess: ``sig`` (if it still runs), up to ``grace``
+    seconds to exit, then SIGKILL; its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # it exited since the poll
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from spacy_index.cache import (
 )
 from spacy_index.errors import DigestMismatch, SpacyIndexError, UpstreamError
 from tests.fakegithub import FakeGitHub, Fault, RecordedRequest
+from tests.servers import serve_http
 
 T = TypeVar("T")
 MB = 1 << 20
@@ -152,20 +153,17 @@ class Scripted:
                 except OSError:
                     self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/f.whl"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self._handler = Handler
+        self._stack = contextlib.ExitStack()
+        self.url = ""  # set on __enter__, when the server has its port
 
     def __enter__(self) -> Scripted:
-        self.thread.start()
+        server = self._stack.enter_context(serve_http(self._handler, name="scripted-origin"))
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/f.whl"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self._stack.close()
 
 
 # --------------------------------------------------------------------------- #

@@ -9,6 +9,7 @@ it came from) and what did not (no spaCy with --no-deps).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import io
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +35,7 @@ from spacy_index.model import Distribution
 from spacy_index.model_spacy import spacy_compatible, spacy_series
 from tests.clients import clean_env, make_venv, serve_directory
 from tests.fakegithub import FakeGitHub, Fault
+from tests.servers import StoppableHTTPServer, serve_http
 from tests.wheels import meta_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*W095:UserWarning"),
@@ -363,19 +366,31 @@ def test_a_lost_network_keeps_the_partial_and_the_next_run_resumes(model_wheels,
         assert not partial.exists()
 
 
-class _SlowFiles(http.server.ThreadingHTTPServer):
+class _SlowFiles(StoppableHTTPServer):
     """A PEP 691 index of one wheel whose download stops after ``stall_after`` bytes until
     ``release`` is set (bounded: 30 s), with Range support; records Range headers."""
 
-    daemon_threads = True
+    wheel: Path
+    project: str
+    sha: str
+    metadata: bytes
+    stall_after: int | None
+    release: threading.Event
+    ranges: list[str | None]
+    sent: int
 
-    def __init__(self, wheel: Path, project: str, sha: str, metadata: bytes) -> None:
-        self.wheel, self.project, self.sha, self.metadata = wheel, project, sha, metadata
-        self.stall_after: int | None = None
-        self.release = threading.Event()
-        self.ranges: list[str | None] = []
-        self.sent = 0
-        super().__init__(("127.0.0.1", 0), _SlowHandler)
+
+@contextlib.contextmanager
+def _slow_files(wheel: Path, project: str, sha: str, metadata: bytes, *,
+                stall_after: int | None) -> Iterator[_SlowFiles]:
+    with serve_http(_SlowHandler, server_class=_SlowFiles, name="slow-files") as server:
+        server.wheel, server.project, server.sha, server.metadata = wheel, project, sha, metadata
+        server.stall_after, server.release, server.ranges, server.sent = (
+            stall_after, threading.Event(), [], 0)
+        try:
+            yield server
+        finally:
+            server.release.set()  # a stalled body ends: stopping need not wait for its thread
 
 
 class _SlowHandler(http.server.BaseHTTPRequestHandler):
@@ -434,17 +449,14 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
 def test_ctrl_c_says_what_was_kept_and_the_next_run_resumes(model_wheels, tmp_path, isolated, capsys):
     big = model_wheels(name="core_web_md", version="3.8.50", pad_bytes=6 << 20)
     size = big.wheel.stat().st_size
-    server = _SlowFiles(big.wheel, "en-core-web-md", big.sha256, big.metadata)
-    server.stall_after = 2 << 20
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    index = f"http://127.0.0.1:{server.server_address[1]}/simple/"
-    cache = tmp_path / "c"
-    venv = make_venv(tmp_path / "v", with_spacy=False, env=isolated)
-    argv = ["install", "en_core_web_md", "--spacy", "3.8", "--no-deps", "--index", index,
-            "--python", str(venv.python), "--cache-dir", str(cache)]
-    env = {**isolated, "PYTHONPATH": str(REPO / "src"), "GITHUB_API_URL": "http://127.0.0.1:9"}
-    try:
+    with _slow_files(big.wheel, "en-core-web-md", big.sha256, big.metadata,
+                     stall_after=2 << 20) as server:
+        index = f"http://127.0.0.1:{server.server_address[1]}/simple/"
+        cache = tmp_path / "c"
+        venv = make_venv(tmp_path / "v", with_spacy=False, env=isolated)
+        argv = ["install", "en_core_web_md", "--spacy", "3.8", "--no-deps", "--index", index,
+                "--python", str(venv.python), "--cache-dir", str(cache)]
+        env = {**isolated, "PYTHONPATH": str(REPO / "src"), "GITHUB_API_URL": "http://127.0.0.1:9"}
         proc = subprocess.Popen([sys.executable, "-m", "spacy_index", *argv], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -472,10 +484,6 @@ def test_ctrl_c_says_what_was_kept_and_the_next_run_resumes(model_wheels, tmp_pa
         assert server.ranges[-1] == f"bytes={2 << 20}-" and server.sent == size - (2 << 20)
         assert installed_from(venv, "en_core_web_md") == ("3.8.50", "uv", big.sha256)
         assert "resuming the download kept from before" in capsys.readouterr().err
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 # ----------------------------------------------------------------------------- helpers

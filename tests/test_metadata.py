@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,6 +37,7 @@ from spacy_index.wheelmeta import (
     metadata_plan,
 )
 from tests.fakegithub import FakeGitHub, Fault
+from tests.servers import StoppableHTTPServer, serve_http
 
 PAD = 5 << 20  # 5 MB of incompressible padding
 TAIL = 65536
@@ -184,21 +185,16 @@ class Served:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class RangeServer(ThreadingHTTPServer):
+class RangeServer(StoppableHTTPServer):
     """``/f/<name>`` serves a file (with ``Range`` unless ``ranges=False``); ``/r/<name>``
     302-redirects there. ``lie_from=n``: from the n-th request on (0-based), 206 answers
     announce a ``Content-Range`` starting one byte later than what they send."""
 
-    daemon_threads = True
-
-    def __init__(self, files: dict[str, bytes], *, ranges: bool = True,
-                 lie_from: int | None = None) -> None:
-        self.files = files
-        self.ranges = ranges
-        self.lie_from = lie_from
-        self.requests: list[Served] = []
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _RangeHandler)
+    files: dict[str, bytes]
+    ranges: bool
+    lie_from: int | None
+    requests: list[Served]
+    lock: threading.Lock
 
     def url(self, name: str, *, redirect: bool = False, userinfo: str = "") -> str:
         host, port = self.server_address[:2]
@@ -218,16 +214,12 @@ class RangeServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(files: dict[str, bytes], **kwargs: Any) -> Iterator[RangeServer]:
-    server = RangeServer(files, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+def serve(files: dict[str, bytes], *, ranges: bool = True,
+          lie_from: int | None = None) -> Iterator[RangeServer]:
+    with serve_http(_RangeHandler, server_class=RangeServer, name="range-server") as server:
+        server.files, server.ranges, server.lie_from = files, ranges, lie_from
+        server.requests, server.lock = [], threading.Lock()
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 class _RangeHandler(BaseHTTPRequestHandler):

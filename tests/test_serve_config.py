@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import http.server
-import threading
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from spacy_index.errors import UsageError
 from spacy_index.server.config import load_config
 from spacy_index.server.negotiate import negotiate
 from spacy_index.server.wiring import build_server, create_app
-from tests.servers import run_app
+from tests.servers import run_app, serve_http
 from tests.test_serve_upstream import small_wheel
 
 
@@ -117,10 +116,7 @@ def test_netrc_credentials_for_a_private_index(tmp_path, monkeypatch):
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Private)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serve_http(Private, name="private-index") as httpd:
         (tmp_path / ".netrc").write_text("machine 127.0.0.1 login bob password s3cret\n")
         (tmp_path / ".netrc").chmod(0o600)
         monkeypatch.setenv("HOME", str(tmp_path))
@@ -133,10 +129,6 @@ def test_netrc_credentials_for_a_private_index(tmp_path, monkeypatch):
             r = httpx.get(url + "/simple/internal-tool/")
             assert r.status_code == 200 and "internal_tool-2.0-py3-none-any.whl" in r.text
             assert "s3cret" not in r.text and "bob" not in r.text
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(10)
     assert seen and all(a and a.startswith("Basic ") for a in seen)
 
 

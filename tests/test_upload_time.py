@@ -101,7 +101,6 @@ class _NegotiatingHandler(http.server.SimpleHTTPRequestHandler):
 def negotiating_server(root: Path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     handler = lambda *a, **kw: _NegotiatingHandler(*a, directory=str(root), **kw)  # noqa: E731
     with serve_http(handler) as httpd:
-        httpd.daemon_threads = True  # type: ignore[attr-defined]
         httpd.served = []  # type: ignore[attr-defined]
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.served  # type: ignore[attr-defined]
 
@@ -119,8 +118,7 @@ class _RefusingProxy(socketserver.StreamRequestHandler):
 
 @contextlib.contextmanager
 def refusing_proxy() -> Iterator[tuple[str, list[str]]]:
-    with serve_http(_RefusingProxy, server_class=socketserver.ThreadingTCPServer) as server:
-        server.daemon_threads = True  # type: ignore[attr-defined]
+    with serve_http(_RefusingProxy, name="refusing-proxy") as server:
         server.asked = []  # type: ignore[attr-defined]
         yield f"http://127.0.0.1:{server.server_address[1]}", server.asked  # type: ignore[attr-defined]
 

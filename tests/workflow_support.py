@@ -51,7 +51,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from tests.clients import clean_env, run, uv_bin
-from tests.servers import serve_http
+from tests.servers import StoppableHTTPServer, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_REQUIREMENTS = REPO / "requirements" / "tools.txt"
@@ -388,8 +388,7 @@ class _LicensedHandler(http.server.BaseHTTPRequestHandler):
             self._reply(404)
 
 
-class _LicensedServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class _LicensedServer(StoppableHTTPServer):
     key: str
     files: dict[str, bytes]
     seen: list[tuple[str, str]]
