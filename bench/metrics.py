@@ -9,7 +9,7 @@ difference is `create_app(server, metrics=False)` in the two "off" ones (no coun
 access log middleware or the fast path's `log_fast`, no `/metrics`). The second "off" server
 ("off-b", `--no-control` skips it) is an A/A control: its ratio to "off" is the noise floor of
 this shared machine at that moment. All answer a cached project page from a fake GitHub
-(tests/fakegithub.py) catalog, so nearly every request takes the task-free fast path
+(tests/fakegithub/) catalog, so nearly every request takes the task-free fast path
 (`Server.fast_response`), the path whose cost matters most.
 
 Load: `wrk -t 1 -c 32` (C, keep-alive, exact µs percentiles from a Lua `done()`, see

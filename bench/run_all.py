@@ -125,7 +125,7 @@ def header(quick: bool, started: dt.datetime, rows: list[list[str]], runs: dict,
                f"{' --quick' if quick else ''}`). Every figure is a median of repeated runs "
                "(the count is in each section); ratios are ours ÷ alternative, measured side by "
                "side in the same run. Everything ran on 127.0.0.1 against a fake GitHub "
-               "(tests/fakegithub.py) and real pipeline wheels (tests/wheels.py). The machine is "
+               "(tests/fakegithub/) and real pipeline wheels (tests/wheels.py). The machine is "
                "shared with other sessions: wall times carry their load (see the serve section's "
                "'other load' columns); byte and request counts do not.")
     out += ["", "## Machine", "", md_table(["", ""], machine_info()), ""]

@@ -7,7 +7,7 @@
 
 What runs (all on 127.0.0.1, everything stopped at the end):
 
-* a FakeGitHub (tests/fakegithub.py) holding three padded pipeline wheels built with
+* a FakeGitHub (tests/fakegithub/) holding three padded pipeline wheels built with
   tests/wheels.py (cached under --work-dir), a static fake PyPI (tests.clients.serve_directory)
   as ``--upstream``, and ``spacy-index serve`` as a real subprocess of the installed CLI with
   ``GITHUB_API_URL``/``GITHUB_TOKEN`` pointing at the fake;

@@ -43,7 +43,7 @@ from tests.seaweed import (
     spacy_index_script,
     weed_binary,
 )
-from tests.servers import free_port, wait_healthy
+from tests.servers import free_port, stop_process, wait_healthy
 from tests.wheels import meta_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,13 +208,7 @@ def running(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path,
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(stop)
-            try:
-                proc.wait(stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, stop, stop_timeout)
 
 
 def substitute(argv: list[str], mapping: dict[str, str]) -> list[str]:

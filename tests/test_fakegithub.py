@@ -1,4 +1,4 @@
-"""Tests for the GitHub fake in tests/fakegithub.py."""
+"""Tests for the GitHub fake in tests/fakegithub/."""
 
 from __future__ import annotations
 

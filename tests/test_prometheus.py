@@ -20,7 +20,7 @@ from spacy_index.server.config import load_config
 from spacy_index.server.wiring import build_server, create_app
 from tests.clients import serve_directory
 from tests.fakegithub import FakeGitHub
-from tests.servers import free_port, run_app
+from tests.servers import free_port, run_app, stop_process
 from tests.wheels import meta_archive
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -69,20 +69,14 @@ def prometheus(target: str, folder: Path) -> Iterator[str]:
             time.sleep(0.1)
         if ready:
             break
-        proc.terminate()
-        proc.wait(20)
+        stop_process(proc, grace=20)
         log.close()
     else:
         raise RuntimeError("prometheus did not start:\n" + (folder / "prometheus.log").read_text()[-3000:])
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=30)
         log.close()
 
 

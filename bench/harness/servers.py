@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,13 +31,9 @@ class ManagedProcess:
         self.pid = self.proc.pid
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        from tests.servers import stop_process  # the one subprocess stop, shared with the tests
+
+        stop_process(self.proc, grace=timeout)
         self._log.close()
 
     def tail(self, n: int = 2000) -> str:
