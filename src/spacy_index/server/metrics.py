@@ -278,7 +278,6 @@ class Metrics:
         for name, source in sources.items():
             cfg = getattr(source, "cfg", None)
             entry: dict[str, Any] = {"kind": getattr(cfg, "kind", "simple")}
-            local = source.local_state()
             if source.holds_catalog:
                 age = self.catalog_age(name, source)
                 if age is None:
@@ -289,7 +288,7 @@ class Metrics:
                     last = self._catalogs.get(name, (None, "ok"))[1]
                     entry["state"] = {"error": "stale", "snapshot": "snapshot"}.get(last, "ready")
                     entry["catalog_age_seconds"] = round(age, 1)
-            elif local is not None:
+            elif (local := source.local_state()) is not None:  # a folder: one stat
                 entry["state"] = local
             else:
                 last_ok = self._upstream_last.get(name)
