@@ -12,8 +12,8 @@ error and SIGTERM):
   ``--slow-delay`` seconds (10); any other name is 404. It logs every request (path, delay, how many were in flight);
 * ``spacy-index serve --config <toml> --upstream <upstream>/simple/ --log-level warning``, one
   process for the whole run, the TOML holding only ``[server] spacy_models = false`` (nothing
-  goes to GitHub; ``[limits]`` at its defaults: 1000 connections, header_timeout 15 s,
-  idle_timeout 5 s). ``/simple/demo/`` is requested once through it before the measurements,
+  goes to GitHub) and ``[limits] page_fetch`` (``--page-fetch``, default ``process``; the
+  other limits at their defaults: 1000 connections, header_timeout 15 s, idle_timeout 5 s). ``/simple/demo/`` is requested once through it before the measurements,
   so every measured answer comes from serve's page cache (fresh for ``page_ttl`` 60 s, then
   stale-while-revalidate: answered from the cache while a background refresh runs);
 * the **well-behaved clients**: one client process (``python -S bench/abuse_clients.py pages``,
@@ -297,7 +297,8 @@ def measure(args: argparse.Namespace, run_dir: Path) -> dict:
     import httpx
 
     config = run_dir / "serve.toml"
-    config.write_text("[server]\nspacy_models = false\n")
+    config.write_text(f"[server]\nspacy_models = false\n\n[limits]\n"
+                      f"page_fetch = \"{args.page_fetch}\"\n")
     runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     with contextlib.ExitStack() as stack:
         up = stack.enter_context(Upstream(args.slow_delay))
@@ -366,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                     "each run (default 20, quick 3)")
     ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (serve's log)")
+    ap.add_argument("--page-fetch", choices=("process", "thread"), default="process",
+                    help="serve's [limits] page_fetch: upstream page fetches in a process of "
+                    "their own (the default) or in a thread of serve's process")
     args = ap.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     args.window = args.window or (5.0 if args.quick else 10.0)

@@ -16,8 +16,10 @@ For every project in ``tests/data/conformance_projects.txt`` it compares:
 and counts every 5xx serve answers.
 
 Race-free by construction: PyPI can publish between two fetches, so the strict comparison is
-never against a second download. ``server.upstream.pages_client`` is replaced by a client whose
-transport records the exact body of every ``https://pypi.org/simple/<name>/`` response serve
+never against a second download. serve runs with ``[limits] page_fetch = "thread"`` (its page
+fetches in a thread of this process, not a process of their own) so that
+``server.upstream.pages.client`` can be replaced by a client whose transport records the exact
+body of every ``https://pypi.org/simple/<name>/`` response serve
 receives, and the page TTL is raised so that serve fetches each page exactly once during the
 run (a second fetch is itself reported). Transient PyPI failures (transport errors, 429,
 5xx) are retried inside that transport, so a serve 5xx is never PyPI's flake. Requests to the
@@ -452,7 +454,8 @@ def test_serve_matches_pypi(tmp_path: Path) -> None:
     routed = [n for n in names if config.route(n) is not None]
     assert not routed, f"these names are routed to a non-upstream source: {routed}"
     assert config.upstream.rstrip("/") + "/" == UPSTREAM_SIMPLE, config.upstream
-    config = dataclasses.replace(config, page_ttl=PAGE_TTL)
+    config = dataclasses.replace(config, page_ttl=PAGE_TTL,
+                                 limits=dataclasses.replace(config.limits, page_fetch="thread"))
 
     try:
         with httpx.Client(verify=ssl_context(), timeout=30.0) as probe:
@@ -464,12 +467,12 @@ def test_serve_matches_pypi(tmp_path: Path) -> None:
 
     server = build_server(config, cache_dir=tmp_path / "cache", api_url="http://127.0.0.1:9/",
                           token=None)
-    original = getattr(server.upstream, "pages_client", None)
+    original = getattr(server.upstream.pages, "client", None)
     if not isinstance(original, httpx.AsyncClient):
-        pytest.fail("server.upstream.pages_client is not an httpx.AsyncClient any more: the "
+        pytest.fail("server.upstream.pages.client is not an httpx.AsyncClient any more: the "
                     "recording transport needs another hook")
     client, transport = recording_client()
-    server.upstream.pages_client = client
+    server.upstream.pages.client = client
     asyncio.run(original.aclose())
     app = create_app(server)
 

@@ -147,8 +147,13 @@ def test_limits_table_has_defaults_sizes_and_clear_errors(tmp_path):
     limits = load_config(path, {}).limits
     assert (limits.max_page_size, limits.max_page_files, limits.max_metadata_size) == (
         8 << 20, 20_000, 1 << 20)
+    assert limits.page_fetch == "process"  # the default: page fetches in a process of their own
+    path.write_text('[limits]\npage_fetch = "thread"\n')
+    assert load_config(path, {}).limits.page_fetch == "thread"
     for text, says in (('[limits]\nmax_page_files = 0\n', "max_page_files"),
-                       ('[limits]\nmax_page_size = "huge"\n', "max_page_size"),('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
+                       ('[limits]\nmax_page_size = "huge"\n', "max_page_size"),
+                       ('[limits]\npage_fetch = "fork"\n', "page_fetch: Invalid enum value 'fork'"),
+                       ('[limits]\nheader_timout = 3\n', "did you mean 'header_timeout'"),
                        ('[limits]\nmax_header_line = "1MiB"\n', "larger than max_header_size"),
                        ('[limits]\nmax_connections = 0\n', "max_connections"),
                        ('[limits]\nmax_header_size = "lots"\n', "not a size")):

@@ -60,6 +60,7 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str], err: Console) ->
         # switch interval (5 ms) is up: a /health answer (a dozen of them) took 60 ms; with
         # 1 ms, 10 ms. Set here, for the serve process only, never on import or create_app.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        server.upstream.start()  # its page-fetch process starts while uvicorn does
         _GuardedServer(uv_config, guard, sock).run(sockets=[sock])
     finally:
         sock.close()

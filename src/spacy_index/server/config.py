@@ -33,6 +33,7 @@ A TOML file (all keys optional)::
     max_page_files = 50000     # files one upstream page may list (502 beyond)
     max_metadata_size = "32MiB" # one upstream .metadata, on the wire and decoded
     parse_budget = 10          # seconds parsing one upstream page may take (502 beyond)
+    page_fetch = "process"     # upstream page fetches in a process per source, or "thread"
 
 Sources are tried in file order; the first whose ``projects`` globs match a name answers it,
 alone: a routed name is never merged with the upstream. Globs compare normalized names.
@@ -141,6 +142,7 @@ class _LimitsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_page_files: Annotated[int, msgspec.Meta(ge=1)] = LimitsConfig.max_page_files
     max_metadata_size: str | int = LimitsConfig.max_metadata_size
     parse_budget: Annotated[float, msgspec.Meta(gt=0)] = LimitsConfig.parse_budget
+    page_fetch: Literal["process", "thread"] = "process"
 
 
 class _AuthTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -292,7 +294,7 @@ def _limits(raw: _LimitsTable) -> LimitsConfig:
                         max_page_files=raw.max_page_files,
                         max_metadata_size=parse_size(raw.max_metadata_size,
                                                      "[limits] max_metadata_size"),
-                        parse_budget=raw.parse_budget)
+                        parse_budget=raw.parse_budget, page_fetch=raw.page_fetch)
 
 
 def _auth(raw: _AuthTable, env: Mapping[str, str]) -> AuthConfig:

@@ -97,6 +97,9 @@ class LimitsConfig:
     max_metadata_size: int = 32 << 20
     #: seconds parsing one upstream page may take (in a worker thread), else a 502
     parse_budget: float = 10.0
+    #: where upstream page fetches run: ``process`` (one process per source, off serve's
+    #: GIL) or ``thread`` (a thread of serve's process)
+    page_fetch: str = "process"
 
     def effective_connections(self, open_files: int | None) -> int:
         """``max_connections``, lowered so that the process keeps file descriptors for

@@ -48,7 +48,8 @@ from starlette.types import Scope
 
 from spacy_index.http import wrap_transports
 from spacy_index.server.metrics_families import Counts, LatencyCounts, WeakCollector
-from spacy_index.server.metrics_transport import MeteredTransport
+from spacy_index.server.metrics_transport import MeteredTransport, replay
+from spacy_index.server.sources.fetch import PageFetcher
 from spacy_index.singleflight import SingleFlight
 
 #: route kinds, the ``kind`` label of the request metrics
@@ -64,7 +65,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: every live Metrics, for :func:`count_eviction` (empty at import; entries go with their server)
 _LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
 #: the clients whose transports are metered already (a client is metered once)
-_METERED: weakref.WeakSet[httpx.AsyncClient] = weakref.WeakSet()
+_METERED: weakref.WeakSet[Any] = weakref.WeakSet()  #: clients and page fetchers
 
 
 def route_kind(path: str) -> str:
@@ -209,6 +210,10 @@ class Metrics:
             if (isinstance(client, httpx.AsyncClient) and client not in _METERED
                     and wrap_transports(client, lambda t: MeteredTransport(t, self, name))):
                 _METERED.add(client)
+            elif isinstance(client, PageFetcher) and client not in _METERED:
+                client.instrument(lambda t: MeteredTransport(t, self, name),
+                                  lambda events: replay(self, name, events))
+                _METERED.add(client)
         source.wrap_loads(lambda load, outcome: self._timed_load(name, load, outcome))
 
     def _timed_load(self, name: str, load: Callable[[], Any], outcome: str) -> Callable[[], Any]:
@@ -241,8 +246,13 @@ class Metrics:
         self._upstream(source)[1].observe(seconds)
         self._upstream_last[source] = True
 
-    def upstream_failed(self, source: str, error: BaseException, seconds: float | None) -> None:
-        self.upstream_errors.labels(source, type(error).__name__).inc()
+    def upstream_read(self, source: str, nbytes: int) -> None:
+        self._upstream(source)[0].inc(nbytes)
+
+    def upstream_failed(self, source: str, error: BaseException | str,
+                        seconds: float | None) -> None:
+        kind = error if isinstance(error, str) else type(error).__name__
+        self.upstream_errors.labels(source, kind).inc()
         if seconds is not None:
             self._upstream(source)[1].observe(seconds)
         self._upstream_last[source] = False

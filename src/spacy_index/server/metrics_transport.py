@@ -39,7 +39,7 @@ class MeteredTransport(httpx.AsyncBaseTransport):
             if isinstance(stream, httpx.AsyncByteStream):
                 response.stream = _CountingStream(stream, self._metrics, self._source)
         else:
-            self._metrics._upstream(self._source)[0].inc(len(body))
+            self._metrics.upstream_read(self._source, len(body))
         return response
 
     async def aclose(self) -> None:
@@ -60,10 +60,10 @@ class _CountingStream(httpx.AsyncByteStream):
         self._source = source
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        counter = self._metrics._upstream(self._source)[0]
+        metrics, source = self._metrics, self._source
         try:
             async for chunk in self._inner:
-                counter.inc(len(chunk))
+                metrics.upstream_read(source, len(chunk))
                 yield chunk
         except Exception as e:
             self._metrics.upstream_failed(self._source, e, None)
@@ -73,4 +73,16 @@ class _CountingStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-__all__ = ["MeteredTransport"]
+def replay(metrics: Metrics, source: str, events: list[tuple[Any, ...]]) -> None:
+    """Count what a page-fetch process recorded with its own meter
+    (:mod:`spacy_index.server.sources.fetch_worker`)."""
+    for kind, *values in events:
+        if kind == "answered":
+            metrics.upstream_answered(source, *values)
+        elif kind == "failed":
+            metrics.upstream_failed(source, *values)
+        elif kind == "read":
+            metrics.upstream_read(source, *values)
+
+
+__all__ = ["MeteredTransport", "replay"]

@@ -107,7 +107,8 @@ def build_server(
     memory = Memory()
     page_limits = {"max_page": config.limits.max_page_size,
                    "max_files": config.limits.max_page_files,
-                   "parse_budget": config.limits.parse_budget}
+                   "parse_budget": config.limits.parse_budget,
+                   "page_fetch": config.limits.page_fetch}
 
     def factory(cfg: SourceConfig) -> Source:
         if cfg.kind in ("github", "spacy-models"):

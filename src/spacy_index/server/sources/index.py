@@ -24,11 +24,10 @@ from spacy_index.http import describe_error, redact_url
 from spacy_index.model import Project
 from spacy_index.render.pep691 import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE
 from spacy_index.server.config import LimitsConfig, SourceConfig
-from spacy_index.server.loopthread import LoopThread
 from spacy_index.server.memory import Memory
 from spacy_index.server.sources.base import SourceDefaults
-from spacy_index.server.sources.bodies import read_capped
 from spacy_index.server.sources.clients import FILE_POOL, PAGE_POOL, source_client
+from spacy_index.server.sources.fetch import page_fetcher
 from spacy_index.simple.parse import UpstreamFile, parse_page
 from spacy_index.singleflight import SingleFlight
 from spacy_index.urls import split_userinfo
@@ -88,6 +87,7 @@ class IndexSource(SourceDefaults):
                  stale: float = 86400.0, max_page: int = LimitsConfig.max_page_size,
                  max_files: int = LimitsConfig.max_page_files,
                  parse_budget: float = LimitsConfig.parse_budget,
+                 page_fetch: str = LimitsConfig.page_fetch,
                  memory: Memory | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
@@ -97,17 +97,15 @@ class IndexSource(SourceDefaults):
         #: seconds an upstream error for a name is answered from memory
         self.error_ttl = 5.0
 
-        def client(pool: httpx.Limits) -> tuple[httpx.AsyncClient, str | None]:
-            return source_client(cfg.url, cfg.username, cfg.password, cfg.credentials,
-                                 ca_bundle=cfg.ca_bundle, proxy=cfg.proxy, pool=pool)
-
-        self.client, clean = client(PAGE_POOL)
-        #: page fetches: their own client, used only on their own loop (see LoopThread);
-        #: ``client`` serves the rest (``.metadata``, range reads) on the server's loop
-        self.pages_client, _ = client(PAGE_POOL)
-        self.pages_loop = LoopThread(f"pages:{cfg.name}")
+        settings = {"cfg_url": cfg.url, "username": cfg.username, "password": cfg.password,
+                    "credentials": cfg.credentials, "ca_bundle": cfg.ca_bundle,
+                    "proxy": cfg.proxy}
+        self.client, clean = source_client(**settings, pool=PAGE_POOL)
+        #: page fetches: in a process of their own, or on a loop of their own (see
+        #: ``fetch``); ``client`` serves the rest (``.metadata``, range reads) here
+        self.pages = page_fetcher(page_fetch, cfg.name, settings)
         #: file downloads get their own pool: a page lookup never waits behind them
-        self.files_client, _ = client(FILE_POOL)
+        self.files_client, _ = source_client(**settings, pool=FILE_POOL)
         #: the largest upstream page accepted, compressed or decoded (a gzip bomb stops here)
         self.max_page = max_page
         #: the most files one page may list, counted before parsing (a 200k-link page would
@@ -148,16 +146,16 @@ class IndexSource(SourceDefaults):
                 headers["If-None-Match"] = previous.etag
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
-        resp, body = await self.pages_loop.run(read_capped(
-            self.pages_client, url, headers, self.max_page,
-            f"{self.display}: the page for {name!r}"))
-        if resp.status_code == 304 and previous is not None and previous.project is not None:
+        resp = await self.pages.fetch(url, headers, self.max_page,
+                                      f"{self.display}: the page for {name!r}")
+        body = resp.body
+        if resp.status == 304 and previous is not None and previous.project is not None:
             return replace(previous, fetched=time.monotonic())
-        if resp.status_code == 404 and not self.flat:
+        if resp.status == 404 and not self.flat:
             return _Cached(time.monotonic(), None, {})
-        if resp.status_code != 200:
-            raise UpstreamError(f"{self.display}: HTTP {resp.status_code} for project {name!r}")
-        if split_userinfo(str(resp.url))[2] != split_userinfo(url)[2]:
+        if resp.status != 200:
+            raise UpstreamError(f"{self.display}: HTTP {resp.status} for project {name!r}")
+        if split_userinfo(resp.url)[2] != split_userinfo(url)[2]:
             raise UpstreamError(f"{self.display}: redirected to another host for {name!r}")
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in (JSON_CONTENT_TYPE, HTML_CONTENT_TYPE, "text/html"):
@@ -181,9 +179,9 @@ class IndexSource(SourceDefaults):
                                 f"{self.max_files:,}")
         if len(body) > _PARSE_IN_THREAD:
             parsed = await asyncio.to_thread(kept_without_gc, self._parse, body, ctype,
-                                             str(resp.url), name)
+                                             resp.url, name)
         else:
-            parsed = self._parse(body, ctype, str(resp.url), name)
+            parsed = self._parse(body, ctype, resp.url, name)
         return replace(parsed, digest=digest, **validators)
 
     def _parse(self, body: bytes, ctype: str, page_url: str, name: NormalizedName) -> _Cached:
@@ -276,11 +274,16 @@ class IndexSource(SourceDefaults):
     def upstream_file(self, filename: str) -> UpstreamFile | None:
         return self.upstream_files.get(filename)
 
+    def start(self) -> None:
+        """Start the page-fetch process now (``serve`` does, before it listens), not with
+        the first lookup."""
+        self.pages.start()
+
     async def aclose(self) -> None:
         tasks = [*self._refreshing.tasks(), *self._flights.tasks()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.pages_loop.aclose(self.pages_client.aclose())
+        await self.pages.aclose()
         await self.client.aclose()
         await self.files_client.aclose()
