@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import SINKS, drain
-from harness.procfs import status_kib
+from harness.procfs import children, status_kib
 from harness.report import machine_info, results_dir
 from harness.servers import nginx, spacy_index_serve
 from harness.util import MB, log
@@ -239,6 +239,11 @@ def start(rep: Report, w: World, stack: contextlib.ExitStack) -> None:
     idle = status_kib(pid, "VmRSS")["VmRSS"]
     rep.rss.append(("idle after start", "0", "-", f"{idle / 1024:.1f}",
                     f"{status_kib(pid, 'VmHWM')['VmHWM'] / 1024:.1f}"))
+    kids = [status_kib(k, "VmRSS").get("VmRSS", 0) for k in children(pid)]
+    rep.notes.append(
+        f"serve's child processes after start (its page-fetch process, `[limits] page_fetch = "
+        f"\"process\"`): {len(kids)}, VmRSS {sum(kids) / 1024:.1f} MiB in all; the RSS rows "
+        f"are serve's own process (nothing is fetched there while files stream).")
 
 
 def first_page(rep: Report, w: World) -> None:
