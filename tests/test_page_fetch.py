@@ -238,6 +238,22 @@ def test_upstream_requests_are_counted_in_serve_metrics(upstream, mode, tmp_path
     assert metrics.upstream_bytes.labels("up")._value.get() > 0
 
 
+def test_start_runs_the_process_before_the_first_fetch(upstream):
+    async def main():
+        fetcher = ProcessFetcher("up", _settings(upstream.base))
+        try:
+            fetcher.start()  # what serve does before it listens
+            started = fetcher._child
+            assert started is not None and started.proc.poll() is None
+            got = await fetcher.fetch(f"{upstream.base}/simple/demo/", {}, 1 << 20, "demo")
+            return got, started is fetcher._child
+        finally:
+            await fetcher.aclose()
+
+    got, same = asyncio.run(main())
+    assert got.status == 200 and same  # the fetch used the process started before it
+
+
 def test_thread_mode_keeps_a_replaceable_client(upstream):
     fetcher = ThreadFetcher("up", _settings(upstream.base))
     assert fetcher.client is not None

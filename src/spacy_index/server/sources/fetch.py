@@ -233,7 +233,8 @@ class ProcessFetcher(PageFetcher):
         self._meter[0] = replay
 
     def start(self) -> None:
-        self._running()
+        with contextlib.suppress(OSError):  # else the first fetch says why, as a 502
+            self._running()
 
     async def aclose(self) -> None:
         if self._finalizer is not None:
