@@ -13,8 +13,9 @@ error and SIGTERM):
 * ``spacy-index serve --config <toml> --upstream <upstream>/simple/ --log-level warning``, one
   process for the whole run, the TOML holding only ``[server] spacy_models = false`` (nothing
   goes to GitHub) and ``[limits] page_fetch`` (``--page-fetch``, default ``process``; the
-  other limits at their defaults: 1000 connections, header_timeout 15 s, idle_timeout 5 s). ``/simple/demo/`` is requested once through it before the measurements,
-  so every measured answer comes from serve's page cache (fresh for ``page_ttl`` 60 s, then
+  other limits at their defaults: 1000 connections, header_timeout 15 s, idle_timeout 5 s).
+  ``/simple/demo/`` is requested once through it before the measurements, so every measured
+  answer comes from serve's page cache (fresh for ``page_ttl`` 60 s, then
   stale-while-revalidate: answered from the cache while a background refresh runs);
 * the **well-behaved clients**: one client process (``python -S bench/abuse_clients.py pages``,
   asyncio streams) with 8 keep-alive connections asking ``GET /simple/demo/`` with ``Accept:

@@ -61,7 +61,7 @@ def render(data: dict, args: argparse.Namespace) -> str:
     lines = [
         f"## abuse.py: page p99 of well-behaved clients beside abusive ones "
         f"({'quick' if args.quick else 'full'}, {n_reps} repetition{'s' * (n_reps > 1)}, "
-        f"`page_fetch = \"{getattr(args, 'page_fetch', 'process')}\"`)", "",
+        f"`page_fetch = \"{args.page_fetch}\"`)", "",
         f"Measured: `GET /simple/demo/` (`Accept: {JSON_TYPE}`, {data['page_bytes']} B, from "
         f"serve's page cache) on {p['connections']} keep-alive connections, paced at "
         f"{p['rate']:.0f} req/s in all, {p['window']:.0f} s per run; serve at `--log-level "

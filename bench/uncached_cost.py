@@ -13,7 +13,8 @@ asks ``GET /simple/slow-<n>/`` (a new name each time) and closes it 2 s later, u
 serve accepts, routes, starts an upstream request on its page loop, notices the disconnect and
 cancels the fetch. serve's CPU = utime + stime of its process (all threads, /proc/PID/stat)
 over the run, divided by the lookups; its child processes' (the page-fetch process) apart.
-With ``--profile``, py-spy samples serve at 250 Hz and the report lists where its non-idle samples went (by frame below ``Handle._run``).
+With ``--profile``, py-spy samples serve at 250 Hz and the report lists where its non-idle
+samples went (by frame below ``Handle._run``).
 Results: stdout and bench/results/<date>-uncached-cost[-quick].md (+ .json).
 """
 

@@ -124,13 +124,19 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+async def _held_fetch(fetcher: ProcessFetcher, upstream, name: str) -> asyncio.Task:
+    """A fetch of ``/slow/<name>/``, once the upstream holds it unanswered."""
+    task = asyncio.create_task(fetcher.fetch(f"{upstream.base}/slow/{name}/", {}, 1 << 20,
+                                             f"the page for {name!r}"))
+    assert await asyncio.to_thread(upstream.slow_started.wait, 20)
+    return task
+
+
 def test_cancelling_a_fetch_closes_the_upstream_connection(upstream):
     async def main():
         fetcher = ProcessFetcher("up", _settings(upstream.base))
         try:
-            task = asyncio.create_task(fetcher.fetch(f"{upstream.base}/slow/a/", {}, 1 << 20,
-                                                     "the page for 'a'"))
-            assert await asyncio.to_thread(upstream.slow_started.wait, 20)
+            task = await _held_fetch(fetcher, upstream, "a")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -152,9 +158,7 @@ def test_a_process_that_dies_fails_its_fetches_and_is_replaced(upstream):
     async def main():
         fetcher = ProcessFetcher("up", _settings(upstream.base))
         try:
-            task = asyncio.create_task(fetcher.fetch(f"{upstream.base}/slow/b/", {}, 1 << 20,
-                                                     "the page for 'b'"))
-            assert await asyncio.to_thread(upstream.slow_started.wait, 20)
+            task = await _held_fetch(fetcher, upstream, "b")
             first = fetcher._child
             first.proc.kill()
             with pytest.raises(UpstreamError) as stopped:

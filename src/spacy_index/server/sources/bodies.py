@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 
 from spacy_index.errors import TooLarge, UpstreamError
+from spacy_index.http import describe_error
+from spacy_index.server.sources.frames import KEPT_HEADERS, Fetched
 
 #: inflated bytes per step: a gzip bomb is never inflated more than this at once
 _INFLATE_STEP = 1 << 20
@@ -96,3 +98,16 @@ async def read_capped(client: httpx.AsyncClient, url: str, headers: Mapping[str,
             body.clear()
             raise
     return resp, bytes(body)
+
+
+async def fetch_page(client: httpx.AsyncClient, url: str, headers: Mapping[str, str],
+                     limit: int, what: str) -> Fetched:
+    """:func:`read_capped` as a :class:`Fetched` (status, final URL, the kept headers, the
+    body); a transport failure becomes one :class:`UpstreamError` line naming the host and
+    the cause."""
+    try:
+        resp, body = await read_capped(client, url, headers, limit, what)
+    except httpx.HTTPError as e:
+        raise UpstreamError(describe_error(e, url)) from None
+    kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
+    return Fetched(resp.status_code, str(resp.url), kept, body)

@@ -28,14 +28,12 @@ from typing import IO, Any
 import httpx
 
 from spacy_index.errors import UpstreamError
-from spacy_index.http import describe_error, wrap_transports
+from spacy_index.http import wrap_transports
 from spacy_index.server.loopthread import LoopThread
-from spacy_index.server.sources.bodies import read_capped
+from spacy_index.server.sources.bodies import fetch_page
 from spacy_index.server.sources.clients import PAGE_POOL, source_client
-from spacy_index.server.sources.frames import KEPT_HEADERS, Fetched, read_frame, write_frame
+from spacy_index.server.sources.frames import Fetched, read_frame, write_frame
 
-#: ``[limits] page_fetch`` values
-PAGE_FETCH_MODES = ("process", "thread")
 Replay = Callable[[list[tuple[Any, ...]]], None]
 WrapTransport = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 
@@ -66,13 +64,7 @@ class ThreadFetcher(PageFetcher):
 
     async def fetch(self, url: str, headers: Mapping[str, str], limit: int,
                     what: str) -> Fetched:
-        try:
-            resp, body = await self._loop.run(read_capped(self.client, url, headers, limit,
-                                                          what))
-        except httpx.HTTPError as e:
-            raise UpstreamError(describe_error(e, url)) from None
-        kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
-        return Fetched(resp.status_code, str(resp.url), kept, body)
+        return await self._loop.run(fetch_page(self.client, url, headers, limit, what))
 
     def instrument(self, wrap: WrapTransport, replay: Replay) -> None:
         wrap_transports(self.client, wrap)
@@ -249,5 +241,5 @@ def page_fetcher(mode: str, name: str, settings: dict[str, Any]) -> PageFetcher:
     return ProcessFetcher(name, settings)
 
 
-__all__ = ["PAGE_FETCH_MODES", "PageFetcher", "ProcessFetcher", "ThreadFetcher",
+__all__ = ["PageFetcher", "ProcessFetcher", "ThreadFetcher",
            "page_fetcher"]

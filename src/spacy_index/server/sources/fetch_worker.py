@@ -4,7 +4,8 @@
 It reads its settings (the source's URL, credentials, CA bundle and proxy: the arguments of
 :func:`~.clients.source_client`) as the first message on stdin, then ``("fetch", id, url,
 headers, limit, what)`` and ``("cancel", id)`` messages, and answers each fetch on stdout with
-``(id, ok, result, events)``: ``result`` a :class:`~.frames.Fetched` or the one-line error,
+``(id, ok, result, events)``: ``result`` a :class:`~.frames.Fetched` or the one-line error
+(both from :func:`~.bodies.fetch_page`),
 ``events`` what the metrics count (each upstream request's status and time, body bytes,
 failures). It exits when stdin ends (serve stopped, or is gone), quietly on SIGINT/SIGTERM.
 """
@@ -23,11 +24,11 @@ from typing import Any
 import httpx
 
 from spacy_index.errors import UpstreamError
-from spacy_index.http import describe_error, wrap_transports
+from spacy_index.http import wrap_transports
 from spacy_index.server.metrics_transport import MeteredTransport
-from spacy_index.server.sources.bodies import read_capped
+from spacy_index.server.sources.bodies import fetch_page
 from spacy_index.server.sources.clients import source_client
-from spacy_index.server.sources.frames import KEPT_HEADERS, Fetched, read_frame, write_frame
+from spacy_index.server.sources.frames import read_frame, write_frame
 
 _EVENTS: contextvars.ContextVar[list[tuple[Any, ...]]] = contextvars.ContextVar("events")
 
@@ -57,17 +58,14 @@ async def _one(client: httpx.AsyncClient, out: int, rid: int, url: str,
     events: list[tuple[Any, ...]] = []
     _EVENTS.set(events)
     try:
-        resp, body = await read_capped(client, url, headers, limit, what)
-    except httpx.HTTPError as e:
-        reply: tuple[Any, ...] = (rid, False, describe_error(e, url), events)
+        fetched = await fetch_page(client, url, headers, limit, what)
     except UpstreamError as e:
-        reply = (rid, False, str(e), events)
+        reply: tuple[Any, ...] = (rid, False, str(e), events)
     except asyncio.CancelledError:
         write_frame(out, (rid, None, None, events))  # serve stopped waiting: only the counts
         raise
     else:
-        kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
-        reply = (rid, True, Fetched(resp.status_code, str(resp.url), kept, body), events)
+        reply = (rid, True, fetched, events)
     write_frame(out, reply)
 
 
