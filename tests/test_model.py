@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from packaging.version import Version
@@ -12,6 +12,7 @@ from spacy_index.model import (
     Distribution,
     name_matches,
     parse_filename,
+    parse_listed_filename,
     parse_specifier,
     upload_time_text,
 )
@@ -102,3 +103,54 @@ def test_spacy_requirement_from_requires_dist():
         requires_dist=("spacy>=3.7.2,<3.8.0", "spacy-curated-transformers<0.3.0,>=0.2.0"),
     )
     assert str(d.spacy_requirement) == "<3.8.0,>=3.7.2"
+
+
+#: wheels of one project as real pages list them, and the ways a name can be wrong: each part
+#: (name-version-build, tag) valid or not, in every pairing, and the same part met twice
+_WHEELS = [
+    "pydantic_core-2.14.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "pydantic_core-2.14.1-cp312-cp312-win_amd64.whl",
+    "pydantic_core-2.14.1-1-cp312-cp312-win_amd64.whl",         # a build tag
+    "pydantic_core-2.14.1-1x-cp312-cp312-win_amd64.whl",        # build tag not a number
+    "pydantic_core-2.14.1-cp312-cp312.whl",                     # too few parts
+    "pydantic_core-2.14.1-a-b-cp312-cp312-win_amd64.whl",       # too many parts
+    "pydantic_core-2.14.1_x-cp311-cp311-win_amd64.whl",         # not a PEP 440 version
+    "pydantic_core-2.14.1-cp311--win_amd64.whl",                # an empty ABI
+    "pydantic_core-2.14.1-3.11-cp311-win_amd64.whl",            # interpreter not an identifier
+    "pydantic_core-2.15.0-cp311-cp311-win_amd64.whl",
+    "pydantic_core-2.15.0-cp311--win_amd64.whl",
+    "other_project-2.14.1-cp311-cp311-win_amd64.whl",            # another project's wheel
+    "Pydantic.Core-2.14.1-py3-none-any.whl",                     # not the normalized spelling
+    "pydantic__core-2.14.1-py3-none-any.whl",
+    "pydantic_core-2.14.1-py2.py3-none-any.whl",
+    "pydantic_core-v2-py3-none-any.whl",
+    "pydantic_core-2.14.1.tar.gz",
+    "pydantic_core-2.14.1-py3.8.egg",
+]
+
+
+def _outcome(filename: str, memo: dict | None):
+    try:
+        return parse_listed_filename(filename, "pydantic-core", memo)
+    except InvalidFilename as e:
+        return ("refused", e.reason)
+
+
+def test_a_pages_wheels_parse_the_same_with_the_shared_memo_as_without():
+    memo: dict = {}
+    # twice through, so that the second pass reads every answer from the memo
+    for filename in _WHEELS + _WHEELS:
+        assert _outcome(filename, memo) == _outcome(filename, None), filename
+    assert _outcome(_WHEELS[0], memo).kind == "wheel"
+    assert _outcome("pydantic_core-2.14.1-cp311--win_amd64.whl", memo) == \
+        _outcome("pydantic_core-2.14.1-cp311--win_amd64.whl", None)
+
+
+@pytest.mark.parametrize("t", [
+    datetime(2024, 9, 25, 9, 14, 9, tzinfo=timezone.utc),
+    datetime(2024, 9, 25, 9, 14, 9, 123, tzinfo=timezone.utc),
+    datetime(2024, 9, 25, 11, 14, 9, 999999, tzinfo=timezone(timedelta(hours=2))),
+    datetime(2001, 1, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+])
+def test_upload_time_text_is_pep_700s_utc_form_with_microseconds(t):
+    assert upload_time_text(t) == t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

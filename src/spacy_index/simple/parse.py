@@ -17,6 +17,7 @@ from spacy_index.errors import InvalidFilename, OverBudget
 from spacy_index.model import (
     Distribution,
     ListedFilename,
+    WheelMemo,
     is_sha256,
     parse_filename,
     parse_listed_filename,
@@ -206,6 +207,7 @@ def parse_page(
     dists: list[Distribution] = []
     extra: dict[str, UpstreamFile] = {}
     refused: list[str] = []
+    memo: WheelMemo = {}
     for e in entries:
         clock.check()
         filename = e["filename"]
@@ -216,7 +218,7 @@ def parse_page(
                 strict = parse_filename(filename)
                 name, listed_file = strict.name, ListedFilename(strict.version, str(strict.version), strict.kind)
             else:
-                name, listed_file = project, parse_listed_filename(filename, project)
+                name, listed_file = project, parse_listed_filename(filename, project, memo)
         except InvalidFilename as exc:
             if project is not None:
                 refused.append(f"{filename!r}: {exc.reason}")
