@@ -6,6 +6,7 @@ A TOML file (all keys optional)::
     upstream = "https://pypi.org/simple/"   # every name no source claims
     page_ttl = 60                            # seconds an upstream page is fresh
     stale_while_revalidate = 86400           # then answered at once, refreshed behind
+    prefetch = 64                            # requirements' pages fetched behind a .metadata
     spacy_models = true                      # route spaCy pipeline names (the default)
     ca_bundle = "/etc/company-ca.pem"        # verify HTTPS with this CA (default: system store)
     proxy = "http://proxy.internal:3128"     # default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY
@@ -100,6 +101,7 @@ class _ServerTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream: str | None = None
     page_ttl: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     stale_while_revalidate: Annotated[float, msgspec.Meta(ge=0)] = 86400.0
+    prefetch: Annotated[int, msgspec.Meta(ge=0)] = 64
     refresh: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     spacy_models: bool = True
     ca_bundle: Annotated[str, msgspec.Meta(min_length=1)] | None = None
@@ -262,9 +264,8 @@ def load_config(
     return ServeConfig(
         sources=tuple(sources),
         upstream=chosen or DEFAULT_UPSTREAM,
-        page_ttl=server.page_ttl,
-        refresh=server.refresh,
-        stale_while_revalidate=server.stale_while_revalidate,
+        page_ttl=server.page_ttl, refresh=server.refresh,
+        stale_while_revalidate=server.stale_while_revalidate, prefetch=server.prefetch,
         ca_bundle=server_ca,
         proxy=server_proxy,
         public_url=(_url_setting(server.public_url, env, "[server] public_url") or "").rstrip("/")

@@ -137,6 +137,8 @@ class ServeConfig:
     page_ttl: float = 60.0
     refresh: float = 600.0
     stale_while_revalidate: float = 86400.0
+    #: pages of a served wheel's requirements fetched behind, at most, per wheel (0: off)
+    prefetch: int = 64
     #: TLS and proxy settings for the upstream, and for sources that set none of their own
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)

@@ -299,6 +299,9 @@ async def metadata(request: Request, filename: str) -> Response:
             server.bound.used(METADATA, d.sha256, d.filename, d.project)
     meta_sha = store.digest(d.sha256)
     kept = store.in_memory.get(d.sha256)
+    # the pages the client will ask for next, fetched behind (once per wheel, see prefetch.py)
+    server.prefetch.offer(d.sha256, lambda: kept if kept is not None
+                          else store.path(d.sha256).read_bytes())
     if kept is not None:
         return bytes_response(request, kept, f'"{meta_sha}"', media_type="text/plain")
     try:

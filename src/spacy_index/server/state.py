@@ -20,11 +20,13 @@ from spacy_index.cache.index import FILES
 from spacy_index.errors import InvalidFilename
 from spacy_index.gcpause import without_gc
 from spacy_index.model import Distribution, Project, parse_filename
+from spacy_index.render.pep691 import JSON_CONTENT_TYPE
 from spacy_index.server.auth import Authenticator
 from spacy_index.server.config import ServeConfig, SourceConfig
 from spacy_index.server.memory import Memory
 from spacy_index.server.metrics import Metrics
 from spacy_index.server.pages import PageEntry, entry_size, local_url, render_entry
+from spacy_index.server.prefetch import Prefetcher
 from spacy_index.server.responses import not_modified, page_response, page_target, valid_name
 from spacy_index.server.sources import FILE_POOL, IndexSource, Source, in_batches
 from spacy_index.server.stats import CacheStats
@@ -91,6 +93,19 @@ class Server:
         #: the cache index: hit counts, last use, and the [cache] max_size bound (LRU)
         self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
         self.bound.on_evict = self.metrics.count_eviction
+        #: the pages of served wheels' requirements, fetched behind ([server] prefetch)
+        self.prefetch = Prefetcher(self.prefetch_page, self.page_ready, config.prefetch)
+
+    async def prefetch_page(self, name: NormalizedName) -> None:
+        """Look ``name`` up and render its PEP 691 JSON page, as a client's request would."""
+        _source, project = await self.project(name)
+        if project is not None:
+            await self.render_async(project, JSON_CONTENT_TYPE)
+
+    def page_ready(self, name: NormalizedName) -> bool:
+        """True when ``name``'s JSON page is current and rendered (no I/O)."""
+        project = self.source_for(name).peek(name)
+        return project is not None and self.rendered(project, JSON_CONTENT_TYPE) is not None
 
     def source_for(self, name: NormalizedName) -> Source:
         source = self._routes.get(name)
@@ -278,6 +293,7 @@ class Server:
         return replace(project, files=tuple(files))
 
     async def aclose(self) -> None:
+        await self.prefetch.aclose()
         for cache in self._caches.values():
             await cache.aclose()
         for source in (*self.sources.values(), self.upstream):
