@@ -263,6 +263,11 @@ def test_requests_cache_and_upstream_counts_are_exact(world):
         assert c.head(wheel).status_code == 200  # hit, no body
         assert c.get(wheel + ".metadata").content == sm.metadata  # miss (read from the wheel)
         assert c.get(wheel + ".metadata").status_code == 200  # hit
+        # the pipeline requires spacy: its page is prefetched (a 404 from the fake PyPI)
+        deadline = time.monotonic() + 10
+        while server.prefetch.counts["fetched"] < 1:
+            assert time.monotonic() < deadline, "the prefetch did not happen"
+            time.sleep(0.01)
         assert c.get("/files/nope-1.0-py3-none-any.whl").status_code == 404
         assert c.get("/pypi/en-core-web-sm/json").status_code == 200
         assert c.get("/health").status_code == 200
@@ -291,8 +296,9 @@ def test_requests_cache_and_upstream_counts_are_exact(world):
     assert value(s, "spacy_index_cache_served_bytes_total", kind="file", outcome="miss") == size
     assert value(s, "spacy_index_cache_served_bytes_total", kind="file", outcome="hit") == size
     assert value(s, "spacy_index_response_bytes_total", kind="file") == 2 * size + len("no such file in this index\n")
-    # upstream, by source: the fake PyPI's 404s, GitHub's download (redirect + blob)
-    assert value(s, "spacy_index_upstream_requests_total", source="upstream", status="404") == 2
+    # upstream, by source: the fake PyPI's 404s (no-such-project-xyz, nope, the prefetched
+    # spacy), GitHub's download (redirect + blob)
+    assert value(s, "spacy_index_upstream_requests_total", source="upstream", status="404") == 3
     assert total(s, "spacy_index_upstream_requests_total", source="spacy-models") >= 1
     assert value(s, "spacy_index_upstream_bytes_total", source="spacy-models") >= size
     assert value(s, "spacy_index_upstream_errors_total", source="upstream", error="ConnectError") == 0

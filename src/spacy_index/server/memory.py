@@ -46,6 +46,8 @@ class Bounds:
     metadata_digests: int = 200_000
     #: project -> how often metadata of its wheels was stored (pages re-render on change)
     metadata_versions: int = 100_000
+    #: wheels whose requirements' pages were prefetched (each wheel once, server/prefetch.py)
+    prefetched: int = 50_000
     #: client authentication: credentials verified, clients failing, clients blocked (each)
     auth_clients: int = 10_000
 

@@ -33,22 +33,22 @@ log = logging.getLogger("spacy_index.server")
 QUEUE = 256
 #: prefetches running at once, at most
 AT_ONCE = 2
-#: wheels whose requirements were offered, remembered (each is offered once)
-SEEN = 50_000
 
 
 class Prefetcher:
     """Fetches the pages of the projects the wheels it is shown require, behind.
 
     ``fetch(name)`` looks the project up and renders its page (``Server.prefetch_page``);
-    ``cached(name)`` says, without I/O, whether its page is current already."""
+    ``cached(name)`` says, without I/O, whether its page is current already; ``seen`` holds
+    the wheels offered (bounded: ``Memory.lru("prefetched")``)."""
 
     def __init__(self, fetch: Callable[[NormalizedName], Awaitable[Any]],
-                 cached: Callable[[NormalizedName], bool], per_wheel: int) -> None:
+                 cached: Callable[[NormalizedName], bool], per_wheel: int,
+                 seen: LRUCache[str, bool]) -> None:
         self._fetch = fetch
         self._cached = cached
         self.per_wheel = per_wheel
-        self._seen: LRUCache[str, bool] = LRUCache(maxsize=SEEN)
+        self._seen = seen
         self._queue: deque[NormalizedName] = deque()
         self._waiting: set[NormalizedName] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -74,7 +74,7 @@ class Prefetcher:
                 continue
             self._queue.append(name)
             self._waiting.add(name)
-        self._pump()
+            self._pump()  # the first names start at once; only the rest wait
 
     def _pump(self) -> None:
         while self._queue and len(self._running) < AT_ONCE:
@@ -109,3 +109,4 @@ class Prefetcher:
         for task in list(self._running):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._running.clear()

@@ -94,7 +94,8 @@ class Server:
         self.bound = CacheBound(cache_dir, config.cache.max_size, config.cache.pin, self.in_use)
         self.bound.on_evict = self.metrics.count_eviction
         #: the pages of served wheels' requirements, fetched behind ([server] prefetch)
-        self.prefetch = Prefetcher(self.prefetch_page, self.page_ready, config.prefetch)
+        self.prefetch = Prefetcher(self.prefetch_page, self.page_ready, config.prefetch,
+                                   memory.lru("prefetched"))
 
     async def prefetch_page(self, name: NormalizedName) -> None:
         """Look ``name`` up and render its PEP 691 JSON page, as a client's request would."""
