@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -101,7 +102,9 @@ def test_prometheus_scrapes_exact_counts(tmp_path, model_wheels):
     with FakeGitHub(load_fixture=False, archive=meta_archive([sm]), token=TOKEN) as gh, \
             serve_directory(tmp_path / "pypi") as pypi:
         gh.add_release(f"{sm.project}-{sm.version}", {sm.wheel.name: sm.wheel.read_bytes()})
-        config = load_config(None, {}, upstream=pypi.url + "/simple/")
+        # no prefetch: every count is the traffic this test sent (test_metrics.py counts the
+        # prefetched page of the pipeline's requirement)
+        config = replace(load_config(None, {}, upstream=pypi.url + "/simple/"), prefetch=0)
         server = build_server(config, cache_dir=tmp_path / "cache", api_url=gh.api_url, token=TOKEN)
         server.metrics.disk_interval = 1  # the cache folder walked at most every second
         with run_app(create_app(server)) as url, \

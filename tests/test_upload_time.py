@@ -25,6 +25,7 @@ import re
 import socketserver
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -384,7 +385,9 @@ def served(tmp_path_factory, model_wheels):
             serve_directory(root / "pypi") as upstream:
         for v, p in pkgs.items():
             gh.set_asset_content(f"en_core_web_sm-{v}", p.wheel.name, p.wheel.read_bytes())
-        config = load_config(None, {}, upstream=upstream.url + "/simple/")
+        # no prefetch: the test shows that the clients' own requests never reach the upstream
+        # (the pipeline's metadata would prefetch spacy's page from it)
+        config = replace(load_config(None, {}, upstream=upstream.url + "/simple/"), prefetch=0)
         server = build_server(config, cache_dir=root / "cache", api_url=gh.api_url, token=None,
                               offline_snapshot=False)
         with run_app(create_app(server)) as url:
