@@ -299,6 +299,8 @@ def test_requests_cache_and_upstream_counts_are_exact(world):
     # upstream, by source: the fake PyPI's 404s (no-such-project-xyz, nope, the prefetched
     # spacy), GitHub's download (redirect + blob)
     assert value(s, "spacy_index_upstream_requests_total", source="upstream", status="404") == 3
+    assert value(s, "spacy_index_prefetched_pages_total", outcome="fetched") == 1
+    assert value(s, "spacy_index_prefetched_pages_total", outcome="failed") == 0
     assert total(s, "spacy_index_upstream_requests_total", source="spacy-models") >= 1
     assert value(s, "spacy_index_upstream_bytes_total", source="spacy-models") >= size
     assert value(s, "spacy_index_upstream_errors_total", source="upstream", error="ConnectError") == 0

@@ -80,6 +80,7 @@ def collect(m: Metrics) -> Iterator[Metric]:
     yield from _cache_families(server)
     yield from _flight_families(m, counts, server)
     yield from _catalog_families(m, server)
+    yield from _prefetch_families(server)
     info = GaugeMetricFamily("spacy_index_info", "The running spacy-index", labels=["version"])
     info.add_metric([__version__], 1.0)
     yield info
@@ -204,6 +205,19 @@ def _flight_families(m: Metrics, counts: Counts, server: Any) -> Iterator[Metric
         files.add_metric([kind], nfiles)
     yield size
     yield files
+
+
+def _prefetch_families(server: Any) -> Iterator[Metric]:
+    prefetch = getattr(server, "prefetch", None)
+    if prefetch is None:
+        return
+    family = CounterMetricFamily(
+        "spacy_index_prefetched_pages", "Pages of served wheels' requirements looked up "
+        "behind ([server] prefetch), by outcome: fetched, dropped (the queue was full), "
+        "failed", labels=["outcome"])
+    for outcome, n in sorted(prefetch.counts.items()):
+        family.add_metric([outcome], n)
+    yield family
 
 
 def _catalog_families(m: Metrics, server: Any) -> Iterator[Metric]:
