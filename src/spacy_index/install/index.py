@@ -120,7 +120,7 @@ def _project_page(where: IndexLocation, name: NormalizedName,
 
 
 def _requires_from_metadata(url: str, client: httpx.Client | None) -> tuple[str, ...] | None:
-    from email.parser import BytesHeaderParser
+    from spacy_index.wheelmeta.requires import requires_dist
 
     if url.startswith("file:"):
         try:
@@ -139,8 +139,7 @@ def _requires_from_metadata(url: str, client: httpx.Client | None) -> tuple[str,
         if resp.status_code != 200:
             return None
         data = resp.content
-    headers = BytesHeaderParser().parsebytes(data)
-    return tuple(headers.get_all("Requires-Dist") or ())
+    return requires_dist(data)
 
 
 def local_path(url: str) -> Path:

@@ -8,6 +8,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 
 
+def requires_dist(metadata: bytes) -> tuple[str, ...]:
+    """The ``Requires-Dist`` lines of a core metadata file, as written."""
+    return tuple(str(line) for line in
+                 BytesHeaderParser().parsebytes(metadata).get_all("Requires-Dist") or ())
+
+
 def required_projects(metadata: bytes, limit: int) -> list[NormalizedName]:
     """The projects the ``Requires-Dist`` lines of ``metadata`` name, in their order, each
     once, at most ``limit``. Requirements of an extra are left out (``; extra == "dev"``);
@@ -16,9 +22,9 @@ def required_projects(metadata: bytes, limit: int) -> list[NormalizedName]:
     names: list[NormalizedName] = []
     if limit <= 0:
         return names
-    for line in BytesHeaderParser().parsebytes(metadata).get_all("Requires-Dist") or ():
+    for line in requires_dist(metadata):
         try:
-            req = Requirement(str(line))
+            req = Requirement(line)
         except InvalidRequirement:
             continue
         if req.marker is not None and "extra" in str(req.marker):
