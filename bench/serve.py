@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import SINKS, drain
-from harness.procfs import children, status_kib
+from harness.procfs import children, split_cpus, status_kib
 from harness.report import machine_info, results_dir
 from harness.servers import nginx, spacy_index_serve
 from harness.util import MB, log
@@ -101,6 +101,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
     ap.add_argument("--scenarios", default="1,2,3,4", metavar="LIST",
                     help="comma-separated scenarios to run, of 1, 2 (= 2a,2b), 2a, 2b, 3, 4 "
                     "(default all); without 1, serve fetches the big file once before 2")
+    ap.add_argument("--pin", default="off", metavar="auto|off|S:C",
+                    help="scenario 2: run the servers (every thread) on CPUs S and the clients "
+                    "on CPUs C, e.g. 0:1, as a client on another machine would be; auto: "
+                    "the last CPU for the clients, the others for the servers, "
+                    "when there are two or more; off (default): the scheduler places both")
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, caches)")
     ap.add_argument("--compare-python", metavar="PYTHON",
                     help="also run serve with this interpreter (one that can import spacy_index, "
@@ -112,6 +117,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
         if not names <= SCENARIOS:
             ap.error(f"--scenarios: unknown scenario {name!r}")
         scenarios |= names
+    try:
+        split_cpus(args.pin)
+    except ValueError as e:
+        ap.error(str(e))
     return args, scenarios
 
 
@@ -129,7 +138,7 @@ def make_plan(args: argparse.Namespace, scenarios: set[str]) -> Plan:
                 connections=(("fresh", "keep-alive") if args.connections == "both"
                              else (args.connections,)),
                 clients=(1, 8) if args.clients == "both" else (int(args.clients),),
-                scenarios=tuple(sorted(scenarios)))
+                scenarios=tuple(sorted(scenarios)), pin=split_cpus(args.pin))
 
 
 @dataclasses.dataclass

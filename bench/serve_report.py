@@ -39,6 +39,7 @@ def render_throughput(rep: Report) -> list[str]:
         "client processes together (2 cores in all here). Other load = machine CPU "
         "(/proc/stat) minus server and clients. In each repetition the servers run back to "
         "back, the order alternating between repetitions (*first* column).\n")
+    out.append(_placement(p))
     out += _sinks_section(rep)
     names = rep.names
     ref = "nginx" if "nginx" in names else None
@@ -52,6 +53,19 @@ def render_throughput(rep: Report) -> list[str]:
                    "comparison.\n")
     out += syscalls_section(rep)
     return out
+
+
+def _placement(p) -> str:
+    if p.pin is None:
+        return ("Placement (`--pin off`): the scheduler placed servers and clients on any CPU, "
+                "so a client could share a core with the server it measured.\n")
+    server, client = (",".join(map(str, sorted(c))) for c in p.pin)
+    return (f"Placement (`--pin {server}:{client}`): every thread of each server (and its "
+            f"child processes) ran on CPU {server} and the client processes on CPU {client}, "
+            "as a client on another machine would be: the client never takes CPU from the "
+            "server it measures, and nginx and serve get the same CPU. This removes one "
+            "source of the run-to-run spread (where the scheduler puts each side), not "
+            "all of it.\n")
 
 
 def _sinks_section(rep: Report) -> list[str]:
@@ -375,7 +389,9 @@ def as_json(rep: Report, machine: list[tuple[str, str]], started: str, argv: lis
     return {
         "bench": "serve", "quick": rep.plan.quick, "started": started,
         "argv": ["bench/serve.py", *argv], "machine": machine,
-        "plan": dataclasses.asdict(rep.plan), "goals": GOALS, "sink": rep.sink,
+        "plan": {**dataclasses.asdict(rep.plan),
+                 "pin": [sorted(c) for c in rep.plan.pin] if rep.plan.pin else None},
+        "goals": GOALS, "sink": rep.sink,
         "throughput_summary": summary,
         "throughput": {key(k): [run(t) for t in v] for k, v in rep.drains.items()},
         "sinks": {key(k): [run(t) for t in v] for k, v in rep.sink_runs.items()},

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.clients import SINKS, Drain, Latency, Transfer, drain, loadgen_latency, wrk_latency
-from harness.procfs import RssSampler, reset_peak_rss, status_kib
+from harness.procfs import RssSampler, reset_peak_rss, set_affinity, status_kib
 from harness.timing import Steady, in_order
 from harness.util import GB, MB, VENV_BIN, fmt_bytes, log, median
 
@@ -62,6 +62,12 @@ class Plan:
     quiet_budget: float = 600.0  #: total waiting allowed per run
     other_max: float = 0.3  #: cores of foreign load above which a measurement is retried
     tries: int = 3  #: at most this many tries per measurement (1 = never retry)
+    #: scenario 2: (server CPUs, client CPUs), or None to let the scheduler place both
+    pin: tuple[frozenset[int], frozenset[int]] | None = None
+
+    @property
+    def client_cpus(self) -> frozenset[int] | None:
+        return self.pin[1] if self.pin else None
 
 
 @dataclass
@@ -205,7 +211,8 @@ def scenario_sinks(rep: Report, servers: dict[str, tuple[str, list[int]]], big) 
                 url, pids = servers[name]
                 t = rep.steady.measured(functools.partial(
                     drain, url + path, 1, count=count, expect_size=size, server_pids=pids,
-                    timeout=rep.plan.transfer_timeout, sink=sink, fresh=True),
+                    timeout=rep.plan.transfer_timeout, sink=sink, fresh=True,
+                    cpus=rep.plan.client_cpus),
                     f"sink {sink} {name}")
                 t.order = pos
                 rep.sink_runs.setdefault((sink, name), []).append(t)
@@ -222,6 +229,21 @@ def scenario_sinks(rep: Report, servers: dict[str, tuple[str, list[int]]], big) 
 Servers = dict[str, tuple[str, list[int]]]
 
 
+@contextlib.contextmanager
+def pinned(plan: Plan, servers: Servers):
+    """Scenario 2's servers (every thread, child processes too) on ``plan.pin``'s server CPUs
+    while inside, back on every CPU after; nothing when ``plan.pin`` is None."""
+    if plan.pin is None:
+        yield
+        return
+    pids = [pid for _url, group in servers.values() for pid in group]
+    set_affinity(pids, plan.pin[0])
+    try:
+        yield
+    finally:
+        set_affinity(pids, None)
+
+
 def scenario_throughput(rep: Report, servers: Servers, big,
                         respawn: Callable[[], contextlib.AbstractContextManager[Servers]] | None
                         = None) -> None:
@@ -235,15 +257,18 @@ def scenario_throughput(rep: Report, servers: Servers, big,
 
     def warm(group: Servers) -> None:  # page cache, the cache's first-use hash, a new process
         for url, pids in group.values():
-            drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout)
+            drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout,
+                  cpus=rep.plan.client_cpus)
 
-    warm(servers)
-    if "2a" in rep.plan.scenarios:
-        rep.sink = scenario_sinks(rep, servers, big)
+    with pinned(rep.plan, servers):
+        warm(servers)
+        if "2a" in rep.plan.scenarios:
+            rep.sink = scenario_sinks(rep, servers, big)
     log(f"  bulk client: {rep.sink}")
     for conn in rep.plan.connections:
         for r in range(rep.plan.reps):
-            with (respawn() if respawn else contextlib.nullcontext(servers)) as group:
+            with (respawn() if respawn else contextlib.nullcontext(servers)) as group, \
+                    pinned(rep.plan, group):
                 if respawn:
                     warm(group)
                 run_repetition(rep, group, big, conn, r)
@@ -260,7 +285,8 @@ def run_repetition(rep: Report, servers: Servers, big, conn: str, r: int) -> Non
             url, pids = servers[name]
             t = rep.steady.measured(functools.partial(
                 drain, url + path, clients, count=count, expect_size=size, server_pids=pids,
-                timeout=rep.plan.transfer_timeout, sink=rep.sink, fresh=conn == "fresh"),
+                timeout=rep.plan.transfer_timeout, sink=rep.sink, fresh=conn == "fresh",
+                cpus=rep.plan.client_cpus),
                 f"{name} x{clients} {conn}")
             t.order = pos
             rep.drains.setdefault((name, clients, conn), []).append(t)

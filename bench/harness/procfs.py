@@ -32,6 +32,63 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def tree_threads(pids: Sequence[int]) -> list[int]:
+    """Every thread of the processes and of all their descendants."""
+    out: list[int] = []
+    todo, seen = list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(OSError):
+            out += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        todo += children(pid)
+    return out
+
+
+def set_affinity(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
+    """Restrict every thread of the processes and their descendants to ``cpus`` (None: every
+    CPU this script may use). Threads and processes they start later inherit it."""
+    cpus = cpus or frozenset(os.sched_getaffinity(0) | ALL_CPUS)
+    for tid in tree_threads(pids):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+#: the CPUs this script could use when it started (before any pinning of its own)
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def split_cpus(spec: str) -> tuple[frozenset[int], frozenset[int]] | None:
+    """``--pin``: "off" → None; "auto" → (every CPU but the last, the last) when there are two
+    or more, else None; "S:C" (e.g. "0:1", "0-2:3") → (S, C)."""
+    if spec == "off":
+        return None
+    if spec == "auto":
+        cpus = sorted(ALL_CPUS)
+        return (frozenset(cpus[:-1]), frozenset(cpus[-1:])) if len(cpus) >= 2 else None
+
+    def parse(part: str) -> frozenset[int]:
+        out: set[int] = set()
+        for item in part.split(","):
+            lo, _, hi = item.partition("-")
+            out |= set(range(int(lo), int(hi or lo) + 1))
+        return frozenset(out)
+
+    server, sep, client = spec.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        out = parse(server), parse(client)
+    except ValueError:
+        raise ValueError(f"--pin {spec!r}: expected off, auto or SERVER_CPUS:CLIENT_CPUS "
+                         "(e.g. 0:1 or 0-2:3)") from None
+    if not (out[0] | out[1]) <= ALL_CPUS:
+        raise ValueError(f"--pin {spec!r}: this machine's CPUs are {sorted(ALL_CPUS)}")
+    return out
+
+
 def status_kib(pid: int, *keys: str) -> dict[str, int]:
     want = set(keys)
     out: dict[str, int] = {}
