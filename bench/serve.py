@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
             ap.error(f"--scenarios: unknown scenario {name!r}")
         scenarios |= names
     try:
-        split_cpus(args.pin)
+        args.pin = split_cpus(args.pin)
     except ValueError as e:
         ap.error(str(e))
     return args, scenarios
@@ -138,7 +138,7 @@ def make_plan(args: argparse.Namespace, scenarios: set[str]) -> Plan:
                 connections=(("fresh", "keep-alive") if args.connections == "both"
                              else (args.connections,)),
                 clients=(1, 8) if args.clients == "both" else (int(args.clients),),
-                scenarios=tuple(sorted(scenarios)), pin=split_cpus(args.pin))
+                scenarios=tuple(sorted(scenarios)), pin=args.pin)
 
 
 @dataclasses.dataclass

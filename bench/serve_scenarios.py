@@ -212,7 +212,7 @@ def scenario_sinks(rep: Report, servers: dict[str, tuple[str, list[int]]], big) 
                 t = rep.steady.measured(functools.partial(
                     drain, url + path, 1, count=count, expect_size=size, server_pids=pids,
                     timeout=rep.plan.transfer_timeout, sink=sink, fresh=True,
-                    cpus=rep.plan.client_cpus),
+                    affinity=rep.plan.client_cpus),
                     f"sink {sink} {name}")
                 t.order = pos
                 rep.sink_runs.setdefault((sink, name), []).append(t)
@@ -258,7 +258,7 @@ def scenario_throughput(rep: Report, servers: Servers, big,
     def warm(group: Servers) -> None:  # page cache, the cache's first-use hash, a new process
         for url, pids in group.values():
             drain(url + path, 1, expect_size=size, server_pids=pids, timeout=timeout,
-                  cpus=rep.plan.client_cpus)
+                  affinity=rep.plan.client_cpus)
 
     with pinned(rep.plan, servers):
         warm(servers)
@@ -286,7 +286,7 @@ def run_repetition(rep: Report, servers: Servers, big, conn: str, r: int) -> Non
             t = rep.steady.measured(functools.partial(
                 drain, url + path, clients, count=count, expect_size=size, server_pids=pids,
                 timeout=rep.plan.transfer_timeout, sink=rep.sink, fresh=conn == "fresh",
-                cpus=rep.plan.client_cpus),
+                affinity=rep.plan.client_cpus),
                 f"{name} x{clients} {conn}")
             t.order = pos
             rep.drains.setdefault((name, clients, conn), []).append(t)

@@ -3,64 +3,97 @@
 usage: .venv/bin/python bench/cork/ab.py REPS fresh|ka [mini:MODE ...]
 MODE: cork | nocork | cork2m | early | early2m | *-delay (cork = TCP_CORK after the headers,
 early = before them, 2m = 2 MiB sendfile steps, -delay = no TCP_NODELAY). Env: NOPUSH=1 adds
-an nginx with `tcp_nopush off`; SINK=trunc|splice|recv|curl; NC=clients; PIN=S,C pins servers
-to CPUs S and clients to CPUs C. Needs /tmp/ab/big.whl (200 MiB; made if missing)."""
-import sys, subprocess, time, statistics, itertools, os
+an nginx with `tcp_nopush off`; SINK=trunc|splice|recv|curl; NC=clients; PIN=S:C (as
+bench/serve.py --pin) puts the servers on CPUs S and the clients on CPUs C. The 200 MiB file
+is /tmp/ab/big.whl (made if missing)."""
+
+import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from harness.servers import nginx
-from harness.clients import drain
-from harness.util import free_port, wait_http
-root = Path("/tmp/ab/root"); root.mkdir(parents=True, exist_ok=True)
-if not Path("/tmp/ab/big.whl").exists():
-    with open("/tmp/ab/big.whl", "wb") as fh:
-        for _ in range(200):
-            fh.write(os.urandom(1 << 20))
-f = root / "big.whl"
-if not f.exists(): os.link("/tmp/ab/big.whl", f)
-size = f.stat().st_size
-reps = int(sys.argv[1]); fresh = sys.argv[2] == "fresh"; NC = int(os.environ.get("NC", "1"))
-extra = sys.argv[3:]  # name=argv for other servers: "mini:cork" etc
-logd = Path("/tmp/ab/logs"); logd.mkdir(exist_ok=True)
-servers = {}
-procs = []
-import harness.servers as hs, contextlib
-with contextlib.ExitStack() as st:
-    ng = st.enter_context(nginx(root, log_dir=logd))
-    servers["nginx"] = (ng.url + "/big.whl", ng.pids())
-    if os.environ.get("NOPUSH"):
-        orig = hs.NGINX_CONF
-        hs.NGINX_CONF = orig.replace("tcp_nopush on", "tcp_nopush off")
-        ng2 = st.enter_context(nginx(root, log_dir=logd))
-        hs.NGINX_CONF = orig
-        servers["nginx-nopush-off"] = (ng2.url + "/big.whl", ng2.pids())
-    for spec in extra:
-        name, mode = spec.split(":"); name = spec
-        port = free_port()
-        p = subprocess.Popen([sys.executable, str(HERE / "mini.py"), str(f), str(port), mode], stdout=subprocess.PIPE)
-        p.stdout.readline(); procs.append(p)
-        servers[name] = (f"http://127.0.0.1:{port}/big.whl", [p.pid])
-    names = list(servers)
-    PIN = os.environ.get("PIN")  # "S,C": server cpus, client cpus e.g. "0,1" or "0,0"
-    if PIN:
-        sc, cc = PIN.split(",")
-        for n, (u, pids) in servers.items():
-            for pid in pids:
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    os.sched_setaffinity(int(tid), {int(x) for x in sc})
-        os.sched_setaffinity(0, {int(x) for x in cc})
-    res = {n: [] for n in names}
-    for r in range(reps):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            url, pids = servers[n]
-            d = drain(url, NC, count=max(4, 32 // NC), expect_size=size, server_pids=pids, timeout=120, fresh=fresh, sink=os.environ.get("SINK", "trunc"))
-            res[n].append((d.mbps, d.cpu_per_gb, d.client_cores_max))
-    for p in procs: p.kill()
-for n in names:
-    m = [x[0] for x in res[n]]
-    print(n, "median MB/s %.0f" % statistics.median(m), "cpu/GB %.3f" % statistics.median(x[1] for x in res[n]), " ".join("%.0f" % x for x in m))
-for n in names[1:]:
-    rat = [a[0] / b[0] for a, b in zip(res[n], res["nginx"])]
-    print(n, "/nginx median %.3f" % statistics.median(rat), " ".join("%.2f" % x for x in rat))
+
+import harness.servers as hs  # noqa: E402
+from harness.clients import drain  # noqa: E402
+from harness.procfs import set_affinity, split_cpus  # noqa: E402
+from harness.timing import in_order  # noqa: E402
+from harness.util import free_port, median  # noqa: E402
+
+
+def big_file() -> Path:
+    src, root = Path("/tmp/ab/big.whl"), Path("/tmp/ab/root")
+    root.mkdir(parents=True, exist_ok=True)
+    if not src.exists():
+        with open(src, "wb") as fh:
+            for _ in range(200):
+                fh.write(os.urandom(1 << 20))
+    if not (root / src.name).exists():
+        os.link(src, root / src.name)
+    return root / src.name
+
+
+def nginx(stack: contextlib.ExitStack, root: Path, logs: Path, *,
+          tcp_nopush: bool) -> hs.NginxHandle:
+    conf = hs.NGINX_CONF
+    if not tcp_nopush:
+        hs.NGINX_CONF = conf.replace("tcp_nopush on", "tcp_nopush off")
+    try:
+        handle = stack.enter_context(hs.nginx(root, log_dir=logs))
+    finally:
+        hs.NGINX_CONF = conf
+    if handle is None:
+        raise SystemExit("nginx did not start (apt-get install -y nginx-light)")
+    return handle
+
+
+def mini(stack: contextlib.ExitStack, f: Path, mode: str) -> tuple[str, list[int]]:
+    port = free_port()
+    p = subprocess.Popen([sys.executable, str(HERE / "mini.py"), str(f), str(port), mode],
+                         stdout=subprocess.PIPE)
+    stack.callback(p.wait)
+    stack.callback(p.kill)
+    p.stdout.readline()  # "ready"
+    return f"http://127.0.0.1:{port}/{f.name}", [p.pid]
+
+
+def main(argv: list[str]) -> None:
+    reps, fresh, specs = int(argv[0]), argv[1] == "fresh", argv[2:]
+    clients = int(os.environ.get("NC", "1"))
+    sink = os.environ.get("SINK", "trunc")
+    pin = split_cpus(os.environ.get("PIN", "off"))
+    f = big_file()
+    size = f.stat().st_size
+    logs = Path("/tmp/ab/logs")
+    logs.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[str, list[int]]] = {}
+        ng = nginx(stack, f.parent, logs, tcp_nopush=True)
+        servers["nginx"] = (f"{ng.url}/{f.name}", ng.pids())
+        if os.environ.get("NOPUSH"):
+            ng = nginx(stack, f.parent, logs, tcp_nopush=False)
+            servers["nginx-nopush-off"] = (f"{ng.url}/{f.name}", ng.pids())
+        for spec in specs:
+            servers[spec] = mini(stack, f, spec.split(":", 1)[1])
+        if pin:
+            set_affinity([pid for _url, pids in servers.values() for pid in pids], pin[0])
+        res: dict[str, list] = {n: [] for n in servers}
+        for r in range(reps):
+            for n in in_order(list(servers), r):
+                url, pids = servers[n]
+                res[n].append(drain(url, clients, count=max(4, 32 // clients), expect_size=size,
+                                    server_pids=pids, timeout=120, fresh=fresh, sink=sink,
+                                    affinity=pin[1] if pin else None))
+    for n, runs in res.items():
+        print(n, f"median MB/s {median([d.mbps for d in runs]):.0f}",
+              f"cpu/GB {median([d.cpu_per_gb for d in runs]):.3f}",
+              " ".join(f"{d.mbps:.0f}" for d in runs))
+    for n, runs in list(res.items())[1:]:
+        ratios = [a.mbps / b.mbps for a, b in zip(runs, res["nginx"], strict=True)]
+        print(n, f"/nginx median {median(ratios):.3f}", " ".join(f"{x:.2f}" for x in ratios))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

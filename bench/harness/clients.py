@@ -54,21 +54,21 @@ LOADGEN = Path(__file__).resolve().parents[1] / "loadgen.py"
 SINK = Path(__file__).resolve().parent / "sink.py"
 
 
-def _on_cpus(cpus: frozenset[int] | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that restricts the child to ``cpus`` (None: no restriction)."""
-    if cpus is None:
+def _on_cpus(affinity: frozenset[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that restricts the child to the CPUs ``affinity`` (None: any)."""
+    if affinity is None:
         return None
-    return lambda: os.sched_setaffinity(0, cpus)
+    return lambda: os.sched_setaffinity(0, affinity)
 
 
 def _python_clients(argv: list[str], clients: int, *, url: str, expect_size: int, count: int,
                     server_pids: Sequence[int], timeout: float, what: str,
-                    cpus: frozenset[int] | None = None,
+                    affinity: frozenset[int] | None = None,
                     ) -> tuple[list[dict], tuple[float, float, float, float]]:
-    """``clients`` copies of ``argv`` (which wait for a common ``--start``; on ``cpus`` when
-    given), their JSON lines and the :class:`Meter` readings from that start to the last exit."""
+    """``clients`` copies of ``argv`` (which wait for a common ``--start``; on the CPUs
+    ``affinity`` when given), their JSON lines and the :class:`Meter` readings from that start to the last exit."""
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, preexec_fn=_on_cpus(cpus))
+                              stdin=subprocess.DEVNULL, text=True, preexec_fn=_on_cpus(affinity))
              for _ in range(clients)]
     time.sleep(max(0.0, float(argv[argv.index("--start") + 1]) - time.monotonic()))
     meter = Meter(server_pids)
@@ -196,12 +196,12 @@ def _rusage_children() -> float:
 
 def _drain_curl(url: str, clients: int, *, count: int, expect_size: int,
                 server_pids: Sequence[int], timeout: float, fresh: bool,
-                cpus: frozenset[int] | None) -> Drain:
+                affinity: frozenset[int] | None) -> Drain:
     ru0 = _rusage_children()
     argv = _curl_argv(url, count, timeout, close=fresh)
     meter = Meter(server_pids)
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, preexec_fn=_on_cpus(cpus))
+                              stdin=subprocess.DEVNULL, text=True, preexec_fn=_on_cpus(affinity))
              for _ in range(clients)]
     outs, cpus = [], []
     try:
@@ -222,18 +222,18 @@ def _drain_curl(url: str, clients: int, *, count: int, expect_size: int,
 
 def drain(url: str, clients: int, *, count: int = 1, expect_size: int,
           server_pids: Sequence[int], timeout: float, sink: str = "trunc",
-          fresh: bool = True, cpus: frozenset[int] | None = None) -> Drain:
+          fresh: bool = True, affinity: frozenset[int] | None = None) -> Drain:
     """``clients`` concurrent client processes, each downloading ``url`` ``count`` times (a new
     connection per download when ``fresh``, else one keep-alive connection) and discarding
     the body with ``sink`` (see :data:`SINKS`); every answer must be 200 with ``expect_size``
     bytes. The Python sinks start on a common clock (start-up not timed); curl is timed from
     process start. Server CPU from /proc/PID/stat; client CPU per process over the timed span
     (``os.times`` in the client; curl: getrusage of the reaped process, start-up included)
-    and, for all, getrusage(RUSAGE_CHILDREN) deltas. ``cpus``: the CPUs the client processes
-    may run on (None: any)."""
+    and, for all, getrusage(RUSAGE_CHILDREN) deltas. ``affinity``: the CPUs the client
+    processes may run on (None: any)."""
     if sink == "curl":
         return _drain_curl(url, clients, count=count, expect_size=expect_size,
-                           server_pids=server_pids, timeout=timeout, fresh=fresh, cpus=cpus)
+                           server_pids=server_pids, timeout=timeout, fresh=fresh, affinity=affinity)
     if sink not in SINKS:
         raise ValueError(f"unknown sink {sink!r}")
     ru0 = _rusage_children()
@@ -244,7 +244,7 @@ def drain(url: str, clients: int, *, count: int = 1, expect_size: int,
         argv.append("--fresh")
     results, (server, _children, system, _) = _python_clients(
         argv, clients, url=url, expect_size=expect_size, count=count,
-        server_pids=server_pids, timeout=timeout, what=f"sink {sink}", cpus=cpus)
+        server_pids=server_pids, timeout=timeout, what=f"sink {sink}", affinity=affinity)
     rusage = _rusage_children() - ru0
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     cpus = [r["cpu"] for r in results]

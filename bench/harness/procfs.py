@@ -47,17 +47,16 @@ def tree_threads(pids: Sequence[int]) -> list[int]:
     return out
 
 
+#: the CPUs this script may use
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
 def set_affinity(pids: Sequence[int], cpus: frozenset[int] | None) -> None:
-    """Restrict every thread of the processes and their descendants to ``cpus`` (None: every
-    CPU this script may use). Threads and processes they start later inherit it."""
-    cpus = cpus or frozenset(os.sched_getaffinity(0) | ALL_CPUS)
+    """Restrict every thread of the processes and their descendants to ``cpus`` (None: back
+    to :data:`ALL_CPUS`). Threads and processes they start later inherit it."""
     for tid in tree_threads(pids):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            os.sched_setaffinity(tid, cpus)
-
-
-#: the CPUs this script could use when it started (before any pinning of its own)
-ALL_CPUS = frozenset(os.sched_getaffinity(0))
+            os.sched_setaffinity(tid, cpus or ALL_CPUS)
 
 
 def split_cpus(spec: str) -> tuple[frozenset[int], frozenset[int]] | None:
